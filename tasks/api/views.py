@@ -1,0 +1,67 @@
+"""Task API: submit, batch submit, state, revoke, catalog. Thin: tasks.submit does the work."""
+
+from dataclasses import asdict
+
+from django.conf import settings
+from drf_spectacular.utils import extend_schema
+from rest_framework.response import Response
+from rest_framework.reverse import reverse
+from rest_framework.views import APIView
+
+from tasks import catalog
+from tasks.api.serializers import (CatalogEntrySerializer, SubmissionSerializer, TaskBatchSerializer,
+                                   TaskStatusSerializer, TaskSubmitSerializer)
+from tasks.state import revoke_task, task_status
+from tasks.submit import SubmissionError, enqueue, prepare_payload
+
+
+def _submission_body(request, submission) -> dict:
+    body = asdict(submission)
+    body["status_url"] = reverse("task-detail", kwargs={"task_id": submission.task_id}, request=request)
+    return body
+
+
+class TaskSubmitView(APIView):
+    """Submit one task by name; answers 202 with the queue it went to."""
+
+    @extend_schema(request=TaskSubmitSerializer, responses={202: SubmissionSerializer})
+    def post(self, request):
+        submission = enqueue([prepare_payload(request.data)])[0]
+        return Response(_submission_body(request, submission), status=202)
+
+
+class TaskBatchView(APIView):
+    """Submit up to 1,000 tasks; all are validated before any is enqueued."""
+
+    @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
+    def post(self, request):
+        items = request.data.get("tasks") if isinstance(request.data, dict) else None
+        if not isinstance(items, list) or not items:
+            raise SubmissionError("tasks", "required: a non-empty list of task objects")
+        limit = settings.VOKAFLOW_BATCH_LIMIT
+        if len(items) > limit:
+            raise SubmissionError("tasks", f"{len(items)} tasks is over the limit of {limit} per batch")
+        requests = [prepare_payload(item, index=i) for i, item in enumerate(items)]
+        submissions = enqueue(requests)
+        return Response({"count": len(submissions),
+                         "tasks": [_submission_body(request, s) for s in submissions]}, status=202)
+
+
+class TaskDetailView(APIView):
+    """State of one task (GET) or revoke it while it has not finished (DELETE)."""
+
+    @extend_schema(responses={200: TaskStatusSerializer})
+    def get(self, request, task_id):
+        return Response(task_status(task_id))
+
+    @extend_schema(responses={200: TaskStatusSerializer})
+    def delete(self, request, task_id):
+        return Response(revoke_task(task_id))
+
+
+class CatalogView(APIView):
+    """The submittable tasks with their defaults and argument hints."""
+
+    @extend_schema(responses={200: CatalogEntrySerializer(many=True)})
+    def get(self, request):
+        return Response([asdict(entry) for entry in catalog.catalog()])

@@ -1,0 +1,68 @@
+"""PlatformTask: the base class every VokaFlow task runs through, and its declaring decorator."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from celery import Task, shared_task
+from celery.exceptions import Ignore
+
+from tasks.priorities import DEFAULT_PRIORITY, Priority
+from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
+
+REVOKED_KEY = "vokaflow:revoked:{}"
+
+
+class PlatformTask(Task):
+    """A Celery task that knows its routing defaults and its retry policy.
+
+    Attributes set by :func:`platform_task`: ``worker_type``, ``default_priority`` and
+    ``submittable`` (may be run by name through the API). Retries use Celery's
+    ``autoretry_for`` with exponential back-off and full jitter.
+    """
+
+    abstract = True
+    worker_type: WorkerType = DEFAULT_WORKER_TYPE
+    default_priority: Priority = DEFAULT_PRIORITY
+    submittable: bool = False
+    description: str = ""
+    acks_late = True
+    reject_on_worker_lost = True
+    retry_backoff = 1
+    retry_backoff_max = 600
+    retry_jitter = True
+
+    def __call__(self, *args, **kwargs):
+        # A revoke is broadcast to live workers; one started later learns it here.
+        if self.request.id and not self.request.is_eager and _is_revoked(self.request.id):
+            self.backend.mark_as_revoked(self.request.id, reason="revoked", request=self.request)
+            raise Ignore()
+        return super().__call__(*args, **kwargs)
+
+
+def _is_revoked(task_id: str) -> bool:
+    from vokaflow.redis import get_redis
+
+    return bool(get_redis().exists(REVOKED_KEY.format(task_id)))
+
+
+def platform_task(name: str, *, worker_type: WorkerType | str = DEFAULT_WORKER_TYPE,
+                  priority: Priority | str = DEFAULT_PRIORITY, submittable: bool = False,
+                  max_retries: int = 3, retry_for: tuple[type[BaseException], ...] = (),
+                  soft_time_limit: float | None = None, time_limit: float | None = None,
+                  **options) -> Callable[[Callable], PlatformTask]:
+    """Declare a task with its default worker type, priority, retry policy and time limits.
+
+    ``retry_for`` lists the exceptions that are retried (with back-off); any other exception
+    fails the task at once. ``submittable=True`` puts it on the allow-list the API runs by name.
+    """
+    def decorate(fun: Callable) -> PlatformTask:
+        return shared_task(
+            base=PlatformTask, name=name, bind=options.pop("bind", False),
+            worker_type=WorkerType.parse(worker_type), default_priority=Priority.parse(priority),
+            submittable=submittable, description=(fun.__doc__ or "").strip().split("\n")[0],
+            max_retries=max_retries, autoretry_for=tuple(retry_for),
+            soft_time_limit=soft_time_limit, time_limit=time_limit, **options,
+        )(fun)
+
+    return decorate

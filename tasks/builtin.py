@@ -1,0 +1,56 @@
+"""Built-in submittable tasks for demos, tests and benchmarks."""
+
+import random
+import time
+
+from tasks.base import platform_task
+from tasks.priorities import Priority
+from workers.profiles import WorkerType
+
+
+class TaskFailed(Exception):
+    """Raised by vokaflow.fail: a permanent failure that is never retried."""
+
+
+class TransientFailure(Exception):
+    """Raised by vokaflow.flaky: a failure worth retrying."""
+
+
+@platform_task("vokaflow.noop", submittable=True, max_retries=0)
+def noop():
+    """Does nothing; measures the platform's own overhead."""
+
+
+@platform_task("vokaflow.echo", submittable=True, max_retries=0)
+def echo(*args, **kwargs):
+    """Returns its arguments."""
+    return {"args": list(args), "kwargs": kwargs}
+
+
+@platform_task("vokaflow.sleep", worker_type=WorkerType.IO_INTENSIVE, submittable=True, max_retries=0)
+def sleep(seconds: float = 1.0):
+    """Sleeps for `seconds` (a stand-in for waiting on I/O)."""
+    time.sleep(float(seconds))
+    return seconds
+
+
+@platform_task("vokaflow.cpu", worker_type=WorkerType.CPU_INTENSIVE, submittable=True, max_retries=0)
+def cpu(n: int = 100_000):
+    """Sums the squares below n in pure Python (real CPU work)."""
+    return sum(i * i for i in range(int(n)))
+
+
+@platform_task("vokaflow.fail", submittable=True, max_retries=0)
+def fail(message: str = "failed on purpose"):
+    """Always raises; not retried."""
+    raise TaskFailed(message)
+
+
+@platform_task("vokaflow.flaky", bind=True, submittable=True, max_retries=3,
+               retry_for=(TransientFailure,), priority=Priority.NORMAL)
+def flaky(self, failure_rate: float = 0.5, seed: int | None = None):
+    """Fails with probability failure_rate (retried with back-off); seed makes it repeatable."""
+    rng = random.Random(f"{seed}:{self.request.retries}") if seed is not None else random
+    if rng.random() < float(failure_rate):
+        raise TransientFailure(f"flaky failure on attempt {self.request.retries + 1}")
+    return self.request.retries

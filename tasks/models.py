@@ -1,0 +1,1 @@
+"""Models of the tasks app (the dead-letter model arrives with the DLQ)."""

@@ -1,0 +1,78 @@
+"""Reading and revoking submitted tasks: state from the result backend, route from our record."""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from celery import states
+from celery.result import AsyncResult
+
+from tasks.base import REVOKED_KEY
+from tasks.submit import task_record
+from vokaflow.celery import app
+from vokaflow.redis import get_redis
+
+
+class TaskNotFound(LookupError):
+    pass
+
+
+class TaskAlreadyFinished(RuntimeError):
+    pass
+
+
+def task_status(task_id: str) -> dict:
+    """State, result or error, retries, route and timestamps of one task."""
+    record = task_record(task_id)
+    meta = app.backend.get_task_meta(task_id)
+    state = meta.get("status", states.PENDING)
+    if record is None and state == states.PENDING:
+        raise TaskNotFound(task_id)
+    failed = state in states.PROPAGATE_STATES
+    result = meta.get("result")
+    info = asdict(record) if record else {"task_id": task_id, "task": meta.get("name")}
+    info.pop("duplicate", None)
+    info.update({
+        "state": state,
+        "result": None if failed or state != states.SUCCESS else result,
+        "error": _error_text(result) if failed else None,
+        "traceback": meta.get("traceback") if failed else None,
+        "retries": meta.get("retries") or 0,
+        "worker": meta.get("worker"),
+        "finished_at": _iso(meta.get("date_done")) if state in states.READY_STATES else None,
+    })
+    if state == states.RETRY:
+        info["error"] = _error_text(result)
+    if record is None:
+        info["queue"] = meta.get("queue")
+    return info
+
+
+def revoke_task(task_id: str) -> dict:
+    """Stop a task that has not finished: broadcast to live workers and remember it in Redis
+    for workers that start later. A running task is left to finish (no termination)."""
+    status = task_status(task_id)
+    if status["state"] in states.READY_STATES:
+        raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
+    from django.conf import settings
+
+    get_redis().set(REVOKED_KEY.format(task_id), 1, ex=settings.VOKAFLOW_RESULT_TTL)
+    app.control.revoke(task_id)
+    app.backend.mark_as_revoked(task_id, reason="revoked through the API")
+    return task_status(task_id)
+
+
+def _error_text(result) -> str | None:
+    if result is None:
+        return None
+    if isinstance(result, BaseException):
+        return f"{type(result).__name__}: {result}"
+    if isinstance(result, dict) and "exc_type" in result:
+        return f"{result['exc_type']}: {result.get('exc_message')}"
+    return str(result)
+
+
+def _iso(value) -> str | None:
+    if value is None:
+        return None
+    return value.isoformat() if hasattr(value, "isoformat") else str(value)

@@ -1,0 +1,115 @@
+"""The Celery app: reliability settings, and one queue per (worker type, priority, partition).
+
+`celery -A vokaflow worker --type cpu --partitions 0-3` consumes the CPU queues of
+partitions 0-3, highest priority first (see tasks.routing.PriorityFairCycle).
+"""
+
+import os
+
+import click
+from celery import Celery, bootsteps
+from kombu import Exchange, Queue
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
+
+app = Celery("vokaflow")
+
+
+def celery_config(settings) -> dict:
+    """Celery settings derived from Django settings (read once, at app configuration)."""
+    from tasks.routing import all_queues
+
+    timeout = settings.VOKAFLOW_BROKER_TIMEOUT
+    queues = all_queues(settings.VOKAFLOW_PARTITIONS)
+    default_exchange = Exchange("", type="direct")  # the anonymous exchange: no binding lookups
+    return {
+        "broker_url": settings.REDIS_URL,
+        "result_backend": settings.REDIS_URL,
+        "broker_connection_retry_on_startup": True,
+        "broker_connection_timeout": timeout,
+        "broker_transport_options": {
+            "visibility_timeout": settings.VOKAFLOW_VISIBILITY_TIMEOUT,
+            "unacked_restore_interval": settings.VOKAFLOW_RESTORE_INTERVAL,
+            "unacked_restore_throttle": 1,
+            "queue_order_strategy": "tasks.routing:PriorityFairCycle",
+            # One Redis list per queue, named exactly like the queue.
+            "priority_steps": [0],
+            "socket_connect_timeout": timeout,
+            "socket_timeout": max(timeout, 10),
+            "max_retries": 2,
+            "interval_start": 0,
+            "interval_step": 0.2,
+            "interval_max": 0.5,
+        },
+        "result_backend_transport_options": {"retry_policy": {"timeout": timeout}},
+        "redis_socket_connect_timeout": timeout,
+        "redis_socket_timeout": max(timeout, 10),
+        "redis_backend_health_check_interval": 30,
+        "result_expires": settings.VOKAFLOW_RESULT_TTL,
+        "result_extended": True,
+        # Publishing gives up quickly when the broker is gone, so the API can answer 503.
+        "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
+                                      "interval_step": 0.2, "interval_max": 0.5},
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "event_serializer": "json",
+        # A task is acknowledged after it finished, so a killed worker's task comes back;
+        # prefetch one, or a worker hoards low-priority tasks ahead of urgent ones.
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "task_track_started": True,
+        "task_queues": [Queue(q, default_exchange, routing_key=q) for q in queues],
+        "task_default_queue": "general.normal.p0",
+        "task_default_exchange": "",
+        "task_create_missing_queues": False,
+        "task_routes": ("tasks.submit.route_task",),
+        "worker_hijack_root_logger": False,
+        "worker_max_tasks_per_child": 10000,
+        "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "timezone": "UTC",
+        "enable_utc": True,
+    }
+
+
+@app.on_configure.connect
+def _configure(sender, **kwargs):
+    from django.conf import settings
+
+    sender.conf.update(celery_config(settings))
+
+
+app.autodiscover_tasks(["tasks"], related_name="builtin")
+
+app.user_options["worker"].add(click.Option(
+    ["--type", "vokaflow_type"], default=None,
+    help="VokaFlow worker type (cpu, io, memory, network, general): consume only its queues."))
+app.user_options["worker"].add(click.Option(
+    ["--partitions", "vokaflow_partitions"], default=None,
+    help="Partitions to consume, e.g. 0-3,6 (default: all)."))
+
+
+class ConsumeWorkerTypeQueues(bootsteps.Step):
+    """Turns `--type` / `--partitions` into the worker's queue list, highest priority first."""
+
+    def __init__(self, worker, vokaflow_type=None, vokaflow_partitions=None, **kwargs):
+        super().__init__(worker, **kwargs)
+        if vokaflow_type is None:
+            if vokaflow_partitions:
+                raise click.UsageError("--partitions needs --type")
+            return
+        from django.conf import settings
+
+        from tasks.routing import parse_partitions, queues_for
+        from workers.profiles import WorkerType
+
+        try:
+            worker_type = WorkerType.parse(vokaflow_type)
+            partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
+
+
+app.steps["worker"].add(ConsumeWorkerTypeQueues)

@@ -1,0 +1,35 @@
+"""Health checks, each bounded in time: database and broker."""
+
+from __future__ import annotations
+
+import time
+
+from django.db import connection
+
+
+def _timed(check) -> dict:
+    started = time.perf_counter()
+    try:
+        check()
+        result = {"ok": True}
+    except Exception as exc:  # any failure is the answer, not an error of the endpoint
+        result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+    result["ms"] = round((time.perf_counter() - started) * 1000, 1)
+    return result
+
+
+def _database():
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT 1")
+
+
+def _broker():
+    from vokaflow.redis import get_redis
+
+    get_redis().ping()
+
+
+def health() -> dict:
+    """{"status": "ok"|"failing", "checks": {name: {"ok", "ms", "error"?}}}."""
+    checks = {"database": _timed(_database), "broker": _timed(_broker)}
+    return {"status": "ok" if all(c["ok"] for c in checks.values()) else "failing", "checks": checks}

@@ -1,0 +1,88 @@
+"""Worker types and their pools: which pool and how many slots each type runs with."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from enum import Enum
+
+
+class WorkerType(str, Enum):
+    CPU_INTENSIVE = "CPU_INTENSIVE"
+    IO_INTENSIVE = "IO_INTENSIVE"
+    MEMORY_INTENSIVE = "MEMORY_INTENSIVE"
+    NETWORK_INTENSIVE = "NETWORK_INTENSIVE"
+    GENERAL_PURPOSE = "GENERAL_PURPOSE"
+
+    @property
+    def short(self) -> str:
+        """The short name used in queue names, worker names and commands (cpu, io, ...)."""
+        return _SHORT[self]
+
+    @classmethod
+    def parse(cls, value: "str | WorkerType") -> "WorkerType":
+        """Accept the full name or the short one, any case; raise ValueError naming the choices."""
+        if isinstance(value, WorkerType):
+            return value
+        if isinstance(value, str):
+            key = value.strip().upper()
+            if key in cls.__members__:
+                return cls[key]
+            for member, short in _SHORT.items():
+                if short == value.strip().lower():
+                    return member
+        choices = ", ".join(f"{m.value} ({m.short})" for m in cls)
+        raise ValueError(f"unknown worker type {value!r}; choose one of {choices}")
+
+
+_SHORT = {
+    WorkerType.CPU_INTENSIVE: "cpu",
+    WorkerType.IO_INTENSIVE: "io",
+    WorkerType.MEMORY_INTENSIVE: "memory",
+    WorkerType.NETWORK_INTENSIVE: "network",
+    WorkerType.GENERAL_PURPOSE: "general",
+}
+
+DEFAULT_WORKER_TYPE = WorkerType.GENERAL_PURPOSE
+
+
+@dataclass(frozen=True)
+class WorkerProfile:
+    worker_type: WorkerType
+    pool: str  # a Celery pool name: "prefork" or "threads"
+    concurrency: int
+
+
+# CPU-bound work needs processes to escape the GIL; everything that mostly waits runs in
+# threads, which start fast, share one broker connection and cost little memory.
+_POOLS = {
+    WorkerType.CPU_INTENSIVE: ("prefork", lambda n: max(1, n // 2)),
+    WorkerType.IO_INTENSIVE: ("threads", lambda n: n),
+    WorkerType.MEMORY_INTENSIVE: ("threads", lambda n: max(1, n // 4)),
+    WorkerType.NETWORK_INTENSIVE: ("threads", lambda n: n),
+    WorkerType.GENERAL_PURPOSE: ("threads", lambda n: max(2, n // 2)),
+}
+
+
+def concurrency_env_var(worker_type: WorkerType) -> str:
+    return f"VOKAFLOW_CONCURRENCY_{worker_type.short.upper()}"
+
+
+def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
+                   environ: dict | None = None) -> WorkerProfile:
+    """Pool and concurrency for a type on this host; VOKAFLOW_CONCURRENCY_<TYPE> overrides."""
+    worker_type = WorkerType.parse(worker_type)
+    environ = os.environ if environ is None else environ
+    n = cpu_count or os.cpu_count() or 1
+    pool, default = _POOLS[worker_type]
+    override = environ.get(concurrency_env_var(worker_type), "").strip()
+    if override:
+        try:
+            concurrency = int(override)
+        except ValueError:
+            raise ValueError(f"{concurrency_env_var(worker_type)}={override!r} is not a whole number") from None
+        if concurrency < 1:
+            raise ValueError(f"{concurrency_env_var(worker_type)} must be at least 1, got {concurrency}")
+    else:
+        concurrency = default(n)
+    return WorkerProfile(worker_type, pool, concurrency)
