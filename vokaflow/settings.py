@@ -37,6 +37,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "vokaflow.middleware.RequestSizeLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
@@ -157,3 +158,10 @@ LOGGING = {
     "root": {"handlers": ["console"], "level": env("LOG_LEVEL", default="INFO")},
     "loggers": {"django.server": {"level": "WARNING"}},
 }
+
+# --- Processes on one host (manage.py launch) -----------------------------------------
+VOKAFLOW_HOST = env("VOKAFLOW_HOST", default="127.0.0.1")
+VOKAFLOW_PORT = env.int("VOKAFLOW_PORT", default=8000)
+FLOWER_PORT = env.int("FLOWER_PORT", default=5555)
+FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
+VOKAFLOW_WEB_WORKERS = env.int("VOKAFLOW_WEB_WORKERS", default=2)

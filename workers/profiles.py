@@ -86,3 +86,15 @@ def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
     else:
         concurrency = default(n)
     return WorkerProfile(worker_type, pool, concurrency)
+
+
+def worker_argv(worker_type: WorkerType | str, partitions: str | None = None, *,
+                loglevel: str = "INFO", extra: list[str] | None = None) -> list[str]:
+    """The plain `celery worker` command line for one type on this host."""
+    profile = worker_profile(worker_type)
+    short = profile.worker_type.short
+    argv = ["celery", "-A", "vokaflow", "worker", "--type", short]
+    if partitions:
+        argv += ["--partitions", partitions]
+    argv += ["-P", profile.pool, "-c", str(profile.concurrency), "-n", f"{short}@%h", "-l", loglevel]
+    return argv + list(extra or [])

@@ -1,0 +1,174 @@
+"""Supervises the processes of one host: API server, one worker per type, Flower.
+
+Starts each child in its own process group, restarts one that dies (at most 3 times, with
+growing back-off) and gives up on it loudly, and stops every child on SIGINT/SIGTERM:
+SIGTERM first, SIGKILL after the grace period, so nothing is left behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass, field
+
+import psutil
+
+logger = logging.getLogger("vokaflow.launcher")
+
+MAX_RESTARTS = 3
+
+
+@dataclass
+class ProcessSpec:
+    name: str
+    argv: list[str]
+    port: int | None = None
+    address: str | None = None  # what to print for a person to open
+
+
+@dataclass
+class Child:
+    spec: ProcessSpec
+    proc: subprocess.Popen | None = None
+    restarts: int = 0
+    restart_at: float | None = None
+    given_up: bool = False
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class PortTaken(RuntimeError):
+    pass
+
+
+def check_ports(specs: list[ProcessSpec], host: str) -> None:
+    """Raise PortTaken naming the port and, when it can be found, the process holding it."""
+    for spec in specs:
+        if spec.port is None:
+            continue
+        with socket.socket() as sock:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind((host, spec.port))
+            except OSError:
+                raise PortTaken(f"port {spec.port} for {spec.name} on {host} is taken by "
+                                f"{_port_holder(spec.port)}; stop it or choose another port") from None
+
+
+def _port_holder(port: int) -> str:
+    try:
+        for conn in psutil.net_connections(kind="inet"):
+            if conn.laddr and conn.laddr.port == port and conn.status == psutil.CONN_LISTEN and conn.pid:
+                proc = psutil.Process(conn.pid)
+                return f"pid {conn.pid} ({' '.join(proc.cmdline())[:120]})"
+    except (psutil.Error, OSError):
+        pass
+    return "another process"
+
+
+class Launcher:
+    def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
+                 grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None):
+        self.children = [Child(spec) for spec in specs]
+        self.health_url = health_url
+        self.grace_seconds = grace_seconds
+        self.backoff_seconds = backoff_seconds
+        self.env = env
+        self.stopping = False
+
+    def run(self) -> int:
+        signal.signal(signal.SIGINT, self._on_signal)
+        signal.signal(signal.SIGTERM, self._on_signal)
+        for child in self.children:
+            self._start(child)
+        self._wait_ready()
+        while not self.stopping:
+            self._watch()
+            time.sleep(0.2)
+        self.stop()
+        return 0
+
+    def _on_signal(self, signum, frame):
+        if not self.stopping:
+            logger.info("received %s: stopping every process", signal.Signals(signum).name)
+        self.stopping = True
+
+    def _start(self, child: Child) -> None:
+        logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
+        child.proc = subprocess.Popen(child.spec.argv, env=self.env, start_new_session=True)
+        child.started_at = time.monotonic()
+        child.restart_at = None
+
+    def _watch(self) -> None:
+        now = time.monotonic()
+        for child in self.children:
+            if child.given_up or child.proc is None:
+                continue
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    self._start(child)
+                continue
+            code = child.proc.poll()
+            if code is None:
+                continue
+            if child.restarts >= MAX_RESTARTS:
+                child.given_up = True
+                logger.error("GAVE UP on %s: it exited with %s after %d restarts; the rest keeps running",
+                             child.spec.name, code, child.restarts)
+                continue
+            child.restarts += 1
+            delay = self.backoff_seconds * 2 ** (child.restarts - 1)
+            child.restart_at = now + delay
+            logger.warning("%s exited with %s; restart %d of %d in %.1f s", child.spec.name, code,
+                           child.restarts, MAX_RESTARTS, delay)
+
+    def _wait_ready(self, timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while self.health_url and time.monotonic() < deadline and not self.stopping:
+            self._watch()
+            try:
+                with urllib.request.urlopen(self.health_url, timeout=2) as response:
+                    if response.status == 200:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.5)
+        else:
+            if self.health_url and not self.stopping:
+                logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
+                return
+        if not self.stopping:
+            lines = [f"  {c.spec.name:<10} {c.spec.address or 'pid %d' % c.proc.pid}" for c in self.children]
+            print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
+
+    def stop(self) -> None:
+        running = [c for c in self.children if c.proc and c.proc.poll() is None]
+        for child in running:
+            _signal_group(child.proc, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_seconds
+        for child in running:
+            try:
+                child.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                logger.warning("%s did not stop within %.0f s: killing it", child.spec.name, self.grace_seconds)
+                _signal_group(child.proc, signal.SIGKILL)
+                child.proc.wait()
+        for child in running:  # leftovers of a group whose leader already exited
+            _signal_group(child.proc, signal.SIGKILL)
+        logger.info("all processes stopped")
+
+
+def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+    try:
+        os.killpg(proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def python_command(*args: str) -> list[str]:
+    return [sys.executable, *args]
