@@ -125,7 +125,7 @@ def main(argv: list[str]) -> int:
                 env["DATABASE_URL"] = "postgres://postgres@127.0.0.1:5432/test"
             else:
                 say("no PostgreSQL at 127.0.0.1:5432: testing on SQLite")
-        env.setdefault("SECRET_KEY", "vokaflow-test-key")
+        env.setdefault("SECRET_KEY", "vokaflow-test-key-only-for-the-test-suite-not-secret")
         say(f"tests use Redis {env['REDIS_URL']} and database {env.get('DATABASE_URL', 'SQLite')}")
     else:
         url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")

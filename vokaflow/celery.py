@@ -8,11 +8,31 @@ import os
 
 import click
 from celery import Celery, bootsteps
+from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 
 app = Celery("vokaflow")
+
+
+class SubmitOnlyRedisBackend(RedisBackend):
+    """Redis result backend that does not subscribe to a task's result when it is sent.
+
+    Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
+    case the caller waits on it: one extra round trip per task, which breaks pipelined batch
+    submission and piles up subscriptions in the API. `AsyncResult.get()` still subscribes
+    when someone actually waits (celery.backends.asynchronous.add_pending_result).
+    """
+
+    def on_task_call(self, producer, task_id):
+        pass
+
+
+def result_backend_url(redis_url: str) -> str:
+    if redis_url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
+    return redis_url  # sentinel:// and others keep Celery's own backend
 
 
 def celery_config(settings) -> dict:
@@ -24,7 +44,7 @@ def celery_config(settings) -> dict:
     default_exchange = Exchange("", type="direct")  # the anonymous exchange: no binding lookups
     return {
         "broker_url": settings.REDIS_URL,
-        "result_backend": settings.REDIS_URL,
+        "result_backend": result_backend_url(settings.REDIS_URL),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": timeout,
         "broker_transport_options": {

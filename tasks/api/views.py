@@ -3,9 +3,9 @@
 from dataclasses import asdict
 
 from django.conf import settings
+from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
-from rest_framework.reverse import reverse
 from rest_framework.views import APIView
 
 from tasks import catalog
@@ -17,7 +17,8 @@ from tasks.submit import SubmissionError, enqueue, prepare_payload
 
 def _submission_body(request, submission) -> dict:
     body = asdict(submission)
-    body["status_url"] = reverse("task-detail", kwargs={"task_id": submission.task_id}, request=request)
+    path = reverse("task-detail", kwargs={"task_id": submission.task_id}) + "/"
+    body["status_url"] = request.build_absolute_uri(path)
     return body
 
 

@@ -1,0 +1,174 @@
+"""Shared fixtures: the suite's own Redis database, real `celery worker` subprocesses, API clients."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+ROOT = Path(__file__).resolve().parent.parent
+# Our keys only: never FLUSHALL, and kombu's bindings of running workers stay.
+OUR_KEY_PATTERNS = ["cpu.*", "io.*", "memory.*", "network.*", "general.*", "vokaflow:*",
+                    "celery-task-meta-*", "unacked*"]
+
+
+def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
+    """Poll until condition() is truthy; fail with `message` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = condition()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message}")
+        time.sleep(interval)
+
+
+@pytest.fixture(scope="session")
+def redis_client():
+    from vokaflow.redis import get_redis
+
+    client = get_redis()
+    client.ping()
+    return client
+
+
+def delete_our_keys(client) -> None:
+    for pattern in OUR_KEY_PATTERNS:
+        keys = list(client.scan_iter(match=pattern, count=1000))
+        for start in range(0, len(keys), 500):
+            client.delete(*keys[start:start + 500])
+
+
+@pytest.fixture(autouse=True)
+def clean_redis(redis_client):
+    delete_our_keys(redis_client)
+    yield
+
+
+def worker_env(**overrides) -> dict:
+    env = os.environ.copy()
+    env.update({
+        "REDIS_URL": settings.REDIS_URL,
+        "SECRET_KEY": settings.SECRET_KEY,
+        "PYTHONUNBUFFERED": "1",
+        "VOKAFLOW_RESTORE_INTERVAL": "0.5",
+    })
+    env.update({k: str(v) for k, v in overrides.items()})
+    return env
+
+
+class Worker:
+    """A real `celery -A vokaflow worker` in its own process group."""
+
+    def __init__(self, worker_type: str, log_dir: Path, concurrency: int = 1, pool: str = "threads",
+                 partitions: str | None = None, env: dict | None = None):
+        self.name = f"{worker_type}-{uuid.uuid4().hex[:8]}@test"
+        self.log_path = log_dir / f"{self.name}.log"
+        argv = [sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", worker_type,
+                "-P", pool, "-c", str(concurrency), "-n", self.name, "-l", "INFO",
+                "--without-mingle", "--without-gossip"]
+        if partitions:
+            argv += ["--partitions", partitions]
+        self.log = open(self.log_path, "w")
+        self.proc = subprocess.Popen(argv, cwd=ROOT, env=env or worker_env(), stdout=self.log,
+                                     stderr=subprocess.STDOUT, start_new_session=True)
+
+    def wait_ready(self, timeout: float = 30.0) -> Worker:
+        def ready():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"worker {self.name} exited with {self.proc.returncode}:\n{self.output()}")
+            return " ready." in self.output()
+        wait_for(ready, timeout, 0.1, f"worker {self.name} to be ready")
+        return self
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def kill(self, signum=signal.SIGKILL) -> None:
+        try:
+            os.killpg(self.proc.pid, signum)
+        except ProcessLookupError:
+            pass
+        self.proc.wait(10)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.kill()
+            except ProcessLookupError:
+                pass
+        self.log.close()
+
+
+@pytest.fixture
+def start_worker(tmp_path):
+    """start_worker("io", concurrency=2, partitions="0-3", env=worker_env(...)) → a ready Worker."""
+    started: list[Worker] = []
+
+    def start(worker_type: str, wait: bool = True, **kwargs) -> Worker:
+        worker = Worker(worker_type, tmp_path, **kwargs)
+        started.append(worker)
+        return worker.wait_ready() if wait else worker
+
+    yield start
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture(scope="module")
+def module_workers(tmp_path_factory):
+    """One worker of each type, shared by a module's tests (each concurrency 2, threads)."""
+    log_dir = tmp_path_factory.mktemp("workers")
+    workers = {t: Worker(t, log_dir, concurrency=2) for t in ("cpu", "io", "memory", "network", "general")}
+    try:
+        for worker in workers.values():
+            worker.wait_ready()
+        yield workers
+    finally:
+        for worker in workers.values():
+            worker.stop()
+
+
+def task_meta(task_id: str) -> dict:
+    from vokaflow.celery import app
+
+    return app.backend.get_task_meta(task_id)
+
+
+def wait_for_state(task_id: str, states=("SUCCESS",), timeout: float = 20.0) -> dict:
+    return wait_for(lambda: (m := task_meta(task_id))["status"] in states and m, timeout,
+                    message=f"task {task_id} to reach {states}")
+
+
+@pytest.fixture
+def user(db):
+    from django.contrib.auth import get_user_model
+
+    return get_user_model().objects.create_user("alice", password="alice-password")
+
+
+@pytest.fixture
+def api(user):
+    """An APIClient logged in as a plain (non-staff) user."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
+def run_python(code: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:
+    """Run Python code in a fresh interpreter of this virtualenv (a process with no web server)."""
+    return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
