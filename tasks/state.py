@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from celery import states
-from celery.result import AsyncResult
 
 from tasks.base import REVOKED_KEY
 from tasks.submit import task_record

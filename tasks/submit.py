@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import uuid
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import redis
 from celery import Task
@@ -176,14 +176,14 @@ def _check_eta(eta, error) -> datetime | None:
         eta = parsed
     if not isinstance(eta, datetime):
         raise error("eta", "must be an ISO-8601 date-time")
-    return eta if eta.tzinfo else eta.replace(tzinfo=timezone.utc)
+    return eta if eta.tzinfo else eta.replace(tzinfo=UTC)
 
 
 def enqueue(requests: list[TaskRequest]) -> list[Submission]:
     """Publish validated requests: one pipelined round trip for the messages, one for the
     records. A request whose idempotency key was seen within 24 h returns the first task."""
     r = get_redis()
-    now = datetime.now(timezone.utc).isoformat()
+    now = datetime.now(UTC).isoformat()
     try:
         duplicates = _claim_idempotency_keys(r, requests)
         fresh = [req for req in requests if req.task_id not in duplicates]
@@ -220,11 +220,11 @@ def _claim_idempotency_keys(r, requests) -> dict[str, str]:
         for req in keyed:
             pipe.set(IDEMPOTENCY_KEY.format(req.idempotency_key), req.task_id, nx=True, ex=ttl)
         claimed = pipe.execute()
-    repeats = [req for req, won in zip(keyed, claimed) if not won]
+    repeats = [req for req, won in zip(keyed, claimed, strict=False) if not won]
     if not repeats:
         return {}
     firsts = r.mget([IDEMPOTENCY_KEY.format(req.idempotency_key) for req in repeats])
-    return {req.task_id: first.decode() for req, first in zip(repeats, firsts) if first}
+    return {req.task_id: first.decode() for req, first in zip(repeats, firsts, strict=False) if first}
 
 
 def _release_idempotency_keys(r, requests) -> None:
@@ -258,7 +258,7 @@ def _eta_of(req: TaskRequest, now: str) -> str | None:
         return req.eta.isoformat()
     if req.countdown:
         return datetime.fromtimestamp(datetime.fromisoformat(now).timestamp() + req.countdown,
-                                      timezone.utc).isoformat()
+                                      UTC).isoformat()
     return None
 
 
@@ -275,7 +275,7 @@ def _load_records(r, task_ids) -> dict[str, Submission]:
     if not task_ids:
         return {}
     raws = r.mget([TASK_RECORD_KEY.format(t) for t in task_ids])
-    return {t: Submission(**json.loads(raw)) for t, raw in zip(task_ids, raws) if raw is not None}
+    return {t: Submission(**json.loads(raw)) for t, raw in zip(task_ids, raws, strict=False) if raw is not None}
 
 
 def task_record(task_id: str) -> Submission | None:

@@ -99,6 +99,14 @@ class Worker:
             pass
         self.proc.wait(10)
 
+    def terminate(self) -> None:
+        """Ask for a warm shutdown without waiting (stop() waits)."""
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
     def stop(self) -> None:
         if self.proc.poll() is None:
             try:
@@ -123,6 +131,8 @@ def start_worker(tmp_path):
 
     yield start
     for worker in started:
+        worker.terminate()
+    for worker in started:
         worker.stop()
 
 
@@ -136,6 +146,8 @@ def module_workers(tmp_path_factory):
             worker.wait_ready()
         yield workers
     finally:
+        for worker in workers.values():
+            worker.terminate()
         for worker in workers.values():
             worker.stop()
 

@@ -3,8 +3,16 @@
 import pytest
 
 from tasks.priorities import Priority
-from tasks.routing import (PriorityFairCycle, Route, all_queues, parse_partitions, parse_queue, partition_for,
-                           queue_name, queues_for)
+from tasks.routing import (
+    PriorityFairCycle,
+    Route,
+    all_queues,
+    parse_partitions,
+    parse_queue,
+    partition_for,
+    queue_name,
+    queues_for,
+)
 from workers.profiles import WorkerType, worker_argv, worker_profile
 
 

@@ -143,7 +143,7 @@ class Launcher:
                 logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
                 return
         if not self.stopping:
-            lines = [f"  {c.spec.name:<10} {c.spec.address or 'pid %d' % c.proc.pid}" for c in self.children]
+            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid}'}" for c in self.children]
             print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
 
     def stop(self) -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 
-class WorkerType(str, Enum):
+class WorkerType(StrEnum):
     CPU_INTENSIVE = "CPU_INTENSIVE"
     IO_INTENSIVE = "IO_INTENSIVE"
     MEMORY_INTENSIVE = "MEMORY_INTENSIVE"
@@ -20,7 +20,7 @@ class WorkerType(str, Enum):
         return _SHORT[self]
 
     @classmethod
-    def parse(cls, value: "str | WorkerType") -> "WorkerType":
+    def parse(cls, value: str | WorkerType) -> WorkerType:
         """Accept the full name or the short one, any case; raise ValueError naming the choices."""
         if isinstance(value, WorkerType):
             return value

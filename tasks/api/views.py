@@ -9,8 +9,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import catalog
-from tasks.api.serializers import (CatalogEntrySerializer, SubmissionSerializer, TaskBatchSerializer,
-                                   TaskStatusSerializer, TaskSubmitSerializer)
+from tasks.api.serializers import (
+    CatalogEntrySerializer,
+    SubmissionSerializer,
+    TaskBatchSerializer,
+    TaskStatusSerializer,
+    TaskSubmitSerializer,
+)
 from tasks.state import revoke_task, task_status
 from tasks.submit import SubmissionError, enqueue, prepare_payload
 
