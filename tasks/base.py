@@ -5,20 +5,17 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from celery import Task, shared_task
-from celery.exceptions import Ignore
 
 from tasks.priorities import DEFAULT_PRIORITY, Priority
 from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
-
-REVOKED_KEY = "vokaflow:revoked:{}"
-
 
 class PlatformTask(Task):
     """A Celery task that knows its routing defaults and its retry policy.
 
     Attributes set by :func:`platform_task`: ``worker_type``, ``default_priority`` and
     ``submittable`` (may be run by name through the API). Retries use Celery's
-    ``autoretry_for`` with exponential back-off and full jitter.
+    ``autoretry_for`` with exponential back-off and full jitter. ``track_started`` records
+    the STARTED state (one Redis write per task; tasks that finish in microseconds skip it).
     """
 
     abstract = True
@@ -31,19 +28,7 @@ class PlatformTask(Task):
     retry_backoff = 1
     retry_backoff_max = 600
     retry_jitter = True
-
-    def __call__(self, *args, **kwargs):
-        # A revoke is broadcast to live workers; one started later learns it here.
-        if self.request.id and not self.request.is_eager and _is_revoked(self.request.id):
-            self.backend.mark_as_revoked(self.request.id, reason="revoked", request=self.request)
-            raise Ignore()
-        return super().__call__(*args, **kwargs)
-
-
-def _is_revoked(task_id: str) -> bool:
-    from vokaflow.redis import get_redis
-
-    return bool(get_redis().exists(REVOKED_KEY.format(task_id)))
+    track_started = True
 
 
 def platform_task(name: str, *, worker_type: WorkerType | str = DEFAULT_WORKER_TYPE,

@@ -16,12 +16,12 @@ class TransientFailure(Exception):
     """Raised by vokaflow.flaky: a failure worth retrying."""
 
 
-@platform_task("vokaflow.noop", submittable=True, max_retries=0)
+@platform_task("vokaflow.noop", submittable=True, max_retries=0, track_started=False)
 def noop():
     """Does nothing; measures the platform's own overhead."""
 
 
-@platform_task("vokaflow.echo", submittable=True, max_retries=0)
+@platform_task("vokaflow.echo", submittable=True, max_retries=0, track_started=False)
 def echo(*args, **kwargs):
     """Returns its arguments."""
     return {"args": list(args), "kwargs": kwargs}

@@ -6,6 +6,7 @@ Queue names read ``<type>.<priority>.p<partition>``, for example ``cpu.high.p3``
 
 from __future__ import annotations
 
+import functools
 import itertools
 import re
 import zlib
@@ -87,6 +88,7 @@ def all_queues(partitions: int) -> list[str]:
     return [q for worker_type in WorkerType for q in queues_for(worker_type, partitions)]
 
 
+@functools.lru_cache(maxsize=4096)
 def priority_rank(queue: str) -> int:
     """Sort key: the priority value of one of our queues; foreign queues come last."""
     route = parse_queue(queue)

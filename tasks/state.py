@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+import time
+
 from celery import states
 
-from tasks.base import REVOKED_KEY
 from tasks.submit import task_record
 from vokaflow.celery import app
 from vokaflow.redis import get_redis
+
+
+# task id → expiry (epoch seconds): revokes that a worker started later must still honour.
+REVOKED_KEY = "vokaflow:revoked"
 
 
 class TaskNotFound(LookupError):
@@ -49,16 +54,24 @@ def task_status(task_id: str) -> dict:
 
 def revoke_task(task_id: str) -> dict:
     """Stop a task that has not finished: broadcast to live workers and remember it in Redis
-    for workers that start later. A running task is left to finish (no termination)."""
+    for workers that start later (they load it at start, so running tasks pay nothing).
+    A task already running is left to finish (no termination)."""
     status = task_status(task_id)
     if status["state"] in states.READY_STATES:
         raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
     from django.conf import settings
 
-    get_redis().set(REVOKED_KEY.format(task_id), 1, ex=settings.VOKAFLOW_RESULT_TTL)
+    get_redis().zadd(REVOKED_KEY, {task_id: time.time() + settings.VOKAFLOW_RESULT_TTL})
     app.control.revoke(task_id)
     app.backend.mark_as_revoked(task_id, reason="revoked through the API")
     return task_status(task_id)
+
+
+def revoked_task_ids() -> list[str]:
+    """Ids revoked within the result TTL; a starting worker merges them into its revoked set."""
+    r = get_redis()
+    r.zremrangebyscore(REVOKED_KEY, "-inf", time.time())
+    return [task_id.decode() for task_id in r.zrange(REVOKED_KEY, 0, -1)]
 
 
 def _error_text(result) -> str | None:

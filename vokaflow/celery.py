@@ -4,10 +4,11 @@
 partitions 0-3, highest priority first (see tasks.routing.PriorityFairCycle).
 """
 
+import logging
 import os
 
 import click
-from celery import Celery, bootsteps
+from celery import Celery, bootsteps, signals
 from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
@@ -133,3 +134,17 @@ class ConsumeWorkerTypeQueues(bootsteps.Step):
 
 
 app.steps["worker"].add(ConsumeWorkerTypeQueues)
+
+
+@signals.worker_init.connect
+def _load_revoked(**kwargs):
+    """Revokes broadcast while this worker was not running still apply to it."""
+    from celery.worker.state import merge_revoked
+    from redis import RedisError
+
+    from tasks.state import revoked_task_ids
+
+    try:
+        merge_revoked(revoked_task_ids())
+    except RedisError as exc:
+        logging.getLogger(__name__).warning("could not load revoked task ids: %s", exc)

@@ -1,0 +1,137 @@
+"""End-to-end no-op throughput: VokaFlow against plain Celery (and Dramatiq), same Redis, same run.
+
+    .venv/bin/python bench/throughput.py --tasks 20000 --rounds 2
+
+For each worker layout, N no-op tasks are enqueued (VokaFlow with submit_task, plain Celery
+with .delay(), Dramatiq with .send()), then the workers start and drain them; the rate is
+measured from the first task taken to the last one acknowledged, so start-up is left out.
+Systems alternate within each round. Uses Redis database 12 of REDIS_URL (flushed between runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import redis
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from bench.common import ROOT, bench_env, bench_redis_url, clear, median, python, start, stop  # noqa: E402
+
+LAYOUTS = {
+    "threads-2x1": {"processes": 1, "pool": "threads", "concurrency": 2},
+    "solo-1x2": {"processes": 2, "pool": "solo", "concurrency": 1},
+    "prefork-2x1": {"processes": 1, "pool": "prefork", "concurrency": 2},
+}
+VOKAFLOW_QUEUES = [f"general.normal.p{p}" for p in range(8)]
+
+
+def enqueue(system: str, n: int) -> float:
+    """Enqueue n no-ops in a fresh interpreter; returns tasks/s of the enqueue itself."""
+    code = {
+        "vokaflow": "import django; django.setup()\nfrom tasks.submit import submit_task\n"
+                    "f = lambda: submit_task('vokaflow.noop')\n",
+        "celery": "from bench.plain_celery import noop\nf = noop.delay\n",
+        "dramatiq": "from bench.dramatiq_app import noop\nf = noop.send\n",
+    }[system]
+    code += (f"import time\nstarted = time.perf_counter()\nfor _ in range({n}): f()\n"
+             "print(time.perf_counter() - started)\n")
+    out = __import__("subprocess").run([python(), "-c", code], cwd=ROOT, env=bench_env(), capture_output=True,
+                                       text=True, check=True)
+    return n / float(out.stdout.strip().splitlines()[-1])
+
+
+def depth(client: redis.Redis, system: str) -> int:
+    with client.pipeline(transaction=False) as pipe:
+        if system == "vokaflow":
+            for queue in VOKAFLOW_QUEUES:
+                pipe.llen(queue)
+            pipe.hlen("unacked")
+        elif system == "celery":
+            pipe.llen("plain")
+            pipe.hlen("unacked")
+        else:
+            pipe.hlen("bench-dramatiq:noop.msgs")  # bodies stay in this hash until acknowledged
+        return sum(pipe.execute())
+
+
+def worker_commands(system: str, layout: dict) -> list[list[str]]:
+    if system == "dramatiq":
+        return [[python(), "-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8"]]
+    base = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
+            "celery": ["-A", "bench.plain_celery", "worker", "-Q", "plain"]}[system]
+    return [[python(), "-m", "celery", *base, "-P", layout["pool"], "-c", str(layout["concurrency"]),
+             "-n", f"{system}{i}@%h", "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"]
+            for i in range(layout["processes"])]
+
+
+def drain(system: str, layout: dict, n: int, log_dir: Path) -> dict:
+    client = redis.Redis.from_url(bench_redis_url())
+    clear(client)
+    enqueue_rate = enqueue(system, n)
+    assert depth(client, system) == n, f"{system}: expected {n} queued, found {depth(client, system)}"
+    procs = [start(argv, bench_env(), log_dir / f"{system}-{i}.log")
+             for i, argv in enumerate(worker_commands(system, layout))]
+    try:
+        deadline = time.monotonic() + 120
+        while (remaining := depth(client, system)) >= n:
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{system} workers took nothing; see {log_dir}")
+            time.sleep(0.005)
+        started, taken_before = time.perf_counter(), n - remaining
+        while depth(client, system) > 0:
+            if time.monotonic() > deadline + 600:
+                raise TimeoutError(f"{system} did not drain; see {log_dir}")
+            time.sleep(0.02)
+        elapsed = time.perf_counter() - started
+    finally:
+        stop(procs)
+    return {"drain_per_s": (n - taken_before) / elapsed, "enqueue_per_s": enqueue_rate}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--layouts", default=",".join(LAYOUTS))
+    parser.add_argument("--no-dramatiq", action="store_true")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+    args = parser.parse_args()
+    log_dir = ROOT / "bench" / "results" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, dict[str, list[dict]]] = {}
+    for round_no in range(args.rounds):
+        for name in args.layouts.split(","):
+            order = ["vokaflow", "celery"] if round_no % 2 == 0 else ["celery", "vokaflow"]
+            for system in order:
+                outcome = drain(system, LAYOUTS[name], args.tasks, log_dir)
+                results.setdefault(name, {}).setdefault(system, []).append(outcome)
+                print(f"round {round_no + 1} {name:<12} {system:<9} drain {outcome['drain_per_s']:7.0f}/s  "
+                      f"enqueue {outcome['enqueue_per_s']:7.0f}/s", flush=True)
+        if not args.no_dramatiq:
+            outcome = drain("dramatiq", {}, args.tasks, log_dir)
+            results.setdefault("dramatiq-2x8", {}).setdefault("dramatiq", []).append(outcome)
+            print(f"round {round_no + 1} dramatiq-2x8 dramatiq  drain {outcome['drain_per_s']:7.0f}/s  "
+                  f"enqueue {outcome['enqueue_per_s']:7.0f}/s", flush=True)
+    print(f"\nmedians over {args.rounds} rounds, {args.tasks} no-op tasks each:")
+    summary = {}
+    for name, systems in results.items():
+        summary[name] = {s: {k: median([r[k] for r in runs]) for k in runs[0]} for s, runs in systems.items()}
+        line = "  ".join(f"{s} {v['drain_per_s']:.0f}/s" for s, v in summary[name].items())
+        if "vokaflow" in summary[name] and "celery" in summary[name]:
+            ratio = summary[name]["vokaflow"]["drain_per_s"] / summary[name]["celery"]["drain_per_s"]
+            line += f"  ratio vokaflow/celery {ratio:.2f}"
+        print(f"  {name:<12} {line}")
+    celery_best = max(v["celery"]["drain_per_s"] for v in summary.values() if "celery" in v)
+    if "dramatiq-2x8" in summary:
+        print(f"  dramatiq / best plain Celery layout: {summary['dramatiq-2x8']['dramatiq']['drain_per_s'] / celery_best:.2f}")
+    if args.json:
+        args.json.write_text(json.dumps(summary, indent=2))
+
+
+if __name__ == "__main__":
+    main()
