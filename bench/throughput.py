@@ -128,7 +128,8 @@ def main() -> None:
         print(f"  {name:<12} {line}")
     celery_best = max(v["celery"]["drain_per_s"] for v in summary.values() if "celery" in v)
     if "dramatiq-2x8" in summary:
-        print(f"  dramatiq / best plain Celery layout: {summary['dramatiq-2x8']['dramatiq']['drain_per_s'] / celery_best:.2f}")
+        dramatiq = summary["dramatiq-2x8"]["dramatiq"]["drain_per_s"]
+        print(f"  dramatiq / best plain Celery layout: {dramatiq / celery_best:.2f}")
     if args.json:
         args.json.write_text(json.dumps(summary, indent=2))
 

@@ -9,6 +9,7 @@ from celery import Task, shared_task
 from tasks.priorities import DEFAULT_PRIORITY, Priority
 from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
 
+
 class PlatformTask(Task):
     """A Celery task that knows its routing defaults and its retry policy.
 

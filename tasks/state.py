@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import time
+from dataclasses import asdict
 
 from celery import states
 
 from tasks.submit import task_record
 from vokaflow.celery import app
 from vokaflow.redis import get_redis
-
 
 # task id → expiry (epoch seconds): revokes that a worker started later must still honour.
 REVOKED_KEY = "vokaflow:revoked"

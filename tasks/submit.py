@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import json
 import uuid
-from dataclasses import asdict, dataclass, field, replace
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 
 import redis
 from celery import Task
+from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 from django.utils.dateparse import parse_datetime
-from kombu.exceptions import OperationalError
 
 from tasks import catalog
+from tasks.messages import encode_json, task_message
 from tasks.priorities import Priority
 from tasks.routing import Route, partition_for
 from vokaflow.celery import app
@@ -42,10 +43,9 @@ class TaskRequest:
     """One validated submission, ready to publish."""
 
     task: Task
-    args: list
-    kwargs: dict
+    args_json: str
+    kwargs_json: str
     route: Route
-    countdown: float | None = None
     eta: datetime | None = None
     idempotency_key: str | None = None
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
@@ -115,9 +115,13 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     if not all(isinstance(k, str) for k in kwargs):
         raise error("kwargs", "keys must be strings")
     try:
-        json.dumps([args, kwargs], allow_nan=False)
+        args_json = encode_json(list(args))
     except (TypeError, ValueError) as exc:
-        raise error("args" if not kwargs else "kwargs", f"not JSON-serialisable: {exc}") from None
+        raise error("args", f"not JSON-serialisable: {exc}") from None
+    try:
+        kwargs_json = encode_json(kwargs)
+    except (TypeError, ValueError) as exc:
+        raise error("kwargs", f"not JSON-serialisable: {exc}") from None
     try:
         chosen_priority = Priority.parse(priority) if priority is not None else task.default_priority
     except ValueError as exc:
@@ -132,14 +136,16 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("countdown", "give countdown or eta, not both")
     countdown = _check_countdown(countdown, error)
     eta = _check_eta(eta, error)
+    if countdown:
+        eta = datetime.now(UTC) + timedelta(seconds=countdown)
     if lock is not None:
         raise error("lock", "locked execution is not available in this version")
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):
         raise error("idempotency_key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
     route = Route(chosen_type, chosen_priority, partition_for(partition_key, settings.VOKAFLOW_PARTITIONS))
-    return TaskRequest(task=task, args=list(args), kwargs=kwargs, route=route, countdown=countdown,
-                       eta=eta, idempotency_key=idempotency_key)
+    return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
+                       idempotency_key=idempotency_key)
 
 
 def _resolve_task(task_or_name, trusted, error) -> Task:
@@ -180,23 +186,21 @@ def _check_eta(eta, error) -> datetime | None:
 
 
 def enqueue(requests: list[TaskRequest]) -> list[Submission]:
-    """Publish validated requests: one pipelined round trip for the messages, one for the
-    records. A request whose idempotency key was seen within 24 h returns the first task."""
+    """Publish validated requests in one atomic, pipelined round trip (messages and records).
+    A request whose idempotency key was seen within 24 h returns the first task instead."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
         duplicates = _claim_idempotency_keys(r, requests)
         fresh = [req for req in requests if req.task_id not in duplicates]
-        if fresh:
-            try:
-                _publish(fresh)
-            except BaseException:
-                _release_idempotency_keys(r, fresh)
-                raise
         submissions = {req.task_id: _submission(req, now) for req in fresh}
-        _store_records(r, submissions.values())
+        try:
+            _push(r, fresh, submissions)
+        except BaseException:
+            _release_idempotency_keys(r, fresh)
+            raise
         firsts = _load_records(r, set(duplicates.values()) - submissions.keys())
-    except (OperationalError, redis.RedisError, OSError) as exc:
+    except (redis.RedisError, OSError) as exc:
         raise BrokerUnavailable(f"the broker at {_redacted(settings.REDIS_URL)} is unreachable: {exc}") from exc
     firsts.update(submissions)
     answers = []
@@ -236,38 +240,33 @@ def _release_idempotency_keys(r, requests) -> None:
             pass  # the broker is down: the publish failed for the same reason
 
 
-def _publish(requests: list[TaskRequest]) -> None:
-    with app.producer_or_acquire() as producer:
-        with producer.batch(max_size=max(len(requests), 1)):
-            for req in requests:
-                req.task.apply_async(
-                    req.args, req.kwargs, task_id=req.task_id, queue=req.route.queue,
-                    routing_key=req.route.queue, exchange="", countdown=req.countdown,
-                    eta=req.eta, producer=producer)
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) -> None:
+    """LPUSH each queue's messages (FIFO for BRPOP) and SET each task's record, in one MULTI."""
+    if not requests:
+        return
+    origin = anon_nodename()
+    parent = app.current_worker_task
+    parent_id = parent.request.id if parent else None
+    root_id = (parent.request.root_id or parent_id) if parent else None
+    by_queue: dict[str, list[str]] = {}
+    for req in requests:
+        by_queue.setdefault(req.route.queue, []).append(task_message(
+            task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
+            queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id))
+    ttl = settings.VOKAFLOW_RESULT_TTL
+    with r.pipeline(transaction=True) as pipe:
+        for queue, messages in by_queue.items():
+            pipe.lpush(queue, *messages)
+        for sub in submissions.values():
+            pipe.set(TASK_RECORD_KEY.format(sub.task_id), json.dumps(vars(sub)), ex=ttl)
+        pipe.execute()
 
 
 def _submission(req: TaskRequest, now: str) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,
-                      eta=_eta_of(req, now))
-
-
-def _eta_of(req: TaskRequest, now: str) -> str | None:
-    if req.eta:
-        return req.eta.isoformat()
-    if req.countdown:
-        return datetime.fromtimestamp(datetime.fromisoformat(now).timestamp() + req.countdown,
-                                      UTC).isoformat()
-    return None
-
-
-def _store_records(r, submissions) -> None:
-    ttl = settings.VOKAFLOW_RESULT_TTL
-    with r.pipeline(transaction=False) as pipe:
-        for sub in submissions:
-            pipe.set(TASK_RECORD_KEY.format(sub.task_id), json.dumps(asdict(sub)), ex=ttl)
-        pipe.execute()
+                      eta=req.eta.isoformat() if req.eta else None)
 
 
 def _load_records(r, task_ids) -> dict[str, Submission]:

@@ -20,11 +20,11 @@ from tasks.state import revoke_task, task_status
 from tasks.submit import SubmissionError, enqueue, prepare_payload
 
 
-def _submission_body(request, submission) -> dict:
-    body = asdict(submission)
-    path = reverse("task-detail", kwargs={"task_id": submission.task_id}) + "/"
-    body["status_url"] = request.build_absolute_uri(path)
-    return body
+def _submission_bodies(request, submissions) -> list[dict]:
+    # One reverse() for the whole batch: the URL differs only by the id.
+    template = request.build_absolute_uri(reverse("task-detail", kwargs={"task_id": "ID"}) + "/")
+    prefix, suffix = template.rsplit("ID", 1)
+    return [{**vars(s), "status_url": f"{prefix}{s.task_id}{suffix}"} for s in submissions]
 
 
 class TaskSubmitView(APIView):
@@ -33,7 +33,7 @@ class TaskSubmitView(APIView):
     @extend_schema(request=TaskSubmitSerializer, responses={202: SubmissionSerializer})
     def post(self, request):
         submission = enqueue([prepare_payload(request.data)])[0]
-        return Response(_submission_body(request, submission), status=202)
+        return Response(_submission_bodies(request, [submission])[0], status=202)
 
 
 class TaskBatchView(APIView):
@@ -50,7 +50,7 @@ class TaskBatchView(APIView):
         requests = [prepare_payload(item, index=i) for i, item in enumerate(items)]
         submissions = enqueue(requests)
         return Response({"count": len(submissions),
-                         "tasks": [_submission_body(request, s) for s in submissions]}, status=202)
+                         "tasks": _submission_bodies(request, submissions)}, status=202)
 
 
 class TaskDetailView(APIView):
