@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import logging
+import random
 from collections.abc import Callable
 
-from celery import Task, shared_task
+from celery import Task, shared_task, states
+from celery.exceptions import Ignore
 
 from tasks.priorities import DEFAULT_PRIORITY, Priority
 from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
+
+logger = logging.getLogger(__name__)
 
 
 class PlatformTask(Task):
@@ -30,6 +35,38 @@ class PlatformTask(Task):
     retry_backoff_max = 600
     retry_jitter = True
     track_started = True
+
+    def __call__(self, *args, **kwargs):
+        spec = getattr(self.request, "vokaflow_lock", None)
+        if not spec or self.request.is_eager:
+            return super().__call__(*args, **kwargs)
+        return self._call_under_lock(spec, args, kwargs)
+
+    def _call_under_lock(self, spec: dict, args, kwargs):
+        """Run while holding the submission's lock; a task that finds it taken is put back in
+        its queue with a short countdown (its worker slot is freed) or dropped if asked to."""
+        from tasks.submit import requeue_running
+        from vokaflow import locks
+        from vokaflow.redis import get_redis
+
+        lock = locks.RedisLock(spec["key"], spec["timeout"], owner=f"{self.name}[{self.request.id}]",
+                               watchdog=True, client=get_redis())
+        try:
+            lock.acquire()
+        except locks.LockNotAcquired as exc:
+            if spec.get("skip_if_locked"):
+                self.backend.mark_as_revoked(self.request.id, reason=f"skipped: {exc}", request=self.request)
+                raise Ignore() from None
+            requeue_running(self, delay=random.uniform(0.05, 0.5))
+            self.update_state(state=states.PENDING, meta=None)
+            raise Ignore() from None
+        try:
+            return super().__call__(*args, **kwargs)
+        finally:
+            try:
+                lock.release()
+            except locks.LockLost as exc:
+                logger.warning("task %s ran past its lock: %s", self.request.id, exc)
 
 
 def platform_task(name: str, *, worker_type: WorkerType | str = DEFAULT_WORKER_TYPE,

@@ -29,9 +29,10 @@ def echo(*args, **kwargs):
 
 @platform_task("vokaflow.sleep", worker_type=WorkerType.IO_INTENSIVE, submittable=True, max_retries=0)
 def sleep(seconds: float = 1.0):
-    """Sleeps for `seconds` (a stand-in for waiting on I/O)."""
+    """Sleeps for `seconds` (a stand-in for waiting on I/O); returns when it ran (epoch seconds)."""
+    started_at = time.time()
     time.sleep(float(seconds))
-    return seconds
+    return {"slept": seconds, "started_at": started_at, "finished_at": time.time()}
 
 
 @platform_task("vokaflow.cpu", worker_type=WorkerType.CPU_INTENSIVE, submittable=True, max_retries=0)

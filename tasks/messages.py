@@ -25,16 +25,18 @@ def encode_json(value) -> str:
 
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
-                 root_id: str | None = None) -> str:
+                 root_id: str | None = None, retries: int = 0, lock: dict | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers = {
         "lang": "py", "task": name, "id": task_id, "shadow": None,
         "eta": eta.isoformat() if eta else None, "expires": None, "group": None, "group_index": None,
-        "retries": 0, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
+        "retries": retries, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
         "argsrepr": args_json[:REPR_LIMIT], "kwargsrepr": kwargs_json[:REPR_LIMIT], "origin": origin,
         "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }
+    if lock:
+        headers["vokaflow_lock"] = lock  # reaches the task as self.request.vokaflow_lock
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",

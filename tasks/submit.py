@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
@@ -48,6 +49,7 @@ class TaskRequest:
     route: Route
     eta: datetime | None = None
     idempotency_key: str | None = None
+    lock: dict | None = None
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -138,14 +140,13 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     eta = _check_eta(eta, error)
     if countdown:
         eta = datetime.now(UTC) + timedelta(seconds=countdown)
-    if lock is not None:
-        raise error("lock", "locked execution is not available in this version")
+    lock = _check_lock(lock, error)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):
         raise error("idempotency_key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
     route = Route(chosen_type, chosen_priority, partition_for(partition_key, settings.VOKAFLOW_PARTITIONS))
     return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
-                       idempotency_key=idempotency_key)
+                       idempotency_key=idempotency_key, lock=lock)
 
 
 def _resolve_task(task_or_name, trusted, error) -> Task:
@@ -162,6 +163,23 @@ def _resolve_task(task_or_name, trusted, error) -> Task:
         if trusted and registered is not None:
             return registered
         raise error("task", f"unknown task {task_or_name!r}", allowed=catalog.submittable_names()) from None
+
+
+LOCK_FIELDS = {"key", "timeout", "skip_if_locked"}
+
+
+def _check_lock(lock, error) -> dict | None:
+    """{"key": str, "timeout": seconds, "skip_if_locked": bool}: run one at a time per key."""
+    if lock is None:
+        return None
+    if not isinstance(lock, dict) or set(lock) - LOCK_FIELDS or "key" not in lock:
+        raise error("lock", 'must be an object {"key": ..., "timeout": seconds, "skip_if_locked": false}')
+    key, timeout = lock["key"], lock.get("timeout", 60)
+    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", key):
+        raise error("lock", "key must be 1-200 characters of letters, digits and _.:-")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
+        raise error("lock", "timeout must be a number of seconds between 0 and 86400")
+    return {"key": key, "timeout": float(timeout), "skip_if_locked": bool(lock.get("skip_if_locked", False))}
 
 
 def _check_countdown(countdown, error) -> float | None:
@@ -252,7 +270,8 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) ->
     for req in requests:
         by_queue.setdefault(req.route.queue, []).append(task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
-            queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id))
+            queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
+            lock=req.lock))
     ttl = settings.VOKAFLOW_RESULT_TTL
     with r.pipeline(transaction=True) as pipe:
         for queue, messages in by_queue.items():
@@ -275,6 +294,20 @@ def _load_records(r, task_ids) -> dict[str, Submission]:
         return {}
     raws = r.mget([TASK_RECORD_KEY.format(t) for t in task_ids])
     return {t: Submission(**json.loads(raw)) for t, raw in zip(task_ids, raws, strict=False) if raw is not None}
+
+
+def requeue_running(task: Task, delay: float) -> None:
+    """Put the running task's message back, unchanged (same id, retries, lock), due in `delay` s."""
+    request = task.request
+    queue = (request.delivery_info or {}).get("routing_key")
+    if not queue:
+        raise RuntimeError(f"task {request.id} has no queue to return to")
+    message = task_message(
+        task_id=request.id, name=task.name, args_json=encode_json(list(request.args or ())),
+        kwargs_json=encode_json(request.kwargs or {}), queue=queue,
+        eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
+        root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None))
+    get_redis().lpush(queue, message)
 
 
 def task_record(task_id: str) -> Submission | None:

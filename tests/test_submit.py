@@ -76,12 +76,21 @@ def test_countdown_and_eta_are_carried_in_the_message(redis_client):
     ({"task_or_name": "vokaflow.echo", "eta": "next tuesday"}, "eta"),
     ({"task_or_name": "vokaflow.echo", "countdown": 1, "eta": "2030-01-01T00:00:00Z"}, "countdown"),
     ({"task_or_name": "vokaflow.echo", "idempotency_key": ""}, "idempotency_key"),
+    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a b", "timeout": 5}}, "lock"),
+    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a", "timeout": 0}}, "lock"),
+    ({"task_or_name": "vokaflow.echo", "lock": "a"}, "lock"),
 ])
 def test_bad_input_names_the_field_and_enqueues_nothing(redis_client, kwargs, field):
     with pytest.raises(SubmissionError) as raised:
         submit_task(**kwargs)
     assert raised.value.field == field
     assert queued(redis_client) == {}
+
+
+def test_a_lock_travels_in_the_message_header(redis_client):
+    submit_task("vokaflow.echo", lock={"key": "nightly", "timeout": 30}, partition_key="a")
+    headers = message_in(redis_client, "general.normal.p3")["headers"]
+    assert headers["vokaflow_lock"] == {"key": "nightly", "timeout": 30.0, "skip_if_locked": False}
 
 
 def test_the_python_api_works_without_a_web_server(redis_client):

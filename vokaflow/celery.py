@@ -36,6 +36,11 @@ def result_backend_url(redis_url: str) -> str:
     return redis_url  # sentinel:// and others keep Celery's own backend
 
 
+def _transport_for(redis_url: str) -> str | None:
+    """Our faster-fetching Redis transport for redis:// URLs; kombu's own for the others."""
+    return "vokaflow.transport:Transport" if redis_url.split("://", 1)[0] in ("redis", "rediss") else None
+
+
 def celery_config(settings) -> dict:
     """Celery settings derived from Django settings (read once, at app configuration)."""
     from tasks.routing import all_queues
@@ -45,6 +50,7 @@ def celery_config(settings) -> dict:
     default_exchange = Exchange("", type="direct")  # the anonymous exchange: no binding lookups
     return {
         "broker_url": settings.REDIS_URL,
+        "broker_transport": _transport_for(settings.REDIS_URL),
         "result_backend": result_backend_url(settings.REDIS_URL),
         "broker_connection_retry_on_startup": True,
         "broker_connection_timeout": timeout,

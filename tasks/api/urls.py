@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from tasks.api import views
+from tasks.api import locks, views
 
 # Every path answers with or without its trailing slash.
 urlpatterns = [
@@ -8,4 +8,8 @@ urlpatterns = [
     re_path(r"^tasks/batch/?$", views.TaskBatchView.as_view(), name="task-batch"),
     re_path(r"^tasks/catalog/?$", views.CatalogView.as_view(), name="task-catalog"),
     re_path(r"^tasks/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/?$", views.TaskDetailView.as_view(), name="task-detail"),
+    re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/acquire/?$", locks.LockAcquireView.as_view(), name="lock-acquire"),
+    re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/extend/?$", locks.LockExtendView.as_view(), name="lock-extend"),
+    re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/release/?$", locks.LockReleaseView.as_view(), name="lock-release"),
+    re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/?$", locks.LockDetailView.as_view(), name="lock-detail"),
 ]

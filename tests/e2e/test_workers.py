@@ -81,10 +81,28 @@ def test_a_task_of_a_killed_worker_is_run_by_another_after_the_visibility_timeou
     first.kill()
     second = start_worker("io", env=env)
     meta = wait_for_state(task_id, timeout=40)
-    assert meta["worker"] == second.name and meta["result"] == 5
+    assert meta["worker"] == second.name and meta["result"]["slept"] == 5
 
 
 def test_messages_are_json_never_pickle(redis_client):
     submit_task("vokaflow.echo", args=["x"], partition_key="a")
     raw = json.loads(redis_client.lindex(f"general.normal.p{partition_for('a', 8)}", 0))
     assert raw["content-type"] == "application/json"
+
+
+def test_lock_keyed_tasks_never_overlap_and_both_finish(start_worker):
+    start_worker("io", concurrency=2)
+    lock = {"key": "nightly-report", "timeout": 10}
+    ids = [submit_task("vokaflow.sleep", args=[0.5], lock=lock) for _ in range(2)]
+    runs = sorted((wait_for_state(t, timeout=30)["result"] for t in ids), key=lambda r: r["started_at"])
+    assert runs[0]["finished_at"] <= runs[1]["started_at"], f"the two runs overlapped: {runs}"
+
+
+def test_skip_if_locked_drops_a_task_whose_lock_is_taken(start_worker):
+    start_worker("io", concurrency=2)
+    first = submit_task("vokaflow.sleep", args=[1.5], lock={"key": "sync", "timeout": 10})
+    wait_for_state(first, ("STARTED",))
+    skipped = submit_task("vokaflow.sleep", args=[0], lock={"key": "sync", "timeout": 10, "skip_if_locked": True})
+    meta = wait_for_state(skipped, ("REVOKED",))
+    assert "skipped: lock 'sync' is held" in str(meta["result"])
+    assert wait_for_state(first)["result"]["slept"] == 1.5

@@ -1,0 +1,105 @@
+"""Lock API (staff only): acquire, extend, release and inspect vokaflow.locks over HTTP."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
+from rest_framework.permissions import IsAdminUser
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from vokaflow import locks
+from vokaflow.redis import get_redis
+
+MAX_WAIT_SECONDS = 30  # a web worker slot is not a place to wait for long
+
+
+class AcquireSerializer(serializers.Serializer):
+    owner = serializers.CharField(max_length=200, required=False, help_text="Who holds it; default: the user name.")
+    timeout = serializers.FloatField(min_value=0.001, max_value=86400, help_text="TTL in seconds.")
+    wait = serializers.FloatField(min_value=0, max_value=MAX_WAIT_SECONDS, default=0,
+                                  help_text="Seconds to wait for the lock.")
+
+
+class ExtendSerializer(serializers.Serializer):
+    token = serializers.CharField(max_length=64)
+    timeout = serializers.FloatField(min_value=0.001, max_value=86400)
+
+
+class LeaseSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    token = serializers.CharField()
+    fencing_token = serializers.IntegerField()
+    owner = serializers.CharField()
+    acquired_at = serializers.FloatField()
+    expires_at = serializers.FloatField()
+
+
+def _valid(serializer_class, data) -> dict:
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise ValidationError(serializer.errors)
+    return serializer.validated_data
+
+
+def _conflict(key: str, holder: dict | None, detail: str) -> Response:
+    return Response({"detail": detail, "key": key, "holder": holder}, status=409)
+
+
+class LockView(APIView):
+    permission_classes = [IsAdminUser]
+
+
+class LockAcquireView(LockView):
+    """Acquire a lock: 200 with its token and fencing token, 409 with the holder when it is taken."""
+
+    @extend_schema(request=AcquireSerializer, responses={200: LeaseSerializer, 409: dict})
+    def post(self, request, key):
+        data = _valid(AcquireSerializer, request.data)
+        try:
+            lease = locks.acquire(key, data["timeout"], wait=data["wait"],
+                                  owner=data.get("owner") or request.user.get_username(), client=get_redis())
+        except locks.LockNotAcquired as exc:
+            return _conflict(key, exc.holder, str(exc))
+        return Response(vars(lease))
+
+
+class LockExtendView(LockView):
+    """Extend a lock held with `token`: 200, or 409 when the token no longer holds it."""
+
+    @extend_schema(request=ExtendSerializer, responses={200: LeaseSerializer, 409: dict})
+    def post(self, request, key):
+        data = _valid(ExtendSerializer, request.data)
+        try:
+            lease = locks.extend_by_token(key, data["token"], data["timeout"], client=get_redis())
+        except locks.LockLost as exc:
+            return _conflict(key, exc.holder, str(exc))
+        return Response(vars(lease))
+
+
+class LockReleaseView(LockView):
+    """Release a lock: token in the body or ?token=. 200 released, 409 held by another, 404 free."""
+
+    @extend_schema(parameters=[OpenApiParameter("token", str, required=False)], request=ExtendSerializer,
+                   responses={200: dict, 404: dict, 409: dict})
+    def delete(self, request, key):
+        body = request.data if isinstance(request.data, dict) else {}
+        token = body.get("token") or request.query_params.get("token")
+        if not token:
+            raise ValidationError({"token": ["required, in the body or as ?token="]})
+        outcome = locks.release_by_token(key, str(token), client=get_redis())
+        if outcome == 1:
+            return Response({"key": key, "released": True})
+        if outcome == 0:
+            return _conflict(key, locks.holder(key, client=get_redis()), f"lock {key!r} is held by another token")
+        return Response({"detail": f"lock {key!r} is not held by anyone", "key": key}, status=404)
+
+
+class LockDetailView(LockView):
+    """Who holds a lock and until when (epoch seconds); `held` is false when it is free."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request, key):
+        holder = locks.holder(key, client=get_redis())
+        return Response({"key": key, "held": holder is not None, **(holder or {})})
