@@ -92,7 +92,8 @@ def main() -> None:
     med = {k: (statistics.median(rates[k]), statistics.median(p99s[k]), statistics.median(busy[k])) for k in rates}
     print(f"\nmedians over {args.rounds} rounds:")
     for kind, (rate, p99, contended_rate) in med.items():
-        print(f"  {kind:<9} uncontended {rate:7.0f} pairs/s  p99 {p99 * 1e6:5.0f} us  contended {contended_rate:7.0f}/s")
+        print(f"  {kind:<9} uncontended {rate:7.0f} pairs/s  p99 {p99 * 1e6:5.0f} us  "
+              f"contended {contended_rate:7.0f}/s")
     print(f"  ratio vokaflow/redis-py uncontended {med['vokaflow'][0] / med['redis-py'][0]:.2f}, "
           f"contended {med['vokaflow'][2] / med['redis-py'][2]:.2f}")
 

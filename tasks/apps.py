@@ -7,4 +7,4 @@ class TasksConfig(AppConfig):
 
     def ready(self):
         # Registers the built-in tasks with the Celery app in web and worker processes alike.
-        from tasks import builtin  # noqa: F401
+        from tasks import builtin, periodic  # noqa: F401

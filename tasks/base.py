@@ -7,12 +7,18 @@ import random
 from collections.abc import Callable
 
 from celery import Task, shared_task, states
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, TimeLimitExceeded
 
 from tasks.priorities import DEFAULT_PRIORITY, Priority
 from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
 
 logger = logging.getLogger(__name__)
+
+REDELIVERIES_KEY = "vokaflow:redeliveries:{}"
+
+
+class PoisonTask(Exception):
+    """The task's message was delivered again and again because running it kills its worker."""
 
 
 class PlatformTask(Task):
@@ -20,8 +26,10 @@ class PlatformTask(Task):
 
     Attributes set by :func:`platform_task`: ``worker_type``, ``default_priority`` and
     ``submittable`` (may be run by name through the API). Retries use Celery's
-    ``autoretry_for`` with exponential back-off and full jitter. ``track_started`` records
-    the STARTED state (one Redis write per task; tasks that finish in microseconds skip it).
+    ``autoretry_for`` with exponential back-off (1 s, 2 s, 4 s, … capped at 10 min) plus up to
+    25 % jitter. A task that fails for good, hits its hard time limit, or kills its worker
+    VOKAFLOW_POISON_DELIVERIES times is recorded as a DeadLetter (tasks.dlq).
+    ``track_started`` records the STARTED state (one Redis write per task; tasks that finish in microseconds skip it).
     """
 
     abstract = True
@@ -33,8 +41,79 @@ class PlatformTask(Task):
     reject_on_worker_lost = True
     retry_backoff = 1
     retry_backoff_max = 600
-    retry_jitter = True
+    retry_jitter = False  # our own, in retry()
     track_started = True
+
+    def retry(self, *args, countdown=None, **kwargs):
+        # Back-off with a jitter of up to +25 %: spreads a burst of retries, yet each delay stays
+        # longer than the one before (Celery's full jitter can pick any delay down to zero).
+        if countdown:
+            countdown *= random.uniform(1.0, 1.25)
+        return super().retry(*args, countdown=countdown, **kwargs)
+
+    def before_start(self, task_id, args, kwargs):
+        # Only a redelivered message costs a Redis call: kombu marks those it puts back.
+        if getattr(self.request, "redelivered", False):
+            self._stop_poison(task_id)
+
+    def _stop_poison(self, task_id: str) -> None:
+        """Dead-letter a task whose deliveries crashed VOKAFLOW_POISON_DELIVERIES workers,
+        instead of letting it loop forever through redeliveries."""
+        from django.conf import settings
+
+        from vokaflow.redis import get_redis
+
+        key = REDELIVERIES_KEY.format(task_id)
+        with get_redis().pipeline() as pipe:
+            redeliveries, _ = pipe.incr(key).expire(key, 24 * 3600).execute()
+        limit = settings.VOKAFLOW_POISON_DELIVERIES
+        if redeliveries + 1 <= limit:
+            return
+        exc = PoisonTask(f"delivered {redeliveries + 1} times; the first {limit} deliveries ended with the worker "
+                         "process gone (killed, crashed or out of memory)")
+        self.backend.mark_as_failure(task_id, exc, request=self.request)
+        self._dead_letter(exc, task_id, self.request.args, self.request.kwargs, "", reason="poison")
+        raise Ignore()
+
+    def on_failure(self, exc, task_id, args, kwargs, einfo):
+        if isinstance(exc, TimeLimitExceeded):
+            reason = "time_limit"
+        elif self.autoretry_for and isinstance(exc, tuple(self.autoretry_for)):
+            reason = "retries_exhausted"
+        else:
+            reason = "not_retried"
+        self._dead_letter(exc, task_id, args, kwargs, einfo.traceback if einfo else "", reason=reason)
+
+    def on_success(self, retval, task_id, args, kwargs):
+        retried_from = getattr(self.request, "vokaflow_retried_from", None)
+        if retried_from:
+            from tasks.dlq import dead_letter_resolve
+
+            dead_letter_resolve(retried_from=retried_from)
+
+    def _dead_letter(self, exc, task_id, args, kwargs, traceback, *, reason: str) -> None:
+        from tasks.dlq import dead_letter_record
+        from tasks.submit import task_record
+
+        # A hard time limit is reported in the pool's parent, where self.request is not this task.
+        request = self.request if self.request.id == task_id else None
+        record = task_record(task_id)
+        queue = ((request.delivery_info or {}).get("routing_key") if request else None) or (record and record.queue)
+        if request:
+            retries = request.retries or 0
+        else:
+            retries = self.backend.get_task_meta(task_id).get("retries") or 0
+        try:
+            dead_letter_record(
+                task_id=task_id, task_name=self.name, args=args, kwargs=kwargs, queue=queue, reason=reason,
+                exception_type=type(exc).__name__, error=f"{type(exc).__name__}: {exc}", traceback=traceback,
+                total_retries=retries, worker=(request.hostname if request else "") or "",
+                retried_from=getattr(request, "vokaflow_retried_from", "") if request else "",
+                first_submitted_at=record.submitted_at if record else None)
+        except Exception:
+            # Database and Redis both failed: the log is the last place the record can go.
+            logger.exception("could not record dead letter %s (%s) args=%r kwargs=%r", task_id, self.name,
+                             args, kwargs)
 
     def __call__(self, *args, **kwargs):
         spec = getattr(self.request, "vokaflow_lock", None)

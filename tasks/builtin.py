@@ -55,3 +55,4 @@ def flaky(self, failure_rate: float = 0.5, seed: int | None = None):
     if rng.random() < float(failure_rate):
         raise TransientFailure(f"flaky failure on attempt {self.request.retries + 1}")
     return self.request.retries
+

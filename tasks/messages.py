@@ -25,7 +25,8 @@ def encode_json(value) -> str:
 
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
-                 root_id: str | None = None, retries: int = 0, lock: dict | None = None) -> str:
+                 root_id: str | None = None, retries: int = 0, lock: dict | None = None,
+                 retried_from: str | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers = {
@@ -35,8 +36,11 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         "argsrepr": args_json[:REPR_LIMIT], "kwargsrepr": kwargs_json[:REPR_LIMIT], "origin": origin,
         "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
     }
+    # Our own headers reach the task as attributes of self.request.
     if lock:
-        headers["vokaflow_lock"] = lock  # reaches the task as self.request.vokaflow_lock
+        headers["vokaflow_lock"] = lock
+    if retried_from:
+        headers["vokaflow_retried_from"] = retried_from
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",

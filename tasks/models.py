@@ -1,1 +1,88 @@
-"""Models of the tasks app (the dead-letter model arrives with the DLQ)."""
+"""DeadLetter: a task that failed for good, kept for operators to inspect, retry or discard."""
+
+from __future__ import annotations
+
+from django.db import models
+from django.db.models import Q
+
+
+class DeadLetterQuerySet(models.QuerySet):
+    def matching(self, *, task: str | None = None, worker_type: str | None = None, priority: str | None = None,
+                 status: str | None = None, since=None, until=None, q: str | None = None) -> DeadLetterQuerySet:
+        """The filters of the API and the admin; None means no filter."""
+        qs = self
+        if task:
+            qs = qs.filter(task_name=task)
+        if worker_type:
+            qs = qs.filter(worker_type=worker_type)
+        if priority:
+            qs = qs.filter(priority=priority)
+        if status:
+            qs = qs.filter(status=status)
+        if since:
+            qs = qs.filter(dlq_timestamp__gte=since)
+        if until:
+            qs = qs.filter(dlq_timestamp__lt=until)
+        if q:
+            qs = qs.filter(Q(error__icontains=q) | Q(exception_type__icontains=q))
+        return qs
+
+    def newest_first(self) -> DeadLetterQuerySet:
+        return self.order_by("-dlq_timestamp", "-id")
+
+
+class DeadLetter(models.Model):
+    class Status(models.TextChoices):
+        DEAD = "dead"
+        RETRIED = "retried"
+        RESOLVED = "resolved"
+        DISCARDED = "discarded"
+
+    class Reason(models.TextChoices):
+        RETRIES_EXHAUSTED = "retries_exhausted"
+        NOT_RETRIED = "not_retried"
+        TIME_LIMIT = "time_limit"
+        POISON = "poison"
+
+    task_id = models.CharField(max_length=255, unique=True)
+    task_name = models.CharField(max_length=255)
+    args = models.JSONField(default=list)
+    kwargs = models.JSONField(default=dict)
+    worker_type = models.CharField(max_length=32)
+    priority = models.CharField(max_length=16)
+    partition = models.PositiveSmallIntegerField(null=True)
+    queue = models.CharField(max_length=100, blank=True)
+    reason = models.CharField(max_length=32, choices=Reason.choices)
+    exception_type = models.CharField(max_length=255, blank=True)
+    error = models.TextField(blank=True)
+    traceback = models.TextField(blank=True)
+    total_retries = models.PositiveIntegerField(default=0)
+    first_submitted_at = models.DateTimeField(null=True)
+    dlq_timestamp = models.DateTimeField()
+    hostname = models.CharField(max_length=255, blank=True)
+    worker = models.CharField(max_length=255, blank=True)
+    status = models.CharField(max_length=16, choices=Status.choices, default=Status.DEAD)
+    retried_task_id = models.CharField(max_length=255, blank=True, help_text="The task a retry produced.")
+    retried_from = models.CharField(max_length=255, blank=True,
+                                    help_text="The dead letter whose retry this task was.")
+    updated_at = models.DateTimeField(auto_now=True)
+
+    objects = DeadLetterQuerySet.as_manager()
+
+    class Meta:
+        ordering = ["-dlq_timestamp", "-id"]
+        indexes = [
+            models.Index(fields=["-dlq_timestamp", "-id"], name="dlq_newest_idx"),
+            models.Index(fields=["status", "-dlq_timestamp"], name="dlq_status_idx"),
+            models.Index(fields=["worker_type", "-dlq_timestamp"], name="dlq_type_idx"),
+            models.Index(fields=["task_name", "-dlq_timestamp"], name="dlq_task_idx"),
+            models.Index(fields=["priority", "-dlq_timestamp"], name="dlq_priority_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.task_name}[{self.task_id}] {self.status}"
+
+    @property
+    def error_summary(self) -> str:
+        first = (self.error or "").splitlines()[0] if self.error else ""
+        return first[:120] + ("…" if len(first) > 120 else "")

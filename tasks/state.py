@@ -11,6 +11,9 @@ from tasks.submit import task_record
 from vokaflow.celery import app
 from vokaflow.redis import get_redis
 
+DEAD = "DEAD"  # failed for good and recorded in the dead-letter table
+FINISHED_STATES = states.READY_STATES | {DEAD}
+
 # task id → expiry (epoch seconds): revokes that a worker started later must still honour.
 REVOKED_KEY = "vokaflow:revoked"
 
@@ -30,7 +33,9 @@ def task_status(task_id: str) -> dict:
     state = meta.get("status", states.PENDING)
     if record is None and state == states.PENDING:
         raise TaskNotFound(task_id)
-    failed = state in states.PROPAGATE_STATES
+    if state == states.FAILURE and _dead_lettered(task_id):
+        state = DEAD
+    failed = state in (*states.PROPAGATE_STATES, DEAD)
     result = meta.get("result")
     info = asdict(record) if record else {"task_id": task_id, "task": meta.get("name")}
     info.pop("duplicate", None)
@@ -41,7 +46,7 @@ def task_status(task_id: str) -> dict:
         "traceback": meta.get("traceback") if failed else None,
         "retries": meta.get("retries") or 0,
         "worker": meta.get("worker"),
-        "finished_at": _iso(meta.get("date_done")) if state in states.READY_STATES else None,
+        "finished_at": _iso(meta.get("date_done")) if state in FINISHED_STATES else None,
     })
     if state == states.RETRY:
         info["error"] = _error_text(result)
@@ -55,7 +60,7 @@ def revoke_task(task_id: str) -> dict:
     for workers that start later (they load it at start, so running tasks pay nothing).
     A task already running is left to finish (no termination)."""
     status = task_status(task_id)
-    if status["state"] in states.READY_STATES:
+    if status["state"] in FINISHED_STATES:
         raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
     from django.conf import settings
 
@@ -63,6 +68,12 @@ def revoke_task(task_id: str) -> dict:
     app.control.revoke(task_id)
     app.backend.mark_as_revoked(task_id, reason="revoked through the API")
     return task_status(task_id)
+
+
+def _dead_lettered(task_id: str) -> bool:
+    from tasks.models import DeadLetter
+
+    return DeadLetter.objects.filter(task_id=task_id).exists()
 
 
 def revoked_task_ids() -> list[str]:

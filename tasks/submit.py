@@ -50,6 +50,7 @@ class TaskRequest:
     eta: datetime | None = None
     idempotency_key: str | None = None
     lock: dict | None = None
+    retried_from: str | None = None
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -100,9 +101,11 @@ def prepare_payload(payload, index: int | None = None) -> TaskRequest:
 
 def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=None,
             partition_key=None, countdown=None, eta=None, lock=None, idempotency_key=None,
-            trusted: bool = True, index: int | None = None) -> TaskRequest:
+            trusted: bool = True, index: int | None = None, partition: int | None = None,
+            retried_from: str | None = None) -> TaskRequest:
     """Check every argument and pick the route. `trusted=False` (the API) allows only
-    submittable task names; Python callers may pass any registered task or task object."""
+    submittable task names; Python callers may pass any registered task or task object, an
+    explicit `partition`, and `retried_from` (the dead letter a retry comes from)."""
     def error(name, message, **extra):
         return SubmissionError(name, message, index=index, **extra)
 
@@ -144,9 +147,12 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):
         raise error("idempotency_key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
-    route = Route(chosen_type, chosen_priority, partition_for(partition_key, settings.VOKAFLOW_PARTITIONS))
+    partitions = settings.VOKAFLOW_PARTITIONS
+    if partition is None or not 0 <= partition < partitions:  # a partition beyond a shrunk range is rehashed
+        partition = partition_for(partition_key, partitions)
+    route = Route(chosen_type, chosen_priority, partition)
     return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
-                       idempotency_key=idempotency_key, lock=lock)
+                       idempotency_key=idempotency_key, lock=lock, retried_from=retried_from)
 
 
 def _resolve_task(task_or_name, trusted, error) -> Task:
@@ -271,7 +277,7 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) ->
         by_queue.setdefault(req.route.queue, []).append(task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock))
+            lock=req.lock, retried_from=req.retried_from))
     ttl = settings.VOKAFLOW_RESULT_TTL
     with r.pipeline(transaction=True) as pipe:
         for queue, messages in by_queue.items():
@@ -306,7 +312,8 @@ def requeue_running(task: Task, delay: float) -> None:
         task_id=request.id, name=task.name, args_json=encode_json(list(request.args or ())),
         kwargs_json=encode_json(request.kwargs or {}), queue=queue,
         eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
-        root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None))
+        root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
+        retried_from=getattr(request, "vokaflow_retried_from", None))
     get_redis().lpush(queue, message)
 
 

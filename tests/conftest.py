@@ -53,9 +53,21 @@ def clean_redis(redis_client):
     yield
 
 
+def test_database_url() -> str:
+    """The URL of the database the tests run against (the test database, once it is set up)."""
+    from django.db import connection
+
+    db = connection.settings_dict
+    if db["ENGINE"].endswith("sqlite3"):
+        return f"sqlite:///{db['NAME']}"
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
 def worker_env(**overrides) -> dict:
     env = os.environ.copy()
     env.update({
+        "DATABASE_URL": test_database_url(),
         "REDIS_URL": settings.REDIS_URL,
         "SECRET_KEY": settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
@@ -74,7 +86,7 @@ class Worker:
         self.log_path = log_dir / f"{self.name}.log"
         argv = [sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", worker_type,
                 "-P", pool, "-c", str(concurrency), "-n", self.name, "-l", "INFO",
-                "--without-mingle", "--without-gossip"]
+                "--without-mingle", "--without-gossip", "--include", "tests.e2e.worker_tasks"]
         if partitions:
             argv += ["--partitions", partitions]
         self.log = open(self.log_path, "w")
@@ -120,7 +132,7 @@ class Worker:
 
 
 @pytest.fixture
-def start_worker(tmp_path):
+def start_worker(tmp_path, django_db_setup):
     """start_worker("io", concurrency=2, partitions="0-3", env=worker_env(...)) → a ready Worker."""
     started: list[Worker] = []
 
@@ -137,7 +149,7 @@ def start_worker(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def module_workers(tmp_path_factory):
+def module_workers(tmp_path_factory, django_db_setup):
     """One worker of each type, shared by a module's tests (each concurrency 2, threads)."""
     log_dir = tmp_path_factory.mktemp("workers")
     workers = {t: Worker(t, log_dir, concurrency=2) for t in ("cpu", "io", "memory", "network", "general")}

@@ -95,6 +95,11 @@ def celery_config(settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": 10000,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
+        "beat_schedule": {
+            "dlq-flush": {"task": "vokaflow.dlq_flush", "schedule": settings.VOKAFLOW_DLQ_FLUSH_SECONDS},
+            "dlq-prune": {"task": "vokaflow.dlq_prune", "schedule": settings.VOKAFLOW_DLQ_PRUNE_SECONDS},
+        },
+        "beat_schedule_filename": str(settings.BASE_DIR / ".run" / "celerybeat-schedule"),
         "timezone": "UTC",
         "enable_utc": True,
     }

@@ -101,6 +101,12 @@ VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)
 VOKAFLOW_MAX_BODY_BYTES = env.int("VOKAFLOW_MAX_BODY_BYTES", default=2 * 1024 * 1024)
 VOKAFLOW_BATCH_LIMIT = 1000
+# Deliveries that each ended with the worker process gone before a task is dead-lettered.
+VOKAFLOW_POISON_DELIVERIES = env.int("VOKAFLOW_POISON_DELIVERIES", default=3)
+# Dead letters kept per worker type; older ones are removed by the periodic prune.
+VOKAFLOW_DLQ_RETENTION = env.int("VOKAFLOW_DLQ_RETENTION", default=1000)
+VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
+VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
 CACHES = {

@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from tasks.api import locks, views
+from tasks.api import dlq, locks, views
 
 # Every path answers with or without its trailing slash.
 urlpatterns = [
@@ -8,6 +8,10 @@ urlpatterns = [
     re_path(r"^tasks/batch/?$", views.TaskBatchView.as_view(), name="task-batch"),
     re_path(r"^tasks/catalog/?$", views.CatalogView.as_view(), name="task-catalog"),
     re_path(r"^tasks/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/?$", views.TaskDetailView.as_view(), name="task-detail"),
+    re_path(r"^dlq/?$", dlq.DeadLetterListView.as_view(), name="dlq-list"),
+    re_path(r"^dlq/retry/?$", dlq.DeadLetterBulkRetryView.as_view(), name="dlq-bulk-retry"),
+    re_path(r"^dlq/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/retry/?$", dlq.DeadLetterRetryView.as_view(), name="dlq-retry"),
+    re_path(r"^dlq/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/?$", dlq.DeadLetterDetailView.as_view(), name="dlq-detail"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/acquire/?$", locks.LockAcquireView.as_view(), name="lock-acquire"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/extend/?$", locks.LockExtendView.as_view(), name="lock-extend"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/release/?$", locks.LockReleaseView.as_view(), name="lock-release"),

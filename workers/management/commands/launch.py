@@ -14,11 +14,12 @@ from workers.profiles import WorkerType, worker_argv
 
 logger = logging.getLogger("vokaflow.launcher")
 
-PROCESS_NAMES = ["web", "flower", *(t.short for t in WorkerType)]
+PROCESS_NAMES = ["web", *(t.short for t in WorkerType), "beat", "flower"]
 
 
 class Command(BaseCommand):
-    help = "Start the API server, one Celery worker per type and Flower, supervised; Ctrl-C stops them all."
+    help = ("Start the API server, one Celery worker per type, Celery beat and Flower, supervised; "
+            "Ctrl-C stops them all.")
 
     def add_arguments(self, parser):
         parser.add_argument("--only", help=f"comma-separated subset of: {', '.join(PROCESS_NAMES)}")
@@ -68,6 +69,9 @@ class Command(BaseCommand):
             argv = worker_argv(worker_type)
             specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
                                      address=f"celery worker {worker_type.short}@{os.uname().nodename}"))
+        (settings.BASE_DIR / ".run").mkdir(exist_ok=True)
+        specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO"),
+                                 address="celery beat (dead-letter flush and retention)"))
         auth = settings.FLOWER_BASIC_AUTH
         if not auth:
             auth = f"admin:{secrets.token_urlsafe(12)}"

@@ -1,0 +1,73 @@
+"""Admin for dead letters: read-only, filterable, with retry and discard actions."""
+
+from django.contrib import admin, messages
+from django.utils.html import format_html
+
+from tasks import dlq
+from tasks.models import DeadLetter
+
+
+@admin.register(DeadLetter)
+class DeadLetterAdmin(admin.ModelAdmin):
+    list_display = ["task_name", "worker_type", "priority", "error_summary", "total_retries", "dlq_timestamp",
+                    "status"]
+    list_filter = ["status", "worker_type", "priority", "reason", "dlq_timestamp", "task_name"]
+    search_fields = ["task_name", "=task_id", "error"]
+    date_hierarchy = "dlq_timestamp"
+    ordering = ["-dlq_timestamp", "-id"]
+    list_per_page = 100
+    show_full_result_count = False  # no second COUNT(*) over the whole table on every page
+    actions = ["retry_selected", "discard_selected"]
+    readonly_fields = ["task_id", "task_name", "status", "reason", "error", "formatted_traceback", "args", "kwargs",
+                       "worker_type", "priority", "partition", "queue", "total_retries", "first_submitted_at",
+                       "dlq_timestamp", "hostname", "worker", "retried_task_id", "retried_from", "updated_at"]
+    fieldsets = [
+        (None, {"fields": ["task_id", "task_name", "status", "reason", "error", "formatted_traceback"]}),
+        ("Call", {"fields": ["args", "kwargs"]}),
+        ("Routing", {"fields": ["worker_type", "priority", "partition", "queue"]}),
+        ("History", {"fields": ["total_retries", "first_submitted_at", "dlq_timestamp", "hostname", "worker",
+                                "retried_task_id", "retried_from", "updated_at"]}),
+    ]
+
+    def get_queryset(self, request):
+        # The list never shows the traceback or the arguments: leave them in the database.
+        qs = super().get_queryset(request)
+        if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
+            qs = qs.defer("traceback", "args", "kwargs")
+        return qs
+
+    @admin.display(description="error")
+    def error_summary(self, obj):
+        return obj.error_summary
+
+    @admin.display(description="traceback")
+    def formatted_traceback(self, obj):
+        return format_html('<pre style="white-space: pre-wrap; font-size: 12px">{}</pre>', obj.traceback or "—")
+
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False  # discard instead: the row stays for audit; retention prunes
+
+    @admin.action(description="Retry selected", permissions=["view"])
+    def retry_selected(self, request, queryset):
+        task_ids = list(queryset.values_list("task_id", flat=True))
+        retried, failed = 0, []
+        for task_id in task_ids:
+            try:
+                dlq.dead_letter_retry(task_id=task_id)
+                retried += 1
+            except (dlq.DeadLetterNotFound, dlq.DeadLetterNotRetriable, ValueError) as exc:
+                failed.append(str(exc))
+        self.message_user(request, f"Retried {retried} of {len(task_ids)} dead letters.", messages.SUCCESS)
+        if failed:
+            self.message_user(request, f"Not retried: {'; '.join(failed[:5])}", messages.WARNING)
+
+    @admin.action(description="Discard selected", permissions=["view"])
+    def discard_selected(self, request, queryset):
+        count = dlq.dead_letter_discard_many(list(queryset.values_list("task_id", flat=True)))
+        self.message_user(request, f"Discarded {count} dead letters (kept for audit).", messages.SUCCESS)

@@ -1,0 +1,29 @@
+"""Tasks only the test suite uses; workers load them with `celery worker --include`."""
+
+import os
+import time
+
+from tasks.base import platform_task
+from vokaflow.redis import get_redis
+from workers.profiles import WorkerType
+
+
+@platform_task("tests.crash", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0)
+def crash(counter_key: str):
+    """Counts its run, then ends its worker process at once: a poison task."""
+    get_redis().incr(counter_key)
+    os._exit(1)
+
+
+@platform_task("tests.hang", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0, time_limit=1)
+def hang(seconds: float = 30):
+    """Runs past its hard time limit of 1 s."""
+    time.sleep(seconds)
+
+
+@platform_task("tests.fail_once", max_retries=0)
+def fail_once(key: str):
+    """Fails the first time it runs for `key`, succeeds after."""
+    if get_redis().incr(f"vokaflow:test:{key}") == 1:
+        raise RuntimeError(f"first run for {key} fails")
+    return "ok"
