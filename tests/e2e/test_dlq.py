@@ -186,19 +186,37 @@ class RefusingProxy:
         self.up = True
 
 
-def test_dead_letters_survive_a_database_outage_and_arrive_when_it_is_back(start_worker, redis_client):
-    if connection.vendor != "postgresql":
-        pytest.skip("needs PostgreSQL to stop and start behind a proxy (SQLite has no server)")
-    proxy = RefusingProxy(int(connection.settings_dict["PORT"] or 5432))
+class SqliteOutage:
+    """The database file's folder vanishes and comes back (SQLite has no server to stop)."""
+
+    def __init__(self, tmp_path):
+        self.folder = tmp_path / "db-folder"
+        self.url = f"sqlite:///{self.folder / 'db.sqlite3'}"
+
+    def go_down(self):
+        pass  # the folder does not exist yet: "unable to open database file"
+
+    def come_back(self):
+        self.folder.mkdir()
+        (self.folder / "db.sqlite3").symlink_to(connection.settings_dict["NAME"])
+
+
+def test_dead_letters_survive_a_database_outage_and_arrive_when_it_is_back(start_worker, redis_client, tmp_path):
     db = connection.settings_dict
-    url = f"postgres://{db['USER']}@127.0.0.1:{proxy.port}/{db['NAME']}"
+    if connection.vendor == "postgresql":
+        outage = RefusingProxy(int(db["PORT"] or 5432))
+        url = f"postgres://{db['USER']}@127.0.0.1:{outage.port}/{db['NAME']}"
+    else:
+        outage = SqliteOutage(tmp_path)
+        url = outage.url
     start_worker("general", concurrency=2, env=worker_env(DATABASE_URL=url, DATABASE_CONN_MAX_AGE=0))
-    proxy.go_down()
+    outage.go_down()
     ids = [submit_task("vokaflow.fail", args=[f"outage-{i}"]) for i in range(20)]
     wait_for(lambda: redis_client.llen(dlq.PENDING_KEY) == 20, 60, 0.2, "20 records waiting in Redis")
     assert DeadLetter.objects.count() == 0
-    proxy.come_back()
-    assert dlq.dead_letter_flush_pending() == 20  # what the periodic task does
+    outage.come_back()
+    flushed = submit_task("vokaflow.dlq_flush")  # what beat runs every 30 s, here on the worker
+    assert wait_for_state(flushed)["result"] == 20
     assert redis_client.llen(dlq.PENDING_KEY) == 0
     assert set(DeadLetter.objects.values_list("task_id", flat=True)) == set(ids)
 
