@@ -18,3 +18,8 @@ app.conf.update(
 @app.task(name="plain.noop")
 def noop():
     return None
+
+
+@app.task(name="plain.fail")
+def fail():
+    raise ValueError("failed on purpose")

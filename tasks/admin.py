@@ -13,7 +13,6 @@ class DeadLetterAdmin(admin.ModelAdmin):
                     "status"]
     list_filter = ["status", "worker_type", "priority", "reason", "dlq_timestamp", "task_name"]
     search_fields = ["task_name", "=task_id", "error"]
-    date_hierarchy = "dlq_timestamp"
     ordering = ["-dlq_timestamp", "-id"]
     list_per_page = 100
     show_full_result_count = False  # no second COUNT(*) over the whole table on every page

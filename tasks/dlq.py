@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import DatabaseError, transaction
+from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 
 from tasks.models import DeadLetter
@@ -60,6 +60,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
         _insert([record])
     except DatabaseError as exc:
         logger.warning("database unavailable, dead letter %s kept in Redis until it is back: %s", task_id, exc)
+        connection.close()  # reconnect next time instead of reusing a broken connection
         get_redis().rpush(PENDING_KEY, json.dumps(record, default=str))
         return
     dead_letter_flush_pending()

@@ -71,7 +71,12 @@ if DATABASES["default"]["ENGINE"].endswith("postgresql"):
     # Fail fast instead of hanging when the database is unreachable.
     DATABASES["default"].setdefault("OPTIONS", {}).setdefault("connect_timeout", 3)
 elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
-    DATABASES["default"].setdefault("OPTIONS", {}).setdefault("timeout", 20)
+    # Several worker processes write dead letters: WAL lets readers and one writer work at once,
+    # IMMEDIATE takes the write lock up front instead of failing with "database is locked".
+    DATABASES["default"].setdefault("OPTIONS", {}).update({
+        "timeout": 20, "transaction_mode": "IMMEDIATE",
+        "init_command": "PRAGMA journal_mode=WAL; PRAGMA synchronous=NORMAL;",
+    })
     # Workers in other processes share the test database, so tests use a file, not memory.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
