@@ -5,13 +5,52 @@ from django.utils.html import format_html
 
 from tasks import dlq
 from tasks.models import DeadLetter
+from tasks.priorities import Priority
+from vokaflow.celery import app
+from workers.profiles import WorkerType
+
+
+class ChoicesFilter(admin.SimpleListFilter):
+    """A filter whose choices are known up front: no SELECT DISTINCT over the whole table."""
+
+    field: str
+
+    def choices_list(self) -> list[tuple[str, str]]:
+        raise NotImplementedError
+
+    def lookups(self, request, model_admin):
+        return self.choices_list()
+
+    def queryset(self, request, queryset):
+        return queryset.filter(**{self.field: self.value()}) if self.value() else queryset
+
+
+class WorkerTypeFilter(ChoicesFilter):
+    title, parameter_name, field = "worker type", "worker_type", "worker_type"
+
+    def choices_list(self):
+        return [(w.value, w.short) for w in WorkerType]
+
+
+class PriorityFilter(ChoicesFilter):
+    title, parameter_name, field = "priority", "priority", "priority"
+
+    def choices_list(self):
+        return [(p.name, p.name.lower()) for p in Priority]
+
+
+class TaskFilter(ChoicesFilter):
+    title, parameter_name, field = "task", "task", "task_name"
+
+    def choices_list(self):
+        return [(name, name) for name in sorted(n for n, t in app.tasks.items() if hasattr(t, "worker_type"))]
 
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
     list_display = ["task_name", "worker_type", "priority", "error_summary", "total_retries", "dlq_timestamp",
                     "status"]
-    list_filter = ["status", "worker_type", "priority", "reason", "dlq_timestamp", "task_name"]
+    list_filter = ["status", WorkerTypeFilter, PriorityFilter, "reason", "dlq_timestamp", TaskFilter]
     search_fields = ["task_name", "=task_id", "error"]
     ordering = ["-dlq_timestamp", "-id"]
     list_per_page = 100
