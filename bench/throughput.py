@@ -69,12 +69,12 @@ def worker_commands(system: str, layout: dict) -> list[list[str]]:
             for i in range(layout["processes"])]
 
 
-def drain(system: str, layout: dict, n: int, log_dir: Path) -> dict:
+def drain(system: str, layout: dict, n: int, log_dir: Path, env: dict | None = None) -> dict:
     client = redis.Redis.from_url(bench_redis_url())
     clear(client)
     enqueue_rate = enqueue(system, n)
     assert depth(client, system) == n, f"{system}: expected {n} queued, found {depth(client, system)}"
-    procs = [start(argv, bench_env(), log_dir / f"{system}-{i}.log")
+    procs = [start(argv, env or bench_env(), log_dir / f"{system}-{i}.log")
              for i, argv in enumerate(worker_commands(system, layout))]
     try:
         deadline = time.monotonic() + 120

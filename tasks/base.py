@@ -78,6 +78,10 @@ class PlatformTask(Task):
     def on_failure(self, exc, task_id, args, kwargs, einfo):
         if isinstance(exc, TimeLimitExceeded):
             reason = "time_limit"
+            if self.request.id != task_id:  # reported in the pool's parent: task_postrun never ran
+                from workers.heartbeat import counters
+
+                counters.add(self._queue_of(task_id), "failed")
         elif self.autoretry_for and isinstance(exc, tuple(self.autoretry_for)):
             reason = "retries_exhausted"
         else:
@@ -91,6 +95,17 @@ class PlatformTask(Task):
 
             dead_letter_resolve(retried_from=retried_from)
 
+    def _queue_of(self, task_id: str, record=None) -> str | None:
+        """The queue the task came from: its message, or else its submission record."""
+        if self.request.id == task_id:
+            queue = (self.request.delivery_info or {}).get("routing_key")
+            if queue:
+                return queue
+        from tasks.submit import task_record
+
+        record = record or task_record(task_id)
+        return record.queue if record else None
+
     def _dead_letter(self, exc, task_id, args, kwargs, traceback, *, reason: str) -> None:
         from tasks.dlq import dead_letter_record
         from tasks.submit import task_record
@@ -98,7 +113,7 @@ class PlatformTask(Task):
         # A hard time limit is reported in the pool's parent, where self.request is not this task.
         request = self.request if self.request.id == task_id else None
         record = task_record(task_id)
-        queue = ((request.delivery_info or {}).get("routing_key") if request else None) or (record and record.queue)
+        queue = self._queue_of(task_id, record)
         if request:
             retries = request.retries or 0
         else:

@@ -56,6 +56,9 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
         "dlq_timestamp": datetime.now(UTC).isoformat(), "hostname": socket.gethostname(), "worker": worker or "",
         "retried_from": retried_from or "",
     }
+    from workers.heartbeat import counters
+
+    counters.add(queue, "dead_lettered")
     try:
         _insert([record])
     except DatabaseError as exc:

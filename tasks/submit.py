@@ -19,7 +19,7 @@ from tasks.messages import encode_json, task_message
 from tasks.priorities import Priority
 from tasks.routing import Route, partition_for
 from vokaflow.celery import app
-from vokaflow.redis import get_redis
+from vokaflow.redis import get_redis, redacted_url
 from workers.profiles import WorkerType
 
 TASK_RECORD_KEY = "vokaflow:task:{}"
@@ -225,7 +225,7 @@ def enqueue(requests: list[TaskRequest]) -> list[Submission]:
             raise
         firsts = _load_records(r, set(duplicates.values()) - submissions.keys())
     except (redis.RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"the broker at {_redacted(settings.REDIS_URL)} is unreachable: {exc}") from exc
+        raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable: {exc}") from exc
     firsts.update(submissions)
     answers = []
     for req in requests:
@@ -328,11 +328,3 @@ def route_task(name, args, kwargs, options, task=None, **kw):
         return None
     route = Route(task.worker_type, task.default_priority, partition_for(None, settings.VOKAFLOW_PARTITIONS))
     return {"queue": route.queue, "routing_key": route.queue, "exchange": ""}
-
-
-def _redacted(url: str) -> str:
-    """The URL without its password, fit for an error message."""
-    if "@" not in url:
-        return url
-    scheme, rest = url.split("://", 1)
-    return f"{scheme}://***@{rest.split('@', 1)[1]}"

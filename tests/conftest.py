@@ -19,6 +19,15 @@ OUR_KEY_PATTERNS = ["cpu.*", "io.*", "memory.*", "network.*", "general.*", "voka
                     "celery-task-meta-*", "unacked*"]
 
 
+HEARTBEAT_TTL = 2  # seconds; short, so a killed worker leaves the fleet quickly
+
+
+@pytest.fixture(autouse=True, scope="session")
+def short_heartbeats():
+    """The test process reads heartbeats with the same TTL its workers write them with."""
+    settings.VOKAFLOW_HEARTBEAT_TTL = HEARTBEAT_TTL
+
+
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll until condition() is truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
@@ -72,6 +81,8 @@ def worker_env(**overrides) -> dict:
         "SECRET_KEY": settings.SECRET_KEY,
         "PYTHONUNBUFFERED": "1",
         "VOKAFLOW_RESTORE_INTERVAL": "0.5",
+        "VOKAFLOW_HEARTBEAT_SECONDS": "0.5",
+        "VOKAFLOW_HEARTBEAT_TTL": str(HEARTBEAT_TTL),
     })
     env.update({k: str(v) for k, v in overrides.items()})
     return env

@@ -150,9 +150,12 @@ def test_openapi_schema_and_docs_are_served(api):
     assert api.get("/api/docs/").status_code == 200
 
 
-def test_health_is_open_and_reports_database_and_broker(redis_client):
-    body = APIClient().get("/api/health/").json()
-    assert body["status"] == "ok" and body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+def test_health_is_open_and_says_no_worker_is_alive(redis_client):
+    response = APIClient().get("/api/health/")
+    body = response.json()
+    assert response.status_code == 503 and body["status"] == "failing"
+    assert body["checks"]["database"]["ok"] and body["checks"]["broker"]["ok"]
+    assert not body["checks"]["workers"]["ok"] and "start one" in body["checks"]["workers"]["error"]
 
 
 BROKER_DOWN_CLIENT = """

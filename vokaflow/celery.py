@@ -151,6 +151,18 @@ class ConsumeWorkerTypeQueues(bootsteps.Step):
 app.steps["worker"].add(ConsumeWorkerTypeQueues)
 
 
+def _install_fleet_reporting() -> None:
+    from workers.heartbeat import Heartbeat, on_process_shutdown, on_task_postrun
+
+    app.steps["worker"].add(Heartbeat)
+    signals.task_postrun.connect(on_task_postrun, weak=False)
+    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+
+
+if os.environ.get("VOKAFLOW_FLEET_REPORTING", "1") != "0":  # 0 only to measure what it costs
+    _install_fleet_reporting()
+
+
 @signals.worker_init.connect
 def _load_revoked(**kwargs):
     """Revokes broadcast while this worker was not running still apply to it."""

@@ -110,6 +110,12 @@ VOKAFLOW_BATCH_LIMIT = 1000
 VOKAFLOW_POISON_DELIVERIES = env.int("VOKAFLOW_POISON_DELIVERIES", default=3)
 # Dead letters kept per worker type; older ones are removed by the periodic prune.
 VOKAFLOW_DLQ_RETENTION = env.int("VOKAFLOW_DLQ_RETENTION", default=1000)
+# A worker writes its presence every VOKAFLOW_HEARTBEAT_SECONDS; it is gone from the fleet
+# VOKAFLOW_HEARTBEAT_TTL seconds after its last write.
+VOKAFLOW_HEARTBEAT_SECONDS = env.float("VOKAFLOW_HEARTBEAT_SECONDS", default=2)
+VOKAFLOW_HEARTBEAT_TTL = env.float("VOKAFLOW_HEARTBEAT_TTL", default=6)
+# Bearer token Prometheus scrapes /metrics with (empty: JWT or session only).
+VOKAFLOW_METRICS_TOKEN = env("VOKAFLOW_METRICS_TOKEN", default="")
 VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES

@@ -3,14 +3,17 @@ from django.urls import include, path, re_path
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
-from workers.api.views import HealthView
+from workers.api.views import HealthView, MetricsView, PrometheusView, WorkersStatusView
 
 urlpatterns = [
     path("admin/", admin.site.urls),
     re_path(r"^api/auth/token/?$", TokenObtainPairView.as_view(), name="token-obtain"),
     re_path(r"^api/auth/token/refresh/?$", TokenRefreshView.as_view(), name="token-refresh"),
     re_path(r"^api/health/?$", HealthView.as_view(), name="health"),
+    re_path(r"^api/high-scale-tasks/workers/status/?$", WorkersStatusView.as_view(), name="workers-status"),
+    re_path(r"^api/high-scale-tasks/metrics/?$", MetricsView.as_view(), name="fleet-metrics"),
     path("api/high-scale-tasks/", include("tasks.api.urls")),
+    path("metrics", PrometheusView.as_view(), name="prometheus"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),

@@ -1,4 +1,4 @@
-"""Health checks, each bounded in time: database and broker."""
+"""Health checks, each bounded in time: database, broker, at least one live worker."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from django.db import connection
 def _timed(check) -> dict:
     started = time.perf_counter()
     try:
-        check()
-        result = {"ok": True}
+        value = check()
+        result = {"ok": True} if value is None else {"ok": True, "count": value}
     except Exception as exc:  # any failure is the answer, not an error of the endpoint
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     result["ms"] = round((time.perf_counter() - started) * 1000, 1)
@@ -29,7 +29,17 @@ def _broker():
     get_redis().ping()
 
 
+def _workers():
+    from workers.status import live_workers
+
+    alive = live_workers()
+    if not alive:
+        raise RuntimeError("no worker has sent a heartbeat recently; start one: python manage.py worker general")
+    return len(alive)
+
+
 def health() -> dict:
     """{"status": "ok"|"failing", "checks": {name: {"ok", "ms", "error"?}}}."""
     checks = {"database": _timed(_database), "broker": _timed(_broker)}
+    checks["workers"] = _timed(_workers) if checks["broker"]["ok"] else {"ok": False, "error": "broker unreachable"}
     return {"status": "ok" if all(c["ok"] for c in checks.values()) else "failing", "checks": checks}

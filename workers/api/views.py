@@ -1,15 +1,24 @@
-"""Fleet endpoints."""
+"""Fleet endpoints: health (open), workers status and metrics (JSON), Prometheus text."""
 
+from hmac import compare_digest
+
+from django.conf import settings
+from django.http import HttpResponse
 from drf_spectacular.utils import extend_schema
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
+from rest_framework.settings import api_settings
 from rest_framework.views import APIView
 
+from workers import status
 from workers.health import health
+from workers.metrics import fleet_registry
 
 
 class HealthView(APIView):
-    """200 when the database and the broker answer, 503 with the failing checks otherwise."""
+    """200 when the database, the broker and at least one worker answer; 503 with the failing checks."""
 
     permission_classes = [AllowAny]
     authentication_classes = []
@@ -19,3 +28,51 @@ class HealthView(APIView):
     def get(self, request):
         report = health()
         return Response(report, status=200 if report["status"] == "ok" else 503)
+
+
+class WorkersStatusView(APIView):
+    """Live workers per type (from heartbeats), Redis, partitions and this host's resources."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        return Response(status.workers_status())
+
+
+class MetricsView(APIView):
+    """Throughput, pending tasks by priority and queue, task outcomes, dead letters."""
+
+    @extend_schema(responses={200: dict})
+    def get(self, request):
+        return Response(status.fleet_metrics())
+
+
+class MetricsScraper:
+    """The principal of a request that presented VOKAFLOW_METRICS_TOKEN."""
+
+    is_authenticated = True
+    is_staff = False
+    username = "metrics-scraper"
+
+
+class MetricsTokenAuthentication(BaseAuthentication):
+    """Prometheus scrapes with `Authorization: Bearer <VOKAFLOW_METRICS_TOKEN>` (no expiring JWT)."""
+
+    def authenticate(self, request):
+        token = settings.VOKAFLOW_METRICS_TOKEN
+        if token and compare_digest(get_authorization_header(request), f"Bearer {token}".encode()):
+            return MetricsScraper(), None
+        return None  # let JWT or the session have a go
+
+    def authenticate_header(self, request):
+        return 'Bearer realm="vokaflow"'  # makes a missing token a 401, not a 403
+
+
+class PrometheusView(APIView):
+    """The same figures in Prometheus text format (metrics token, JWT or session)."""
+
+    authentication_classes = [MetricsTokenAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
+    throttle_classes = []
+
+    @extend_schema(responses={200: str})
+    def get(self, request):
+        return HttpResponse(generate_latest(fleet_registry()), content_type=CONTENT_TYPE_LATEST)

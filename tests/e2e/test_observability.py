@@ -1,0 +1,158 @@
+"""Heartbeats, status, metrics, Prometheus and health with real workers; Flower behind a password."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from base64 import b64encode
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from rest_framework.test import APIClient
+
+from tasks.submit import enqueue, prepare
+from tests.conftest import HEARTBEAT_TTL, ROOT, run_python, wait_for, wait_for_state, worker_env
+
+BASE = "/api/high-scale-tasks"
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture
+def client(django_user_model):
+    client = APIClient()
+    client.force_authenticate(django_user_model.objects.create_user("watcher"))
+    return client
+
+
+def test_status_shows_each_type_and_drops_a_killed_worker(start_worker, client):
+    cpu = start_worker("cpu", pool="prefork", concurrency=2)
+    io = start_worker("io", concurrency=3)
+    body = wait_for(lambda: (b := client.get(f"{BASE}/workers/status").json())["total_workers"] == 2 and b)
+    pools = body["worker_pools"]
+    assert pools["CPU_INTENSIVE"]["pool_type"] == ["prefork"] and pools["CPU_INTENSIVE"]["max_workers"] == 2
+    assert pools["IO_INTENSIVE"]["pool_type"] == ["threads"] and pools["IO_INTENSIVE"]["max_workers"] == 3
+    assert pools["IO_INTENSIVE"]["workers"] == [io.name] and pools["GENERAL_PURPOSE"]["workers"] == []
+    assert {"cpu_percent", "memory_percent", "disk_usage"} <= set(body["system_resources"])
+    assert body["partitions"] == 8 and body["redis_nodes"][0]["role"] == "master"
+    assert client.get("/api/health/").status_code == 200
+
+    cpu.kill()
+    killed_at = time.monotonic()
+    wait_for(lambda: client.get(f"{BASE}/workers/status").json()["total_workers"] == 1, HEARTBEAT_TTL + 1, 0.1,
+             "the killed worker to leave the fleet")
+    assert time.monotonic() - killed_at <= HEARTBEAT_TTL + 1
+    io.kill()
+    wait_for(lambda: client.get("/api/health/").status_code == 503, HEARTBEAT_TTL + 1, 0.1, "health to fail")
+    started = time.monotonic()
+    body = client.get("/api/health/").json()
+    assert time.monotonic() - started < 2 and body["checks"]["workers"]["ok"] is False
+
+
+def test_busy_slots_show_in_status(start_worker, client):
+    start_worker("io", concurrency=2)
+    enqueue([prepare("vokaflow.sleep", args=[3])])
+    wait_for(lambda: client.get(f"{BASE}/workers/status").json()["worker_pools"]["IO_INTENSIVE"]["busy"] == 1,
+             10, 0.1, "one busy slot")
+    assert client.get(f"{BASE}/workers/status").json()["active_workers"] == 1
+
+
+def test_health_answers_503_quickly_when_the_broker_is_down():
+    code = (
+        "import json, time, django; django.setup()\n"
+        "from django.test import Client\n"
+        "started = time.monotonic(); r = Client().get('/api/health/')\n"
+        "print(json.dumps({'status': r.status_code, 'seconds': time.monotonic() - started, "
+        "'checks': r.json()['checks']}))\n"
+    )
+    env = worker_env(DJANGO_SETTINGS_MODULE="vokaflow.settings", REDIS_URL="redis://127.0.0.1:1/0",
+                     ALLOWED_HOSTS="testserver")
+    outcome = json.loads(run_python(code, env).stdout.strip().splitlines()[-1])
+    assert outcome["status"] == 503 and outcome["seconds"] < 2
+    assert outcome["checks"]["broker"]["ok"] is False and outcome["checks"]["database"]["ok"] is True
+
+
+def test_metrics_match_redis_before_and_counts_after_a_known_mix(start_worker, client, redis_client):
+    mix = {"EMERGENCY": 3, "HIGH": 5, "LOW": 7, "MAINTENANCE": 2}
+    requests = [prepare("vokaflow.echo", priority=p, partition_key=f"{p}{i}") for p, n in mix.items() for i in range(n)]
+    requests += [prepare("vokaflow.fail", args=["x"], priority="LOW") for _ in range(4)]
+    enqueue(requests)
+    body = client.get(f"{BASE}/metrics").json()
+    expected = {p: 0 for p in ("EMERGENCY", "CRITICAL", "HIGH", "NORMAL", "LOW", "BACKGROUND", "BATCH",
+                                "MAINTENANCE")}
+    expected.update(mix)
+    expected["LOW"] += 4
+    assert body["queue_distribution"] == expected and body["total_pending_tasks"] == 21
+    assert body["queues"] == {q: redis_client.llen(q) for q in body["queues"]} and sum(body["queues"].values()) == 21
+
+    start_worker("general", concurrency=2)
+    for request in requests:
+        wait_for_state(request.task_id, ("SUCCESS", "FAILURE"))
+
+    def settled():
+        memory = client.get(f"{BASE}/metrics").json()["memory_mode"]
+        return memory["processed_tasks"] == 21 and memory["dead_lettered_tasks"] == 4 and memory
+
+    memory = wait_for(settled, 10, 0.2, "the counters to reach Redis")
+    assert memory["completed_tasks"] == 17 and memory["failed_tasks"] == 4 and memory["enabled"] is True
+    body = client.get(f"{BASE}/metrics").json()
+    assert body["tasks_by_type"]["GENERAL_PURPOSE"]["HIGH"]["completed"] == 5
+    assert body["tasks_by_type"]["GENERAL_PURPOSE"]["LOW"] == {"completed": 7, "failed": 4, "retried": 0,
+                                                              "dead_lettered": 4}
+    assert body["total_pending_tasks"] == 0 and body["throughput_per_second"] > 0
+    assert body["dead_letters"] == {"dead": 4}
+
+    prometheus = client.get("/metrics")
+    assert prometheus.status_code == 200
+    families = {f.name: f for f in text_string_to_metric_families(prometheus.content.decode())}
+    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    assert samples[("vokaflow_tasks_total", (("outcome", "completed"), ("priority", "HIGH"),
+                                             ("worker_type", "GENERAL_PURPOSE")))] == 5
+    assert samples[("vokaflow_dead_letters", (("status", "dead"),))] == 4
+    assert samples[("vokaflow_workers", (("worker_type", "GENERAL_PURPOSE"),))] == 1
+    assert samples[("vokaflow_queue_depth", (("partition", "0"), ("priority", "LOW"), ("queue", "general.low.p0"),
+                                             ("worker_type", "GENERAL_PURPOSE")))] == 0
+
+
+def test_prometheus_endpoint_needs_a_token_or_a_login(settings):
+    settings.VOKAFLOW_METRICS_TOKEN = "scrape-secret"
+    assert APIClient().get("/metrics").status_code == 401
+    assert APIClient().get("/metrics", HTTP_AUTHORIZATION="Bearer wrong").status_code == 401
+    response = APIClient().get("/metrics", HTTP_AUTHORIZATION="Bearer scrape-secret")
+    assert response.status_code == 200 and b"vokaflow_pending_tasks" in response.content
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
+    port = free_port()
+    env = worker_env(FLOWER_PORT=port, FLOWER_BASIC_AUTH="ops:flower-pass")
+    log = open(tmp_path / "launch.log", "w")
+    launcher = subprocess.Popen([sys.executable, "manage.py", "launch", "--only", "flower"], cwd=ROOT, env=env,
+                                stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        def status(auth=None):
+            request = urllib.request.Request(f"http://127.0.0.1:{port}/")
+            if auth:
+                request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
+            try:
+                return urllib.request.urlopen(request, timeout=2).status
+            except urllib.error.HTTPError as exc:
+                return exc.code
+            except OSError:
+                return None
+        wait_for(lambda: status() is not None, 30, 0.2, "Flower to listen")
+        assert status() == 401
+        assert status("ops:wrong") == 401
+        assert status("ops:flower-pass") == 200
+    finally:
+        os.killpg(launcher.pid, 15)
+        launcher.wait(20)
+
+

@@ -1,0 +1,65 @@
+"""Prometheus collector: the figures of workers.status, read at scrape time (no second bookkeeping)."""
+
+from __future__ import annotations
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+
+from tasks.routing import parse_queue
+from workers import status
+
+
+class FleetCollector:
+    def collect(self):
+        depths, workers = status.queue_depths(), status.live_workers()
+        metrics = status.fleet_metrics(depths, workers)
+
+        depth = GaugeMetricFamily("vokaflow_queue_depth", "Tasks waiting in a queue.",
+                                  labels=["queue", "worker_type", "priority", "partition"])
+        for queue, n in depths.items():
+            route = parse_queue(queue)
+            depth.add_metric([queue, route.worker_type.value, route.priority.name, str(route.partition)], n)
+        yield depth
+
+        pending = GaugeMetricFamily("vokaflow_pending_tasks", "Tasks waiting, by priority.", labels=["priority"])
+        for priority, n in metrics["queue_distribution"].items():
+            pending.add_metric([priority], n)
+        yield pending
+
+        tasks = CounterMetricFamily("vokaflow_tasks", "Task outcomes since the counters began.",
+                                    labels=["worker_type", "priority", "outcome"])
+        for worker_type, per_priority in metrics["tasks_by_type"].items():
+            for priority, outcomes in per_priority.items():
+                for outcome, n in outcomes.items():
+                    tasks.add_metric([worker_type, priority, outcome], n)
+        yield tasks
+
+        yield GaugeMetricFamily("vokaflow_throughput_per_second", "Tasks finished per second over the last 60 s.",
+                                value=metrics["throughput_per_second"])
+        live = GaugeMetricFamily("vokaflow_workers", "Live workers (fresh heartbeat).", labels=["worker_type"])
+        slots = GaugeMetricFamily("vokaflow_worker_slots", "Slots of live workers.", labels=["worker_type"])
+        busy = GaugeMetricFamily("vokaflow_worker_busy_slots", "Slots running a task.", labels=["worker_type"])
+        for worker_type, pool in status.worker_pools(workers).items():
+            live.add_metric([worker_type], len(pool["workers"]))
+            slots.add_metric([worker_type], pool["max_workers"])
+            busy.add_metric([worker_type], pool["busy"])
+        yield live
+        yield slots
+        yield busy
+        yield GaugeMetricFamily("vokaflow_active_workers", "Live workers.", value=len(workers))
+
+        dead = GaugeMetricFamily("vokaflow_dead_letters", "Dead letters by status.", labels=["status"])
+        for dead_status, n in metrics["dead_letters"].items():
+            dead.add_metric([dead_status], n)
+        yield dead
+
+        resources = metrics["system_resources"]
+        for name in ("cpu_percent", "memory_percent", "disk_usage"):
+            yield GaugeMetricFamily(f"vokaflow_api_host_{name}", f"The API host's {name.replace('_', ' ')}.",
+                                    value=resources[name])
+
+
+def fleet_registry() -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FleetCollector())
+    return registry

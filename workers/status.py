@@ -1,0 +1,133 @@
+"""Fleet state for the status, metrics and Prometheus endpoints, read from Redis in a few round trips."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import defaultdict
+
+import psutil
+from django.conf import settings
+
+from tasks.priorities import Priority
+from tasks.routing import all_queues, parse_queue
+from vokaflow.redis import get_redis, redacted_url
+from workers.heartbeat import DONE_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
+from workers.profiles import WorkerType
+
+THROUGHPUT_WINDOW = 60
+
+
+def live_workers() -> list[dict]:
+    """Heartbeats that have not expired, newest first."""
+    r = get_redis()
+    names = [n.decode() for n in r.zrangebyscore(WORKERS_KEY, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
+    if not names:
+        return []
+    beats = r.mget([WORKER_KEY.format(n) for n in names])
+    return sorted((json.loads(b) for b in beats if b), key=lambda w: -w["last_seen"])
+
+
+def queue_depths() -> dict[str, int]:
+    """Every VokaFlow queue and its length (one pipelined round trip)."""
+    queues = all_queues(settings.VOKAFLOW_PARTITIONS)
+    with get_redis().pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(queue)
+        return dict(zip(queues, pipe.execute()))
+
+
+def task_counts() -> dict[str, dict[str, dict[str, int]]]:
+    """{worker type: {priority: {outcome: count}}} since the counters began."""
+    keys = [(t.value, p.name) for t in WorkerType for p in Priority]
+    with get_redis().pipeline(transaction=False) as pipe:
+        for worker_type, priority in keys:
+            pipe.hgetall(STATS_KEY.format(worker_type, priority))
+        rows = pipe.execute()
+    counts: dict = defaultdict(dict)
+    for (worker_type, priority), row in zip(keys, rows):
+        if row:
+            counts[worker_type][priority] = {o: int(row.get(o.encode(), 0)) for o in OUTCOMES}
+    return dict(counts)
+
+
+def throughput_per_second() -> float:
+    """Tasks finished (succeeded or failed) per second over the last 60 s."""
+    now = int(time.time())
+    values = get_redis().mget([DONE_KEY.format(s) for s in range(now - THROUGHPUT_WINDOW, now + 1)])
+    return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
+
+
+def redis_nodes() -> list[dict]:
+    info = get_redis().info()
+    return [{"url": redacted_url(settings.REDIS_URL), "role": info.get("role"), "version": info.get("redis_version"),
+             "connected_clients": info.get("connected_clients"), "used_memory": info.get("used_memory"),
+             "maxmemory_policy": info.get("maxmemory_policy"), "uptime_seconds": info.get("uptime_in_seconds")}]
+
+
+def system_resources() -> dict:
+    """This API host's load (each worker host reports its own in its heartbeat's host name)."""
+    return {"cpu_percent": psutil.cpu_percent(interval=None), "memory_percent": psutil.virtual_memory().percent,
+            "disk_usage": psutil.disk_usage(str(settings.BASE_DIR)).percent}
+
+
+def worker_pools(workers: list[dict]) -> dict[str, dict]:
+    pools = {}
+    for worker_type in WorkerType:
+        mine = [w for w in workers if worker_type.value in w["worker_types"]]
+        pools[worker_type.value] = {
+            "max_workers": sum(w["concurrency"] for w in mine),
+            "pool_type": sorted({w["pool"] for w in mine}) or None,
+            "hosts": sorted({w["host"] for w in mine}),
+            "workers": [w["name"] for w in mine],
+            "busy": sum(w["busy"] for w in mine),
+        }
+    return pools
+
+
+def workers_status() -> dict:
+    workers = live_workers()
+    return {
+        "total_workers": len(workers),
+        "active_workers": sum(1 for w in workers if w["busy"]),
+        "worker_pools": worker_pools(workers),
+        "workers": workers,
+        "redis_nodes": redis_nodes(),
+        "partitions": settings.VOKAFLOW_PARTITIONS,
+        "system_resources": system_resources(),
+    }
+
+
+def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
+    """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
+    from tasks.dlq import dead_letter_counts
+
+    depths = queue_depths() if depths is None else depths
+    workers = live_workers() if workers is None else workers
+    by_priority = {p.name: 0 for p in Priority}
+    for queue, depth in depths.items():
+        by_priority[parse_queue(queue).priority.name] += depth
+    counts = task_counts()
+    totals = {o: sum(c[o] for per_type in counts.values() for c in per_type.values()) for o in OUTCOMES}
+    return {
+        "throughput_per_second": throughput_per_second(),
+        "total_pending_tasks": sum(depths.values()),
+        "active_workers": len(workers),
+        "busy_workers": sum(1 for w in workers if w["busy"]),
+        "redis_nodes": redis_nodes(),
+        "partitions": settings.VOKAFLOW_PARTITIONS,
+        "queue_distribution": by_priority,
+        "queues": {q: d for q, d in depths.items() if d},
+        "system_resources": system_resources(),
+        "memory_mode": {
+            # Counters are kept in each worker's memory and added to Redis once a second.
+            "enabled": True,
+            "processed_tasks": totals["completed"] + totals["failed"] + totals["retried"],
+            "completed_tasks": totals["completed"],
+            "failed_tasks": totals["failed"],
+            "retried_tasks": totals["retried"],
+            "dead_lettered_tasks": totals["dead_lettered"],
+        },
+        "tasks_by_type": counts,
+        "dead_letters": dead_letter_counts(),
+    }
