@@ -18,6 +18,10 @@ if not SECRET_KEY:
     raise environ.ImproperlyConfigured("Set SECRET_KEY in the environment or in .env (make run writes one).")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
+if env.bool("VOKAFLOW_BEHIND_PROXY", default=False):
+    # nginx (deploy/nginx.conf) says which scheme and host the client used.
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+    USE_X_FORWARDED_HOST = True
 
 INSTALLED_APPS = [
     "django.contrib.admin",

@@ -38,8 +38,21 @@ def _workers():
     return len(alive)
 
 
+def _launchers():
+    from workers.status import given_up_processes
+
+    given_up = given_up_processes()
+    if given_up:
+        raise RuntimeError("the launcher gave up on: " + "; ".join(f"{host}: {', '.join(names)}"
+                                                                 for host, names in given_up.items()))
+
+
 def health() -> dict:
     """{"status": "ok"|"failing", "checks": {name: {"ok", "ms", "error"?}}}."""
     checks = {"database": _timed(_database), "broker": _timed(_broker)}
-    checks["workers"] = _timed(_workers) if checks["broker"]["ok"] else {"ok": False, "error": "broker unreachable"}
+    if checks["broker"]["ok"]:
+        checks["workers"] = _timed(_workers)
+        checks["processes"] = _timed(_launchers)
+    else:
+        checks["workers"] = checks["processes"] = {"ok": False, "error": "broker unreachable"}
     return {"status": "ok" if all(c["ok"] for c in checks.values()) else "failing", "checks": checks}

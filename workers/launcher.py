@@ -15,6 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import psutil
@@ -73,13 +74,16 @@ def _port_holder(port: int) -> str:
 
 class Launcher:
     def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
-                 grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None):
+                 grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
+                 report: Callable[[dict], None] | None = None):
         self.children = [Child(spec) for spec in specs]
         self.health_url = health_url
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
         self.env = env
+        self.report = report  # called with the process table every few seconds (health reads it)
         self.stopping = False
+        self._reported_at = 0.0
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -89,9 +93,29 @@ class Launcher:
         self._wait_ready()
         while not self.stopping:
             self._watch()
+            self._report()
             time.sleep(0.2)
         self.stop()
         return 0
+
+    def process_table(self) -> dict:
+        def state(child: Child) -> str:
+            if child.given_up:
+                return "given_up"
+            if child.restart_at is not None:
+                return "restarting"
+            return "running" if child.proc and child.proc.poll() is None else "exited"
+        return {c.spec.name: {"state": state(c), "restarts": c.restarts, "pid": c.proc.pid if c.proc else None}
+                for c in self.children}
+
+    def _report(self, force: bool = False) -> None:
+        if self.report is None or (not force and time.monotonic() - self._reported_at < 2):
+            return
+        self._reported_at = time.monotonic()
+        try:
+            self.report(self.process_table())
+        except Exception as exc:  # Redis away: the next report tries again
+            logger.warning("could not report process states: %s", exc)
 
     def _on_signal(self, signum, frame):
         if not self.stopping:
@@ -120,6 +144,7 @@ class Launcher:
                 child.given_up = True
                 logger.error("GAVE UP on %s: it exited with %s after %d restarts; the rest keeps running",
                              child.spec.name, code, child.restarts)
+                self._report(force=True)
                 continue
             child.restarts += 1
             delay = self.backoff_seconds * 2 ** (child.restarts - 1)
@@ -172,3 +197,39 @@ def _signal_group(proc: subprocess.Popen, signum: int) -> None:
 
 def python_command(*args: str) -> list[str]:
     return [sys.executable, *args]
+
+
+def systemd_unit(spec: ProcessSpec, *, root: str, env_file: str, grace_seconds: float,
+                 exec_start_pre: str | None = None) -> str:
+    """A unit that restarts the process on failure, at most 3 times a minute, like the launcher."""
+    pre = f"ExecStartPre={exec_start_pre}\n" if exec_start_pre else ""
+    return f"""[Unit]
+Description=VokaFlow {spec.name}
+After=network-online.target redis-server.service postgresql.service
+Wants=network-online.target
+PartOf=vokaflow.target
+StartLimitIntervalSec=60
+StartLimitBurst=3
+
+[Service]
+Type=simple
+WorkingDirectory={root}
+EnvironmentFile={env_file}
+{pre}ExecStart={" ".join(spec.argv)}
+Restart=on-failure
+RestartSec=2
+KillMode=mixed
+TimeoutStopSec={int(grace_seconds)}
+
+[Install]
+WantedBy=vokaflow.target
+"""
+
+
+SYSTEMD_TARGET = """[Unit]
+Description=VokaFlow: API, workers, beat and Flower
+Wants={wants}
+
+[Install]
+WantedBy=multi-user.target
+"""

@@ -131,3 +131,28 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
         "tasks_by_type": counts,
         "dead_letters": dead_letter_counts(),
     }
+
+
+LAUNCHERS_KEY = "vokaflow:launchers"  # host → {"reported_at", "processes"}
+LAUNCHER_STALE_SECONDS = 30
+
+
+def report_processes(table: dict) -> None:
+    """The launcher's process table for this host; health reads it."""
+    import socket
+
+    get_redis().hset(LAUNCHERS_KEY, socket.gethostname(), json.dumps({"reported_at": time.time(),
+                                                                       "processes": table}))
+
+
+def given_up_processes() -> dict[str, list[str]]:
+    """{host: [process names its launcher gave up on]}, from launchers that reported recently."""
+    found = {}
+    for host, raw in get_redis().hgetall(LAUNCHERS_KEY).items():
+        report = json.loads(raw)
+        if time.time() - report["reported_at"] > LAUNCHER_STALE_SECONDS:
+            continue
+        dead = sorted(name for name, p in report["processes"].items() if p["state"] == "given_up")
+        if dead:
+            found[host.decode()] = dead
+    return found

@@ -3,14 +3,17 @@
 import logging
 import os
 import secrets
+import sys
+from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
-from workers.launcher import Launcher, PortTaken, ProcessSpec, check_ports, python_command
+from workers.launcher import SYSTEMD_TARGET, Launcher, PortTaken, ProcessSpec, check_ports, systemd_unit
 from workers.profiles import WorkerType, worker_argv
+from workers.status import report_processes
 
 logger = logging.getLogger("vokaflow.launcher")
 
@@ -26,12 +29,20 @@ class Command(BaseCommand):
         parser.add_argument("--setup", action="store_true",
                             help="first migrate, collect static files and create the admin user")
         parser.add_argument("--grace", type=float, default=10.0, help="seconds to wait for a clean stop")
+        parser.add_argument("--backoff", type=float, default=1.0,
+                            help="seconds before the first restart of a process that died (doubles each time)")
+        parser.add_argument("--systemd", metavar="DIR",
+                            help="write one systemd unit per process into DIR instead of starting them")
+        parser.add_argument("--root", help="project folder the units run in (default: this one)")
+        parser.add_argument("--python", help="virtualenv python the units run (default: this one)")
 
     def handle(self, *args, **options):
         chosen = PROCESS_NAMES if not options["only"] else [n.strip() for n in options["only"].split(",")]
         unknown = sorted(set(chosen) - set(PROCESS_NAMES))
         if unknown:
             raise CommandError(f"unknown process {', '.join(unknown)}; choose from {', '.join(PROCESS_NAMES)}")
+        if options["systemd"]:
+            return self._write_units(chosen, options)
         if options["setup"]:
             self._setup()
         specs = [spec for spec in self._specs() if spec.name in chosen]
@@ -40,7 +51,34 @@ class Command(BaseCommand):
         except PortTaken as exc:
             raise CommandError(str(exc)) from None
         health = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}/api/health/" if "web" in chosen else None
-        Launcher(specs, health_url=health, grace_seconds=options["grace"]).run()
+        Launcher(specs, health_url=health, grace_seconds=options["grace"], backoff_seconds=options["backoff"],
+                 report=report_processes).run()
+
+    def _write_units(self, chosen, options):
+        root = options["root"] or str(settings.BASE_DIR)
+        python = options["python"] or sys.executable
+        folder = Path(options["systemd"])
+        folder.mkdir(parents=True, exist_ok=True)
+        names = []
+        worker_names = {t.short for t in WorkerType}
+        for spec in self._specs(python=python, flower_auth="${FLOWER_BASIC_AUTH}"):
+            if spec.name not in chosen:
+                continue
+            if spec.name in worker_names:
+                # Sized on the host that runs it (CPU count, VOKAFLOW_CONCURRENCY_*), and no
+                # "%h" for systemd to expand.
+                spec = ProcessSpec(spec.name, [python, f"{root}/manage.py", "worker", spec.name])
+            # Flower never starts without a password.
+            pre = '/bin/sh -c \'test -n "$FLOWER_BASIC_AUTH"\'' if spec.name == "flower" else None
+            unit = systemd_unit(spec, root=root, env_file=f"{root}/.env", grace_seconds=options["grace"],
+                                exec_start_pre=pre)
+            name = f"vokaflow-{spec.name}.service"
+            (folder / name).write_text(unit)
+            names.append(name)
+        (folder / "vokaflow.target").write_text(SYSTEMD_TARGET.format(wants=" ".join(names)))
+        self.stdout.write(f"wrote {len(names)} units and vokaflow.target to {folder}; install with:\n"
+                          f"  sudo cp {folder}/vokaflow* /etc/systemd/system/ && sudo systemctl daemon-reload "
+                          f"&& sudo systemctl enable --now vokaflow.target")
 
     def _setup(self):
         self.stderr.write("[vokaflow] applying migrations")
@@ -59,8 +97,12 @@ class Command(BaseCommand):
             self.stderr.write("[vokaflow] no admin user yet: run `make run VOKAFLOW_ADMIN_PASSWORD=...` "
                               "or `.venv/bin/python manage.py createsuperuser`")
 
-    def _specs(self):
+    def _specs(self, python: str | None = None, flower_auth: str | None = None):
         host, port = settings.VOKAFLOW_HOST, settings.VOKAFLOW_PORT
+
+        def python_command(*args):
+            return [python or sys.executable, *args]
+
         specs = [ProcessSpec("web", python_command(
             "-m", "gunicorn", "vokaflow.wsgi", "--bind", f"{host}:{port}",
             "--workers", str(settings.VOKAFLOW_WEB_WORKERS), "--threads", "4", "--access-logfile", "-"),
@@ -72,7 +114,7 @@ class Command(BaseCommand):
         (settings.BASE_DIR / ".run").mkdir(exist_ok=True)
         specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO"),
                                  address="celery beat (dead-letter flush and retention)"))
-        auth = settings.FLOWER_BASIC_AUTH
+        auth = flower_auth or settings.FLOWER_BASIC_AUTH
         if not auth:
             auth = f"admin:{secrets.token_urlsafe(12)}"
             self.stderr.write(f"[vokaflow] FLOWER_BASIC_AUTH is not set: Flower's login for this run is {auth}")
