@@ -1,0 +1,211 @@
+"""The launcher supervising real processes; Redis restarts with AOF; the compose file and units."""
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import psutil
+import pytest
+import redis
+import yaml
+
+from tests.conftest import ROOT, wait_for, worker_env
+from workers.profiles import WorkerType, worker_argv
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str) -> int | None:
+    try:
+        return urllib.request.urlopen(url, timeout=3).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+class Launch:
+    def __init__(self, tmp_path, *args, env=None):
+        self.log_path = tmp_path / "launch.log"
+        self.proc = subprocess.Popen([sys.executable, "manage.py", "launch", *args], cwd=ROOT, env=env,
+                                     stdout=open(self.log_path, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    def output(self) -> str:
+        return self.log_path.read_text()
+
+    def table(self, client) -> dict:
+        raw = client.hget("vokaflow:launchers", socket.gethostname())
+        return json.loads(raw)["processes"] if raw else {}
+
+
+@pytest.mark.slow
+def test_the_launcher_restarts_gives_up_keeps_serving_and_stops_cleanly(tmp_path, redis_client):
+    port = free_port()
+    env = worker_env(VOKAFLOW_PORT=port, FLOWER_BASIC_AUTH="ops:x")
+    launch = Launch(tmp_path, "--only", "web,io,general", "--backoff", "0.2", "--grace", "8", env=env)
+    try:
+        wait_for(lambda: "VokaFlow is ready" in launch.output(), 60, 0.2, "the launcher to say ready")
+        assert f"http://127.0.0.1:{port}/" in launch.output()
+        assert http_status(f"http://127.0.0.1:{port}/api/health/") == 200
+        wait_for(lambda: launch.table(redis_client).get("io", {}).get("state") == "running", 10, 0.2, "a report")
+
+        for attempt in range(1, 5):
+            pid = launch.table(redis_client)["io"]["pid"]
+            os.killpg(pid, signal.SIGKILL)
+            if attempt < 4:
+                def restarted(old=pid):
+                    now = launch.table(redis_client)["io"]
+                    return now["pid"] != old and now["state"] == "running"
+                wait_for(restarted, 20, 0.2, f"restart {attempt}")
+                assert launch.table(redis_client)["io"]["restarts"] == attempt
+        wait_for(lambda: launch.table(redis_client)["io"]["state"] == "given_up", 20, 0.2, "giving up")
+        assert "GAVE UP on io" in launch.output()
+
+        try:
+            urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health/", timeout=3)
+            raise AssertionError("health said ok with a process given up")
+        except urllib.error.HTTPError as exc:
+            assert exc.code == 503
+            assert "gave up on" in json.loads(exc.read())["checks"]["processes"]["error"]
+        from tasks.submit import submit_task
+        from tests.conftest import wait_for_state
+
+        assert wait_for_state(submit_task("vokaflow.echo", args=["still served"]))["status"] == "SUCCESS"
+
+        children = psutil.Process(launch.proc.pid).children(recursive=True)
+        assert children
+        launch.proc.send_signal(signal.SIGTERM)
+        launch.proc.wait(20)
+        gone, alive = psutil.wait_procs(children, timeout=10)
+        assert not alive, f"left behind: {[p.pid for p in alive]}"
+    finally:
+        if launch.proc.poll() is None:
+            os.killpg(launch.proc.pid, signal.SIGKILL)
+        redis_client.hdel("vokaflow:launchers", socket.gethostname())
+
+
+def test_a_taken_port_is_named_with_its_holder(tmp_path):
+    with socket.create_server(("127.0.0.1", 0)) as holder:
+        port = holder.getsockname()[1]
+        result = subprocess.run([sys.executable, "manage.py", "launch", "--only", "web"], cwd=ROOT,
+                                env=worker_env(VOKAFLOW_PORT=port), capture_output=True, text=True, timeout=60)
+    assert result.returncode != 0
+    assert f"port {port} for web on 127.0.0.1 is taken by pid {os.getpid()}" in result.stderr
+
+
+def test_systemd_units_restart_on_failure_at_most_three_times(tmp_path):
+    subprocess.run([sys.executable, "manage.py", "launch", "--systemd", str(tmp_path), "--root", "/opt/vokaflow",
+                    "--python", "/opt/vokaflow/.venv/bin/python"], cwd=ROOT, env=worker_env(), check=True,
+                   capture_output=True)
+    units = {p.name: p.read_text() for p in tmp_path.iterdir()}
+    assert set(units) == {"vokaflow.target", "vokaflow-web.service", "vokaflow-beat.service",
+                          "vokaflow-flower.service", *(f"vokaflow-{t.short}.service" for t in WorkerType)}
+    for name, text in units.items():
+        if name.endswith(".service"):
+            assert "Restart=on-failure" in text and "StartLimitBurst=3" in text
+            assert "EnvironmentFile=/opt/vokaflow/.env" in text
+    cpu_unit = units["vokaflow-cpu.service"]
+    assert "ExecStart=/opt/vokaflow/.venv/bin/python /opt/vokaflow/manage.py worker cpu" in cpu_unit
+    assert 'test -n "$FLOWER_BASIC_AUTH"' in units["vokaflow-flower.service"]
+
+
+def test_compose_runs_the_documented_commands():
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert {"redis", "postgres", "web", "beat", "flower", "nginx"} <= set(services)
+    assert "--appendonly" in services["redis"]["command"] and "noeviction" in services["redis"]["command"]
+    readme = (ROOT / "README.md").read_text()
+    for worker_type in WorkerType:
+        service = services[f"worker-{worker_type.short}"]
+        assert service["command"] == ["python", "manage.py", "worker", worker_type.short]
+        assert "healthcheck" in service
+        assert f"manage.py worker {worker_type.short}" in readme or "manage.py worker cpu" in readme
+        printed = subprocess.run([sys.executable, "manage.py", "worker", worker_type.short, "--print"], cwd=ROOT,
+                                 env=worker_env(), capture_output=True, text=True, check=True).stdout.split()
+        assert printed == worker_argv(worker_type)  # what the launcher runs too
+    for name in ("redis", "postgres", "web", "flower", "nginx"):
+        assert "healthcheck" in services[name], name
+    assert "FLOWER_BASIC_AUTH" in " ".join(services["flower"]["command"])
+    if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
+        subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, check=True)
+
+
+def redis_server_binary() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from services import redis_server_binary as find
+
+    binary = find()
+    if binary is None:
+        pytest.skip("no redis-server binary to run a Redis of the test's own")
+    return binary
+
+
+class OwnRedis:
+    """A Redis of this test's own, with AOF on, that can be restarted."""
+
+    def __init__(self, folder: Path):
+        self.binary, self.folder, self.port = redis_server_binary(), folder, free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                                      str(self.folder), "--appendonly", "yes", "--appendfsync", "everysec",
+                                      "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: _pings(client), 10, 0.05, "the test's Redis to start")
+        return client
+
+    def stop(self):
+        self.proc.terminate()  # SIGTERM: Redis writes its AOF and exits
+        self.proc.wait(20)
+
+
+def _pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False
+
+
+@pytest.mark.slow
+def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_path):
+    own = OwnRedis(tmp_path)
+    client = own.start()
+    url = f"redis://127.0.0.1:{own.port}/0"
+    env = worker_env(REDIS_URL=url, VOKAFLOW_VISIBILITY_TIMEOUT=5, DJANGO_SETTINGS_MODULE="vokaflow.settings")
+    try:
+        enqueue = subprocess.run([sys.executable, "-c",
+                                  "import django; django.setup()\n"
+                                  "from tasks.submit import enqueue, prepare\n"
+                                  "for _ in range(5):\n"
+                                  "    for s in enqueue([prepare('vokaflow.noop') for _ in range(1000)]):\n"
+                                  "        print(s.task_id)\n"], cwd=ROOT, env=env, capture_output=True, text=True,
+                                 check=True)
+        ids = enqueue.stdout.split()
+        assert len(ids) == 5000
+        start_worker("general", concurrency=2, env=env)
+        keys = [f"celery-task-meta-{i}" for i in ids]
+
+        def done() -> int:
+            return sum(1 for v in client.mget(keys) if v and b'"SUCCESS"' in v)
+
+        wait_for(lambda: done() >= 1000, 60, 0.1, "the drain to be under way")
+        own.stop()
+        time.sleep(1)
+        client = own.start()
+        wait_for(lambda: done() == 5000, 120, 0.5, "all 5,000 tasks to succeed after the restart")
+    finally:
+        own.stop()
