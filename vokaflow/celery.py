@@ -41,6 +41,13 @@ def _transport_for(redis_url: str) -> str | None:
     return "vokaflow.transport:Transport" if redis_url.split("://", 1)[0] in ("redis", "rediss") else None
 
 
+def _sentinel_options(settings) -> dict:
+    """kombu and Celery find the primary through Sentinel by its name."""
+    if not settings.REDIS_URL.startswith("sentinel://"):
+        return {}
+    return {"master_name": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
+
+
 def celery_config(settings) -> dict:
     """Celery settings derived from Django settings (read once, at app configuration)."""
     from tasks.routing import all_queues
@@ -67,8 +74,10 @@ def celery_config(settings) -> dict:
             "interval_start": 0,
             "interval_step": 0.2,
             "interval_max": 0.5,
+            **_sentinel_options(settings),
         },
-        "result_backend_transport_options": {"retry_policy": {"timeout": timeout}},
+        "result_backend_transport_options": {"retry_policy": {"timeout": timeout},
+                                             **_sentinel_options(settings)},
         "redis_socket_connect_timeout": timeout,
         "redis_socket_timeout": max(timeout, 10),
         "redis_backend_health_check_interval": 30,

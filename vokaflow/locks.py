@@ -121,12 +121,15 @@ def default_owner() -> str:
 
 
 @functools.cache
-def _default_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+def _default_client(url: str, sentinel_master: str | None) -> redis.Redis:
+    from vokaflow.redis import client_from_url
+
+    return client_from_url(url, sentinel_master=sentinel_master)
 
 
 def client_for(client: redis.Redis | None) -> redis.Redis:
-    return client or _default_client(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"))
+    return client or _default_client(os.environ.get("REDIS_URL", "redis://127.0.0.1:6379/0"),
+                                     os.environ.get("VOKAFLOW_REDIS_SENTINEL_MASTER"))
 
 
 class _Scripts:

@@ -99,6 +99,8 @@ STATIC_ROOT = env("STATIC_ROOT", default=str(BASE_DIR / "staticfiles"))
 
 # --- Redis, Celery, routing -------------------------------------------------------------
 REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
+# With REDIS_URL=sentinel://host1:26379;sentinel://host2:26379/0: the name of the monitored primary.
+VOKAFLOW_REDIS_SENTINEL_MASTER = env("VOKAFLOW_REDIS_SENTINEL_MASTER", default="") or None
 VOKAFLOW_PARTITIONS = env.int("VOKAFLOW_PARTITIONS", default=8)
 # Seconds before a task taken by a worker that vanished is handed to another worker. Must
 # exceed the longest task and the longest countdown/ETA, or those run twice.
@@ -130,8 +132,8 @@ CACHES = {
         "LOCATION": REDIS_URL,
         "KEY_PREFIX": "vokaflow:cache",
         "OPTIONS": {
-            "SOCKET_CONNECT_TIMEOUT": VOKAFLOW_BROKER_TIMEOUT,
-            "SOCKET_TIMEOUT": VOKAFLOW_BROKER_TIMEOUT,
+            # Throttle counters go through the same client as everything else (Sentinel included).
+            "CONNECTION_FACTORY": "vokaflow.cache.CacheConnectionFactory",
             # Throttling must not take the API down with Redis: the broker check answers 503.
             "IGNORE_EXCEPTIONS": True,
         },

@@ -209,3 +209,33 @@ def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_pat
         wait_for(lambda: done() == 5000, 120, 0.5, "all 5,000 tasks to succeed after the restart")
     finally:
         own.stop()
+
+
+@pytest.mark.slow
+def test_tasks_flow_through_redis_sentinel(start_worker, tmp_path):
+    (tmp_path / "primary").mkdir()
+    primary = OwnRedis(tmp_path / "primary")
+    client = primary.start()
+    sentinel_port = free_port()
+    config = tmp_path / "sentinel.conf"  # Sentinel rewrites its own config file
+    config.write_text(f"port {sentinel_port}\nbind 127.0.0.1\nsentinel monitor vf 127.0.0.1 {primary.port} 1\n")
+    sentinel = subprocess.Popen([primary.binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL,
+                                stderr=subprocess.DEVNULL)
+    try:
+        wait_for(lambda: _pings(redis.Redis(port=sentinel_port)), 10, 0.05, "Sentinel to start")
+        env = worker_env(REDIS_URL=f"sentinel://127.0.0.1:{sentinel_port}/0", VOKAFLOW_REDIS_SENTINEL_MASTER="vf",
+                         DJANGO_SETTINGS_MODULE="vokaflow.settings")
+        start_worker("general", env=env)
+        submitted = subprocess.run([sys.executable, "-c",
+                                    "import django; django.setup()\n"
+                                    "from tasks.submit import submit_task\n"
+                                    "print(submit_task('vokaflow.echo', args=['via sentinel']))\n"],
+                                   cwd=ROOT, env=env, capture_output=True, text=True, check=True)
+        task_id = submitted.stdout.split()[-1]
+        meta = wait_for(lambda: client.get(f"celery-task-meta-{task_id}"), 30, 0.1, "the result on the primary")
+        assert json.loads(meta)["status"] == "SUCCESS"
+        assert client.exists(f"vokaflow:task:{task_id}")  # the submission record went to the primary too
+    finally:
+        sentinel.terminate()
+        sentinel.wait(10)
+        primary.stop()
