@@ -27,3 +27,10 @@ def fail_once(key: str):
     if get_redis().incr(f"vokaflow:test:{key}") == 1:
         raise RuntimeError(f"first run for {key} fails")
     return "ok"
+
+
+@platform_task("tests.record", bind=True, max_retries=0, track_started=False)
+def record(self, seconds: float = 0.01):
+    """An idempotent task that records its id (a set: running it twice counts once)."""
+    time.sleep(seconds)
+    get_redis().sadd("vokaflow:test:seen", self.request.id)
