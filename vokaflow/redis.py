@@ -1,7 +1,7 @@
 """The one place that makes Redis connections (created on first use, one pool per process).
 
-REDIS_URL forms: ``redis://[:password@]host:6379/0``, ``rediss://`` (TLS),
-``unix:///run/redis.sock?db=0``, and Redis Sentinel for high availability:
+REDIS_URL forms: ``redis://[:password@]host:6379/0``, ``rediss://`` (TLS), and Redis Sentinel
+for high availability:
 ``sentinel://host1:26379;sentinel://host2:26379/0`` with VOKAFLOW_REDIS_SENTINEL_MASTER naming
 the monitored primary (clients follow a failover to the new primary).
 """
