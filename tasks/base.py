@@ -29,7 +29,8 @@ class PlatformTask(Task):
     ``autoretry_for`` with exponential back-off (1 s, 2 s, 4 s, … capped at 10 min) plus up to
     25 % jitter. A task that fails for good, hits its hard time limit, or kills its worker
     VOKAFLOW_POISON_DELIVERIES times is recorded as a DeadLetter (tasks.dlq).
-    ``track_started`` records the STARTED state (one Redis write per task; tasks that finish in microseconds skip it).
+    ``track_started`` records the STARTED state (one Redis write per task; tasks that finish
+    in microseconds skip it).
     """
 
     abstract = True

@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -201,6 +204,23 @@ def api(user):
     client = APIClient()
     client.force_authenticate(user)
     return client
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def http_status(url: str, headers: dict | None = None) -> int | None:
+    """The HTTP status of a GET, or None when nothing answers."""
+    request = urllib.request.Request(url, headers=headers or {})
+    try:
+        return urllib.request.urlopen(request, timeout=3).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def run_python(code: str, env: dict, timeout: float = 60) -> subprocess.CompletedProcess:

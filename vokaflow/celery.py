@@ -31,7 +31,7 @@ class SubmitOnlyRedisBackend(RedisBackend):
 
 
 def result_backend_url(redis_url: str) -> str:
-    if redis_url.split("://", 1)[0] in ("redis", "rediss", "unix"):
+    if redis_url.split("://", 1)[0] in ("redis", "rediss"):
         return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
     return redis_url  # sentinel:// and others keep Celery's own backend
 

@@ -6,13 +6,14 @@ from dataclasses import asdict
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound, ValidationError
+from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import dlq
+from tasks.api.serializers import validated
 from tasks.models import DeadLetter
 from tasks.priorities import Priority
 from workers.profiles import WorkerType
@@ -49,13 +50,6 @@ class RetrySerializer(serializers.Serializer):
 FILTER_PARAMETERS = [OpenApiParameter(name, str, required=False) for name in FilterSerializer().fields]
 
 
-def _valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    if not serializer.is_valid():
-        raise ValidationError(serializer.errors)
-    return dict(serializer.validated_data)
-
-
 def _get(task_id: str) -> DeadLetter:
     try:
         return dlq.dead_letter_get(task_id=task_id)
@@ -78,7 +72,7 @@ class DeadLetterListView(DLQView):
 
     @extend_schema(parameters=FILTER_PARAMETERS, responses={200: DeadLetterSerializer(many=True)})
     def get(self, request):
-        filters = _valid(FilterSerializer, request.query_params)
+        filters = validated(FilterSerializer, request.query_params)
         paginator = DeadLetterPagination()
         page = paginator.paginate_queryset(DeadLetter.objects.matching(**filters).newest_first(), request, view=self)
         return paginator.get_paginated_response(DeadLetterSerializer(page, many=True).data)
@@ -102,7 +96,7 @@ class DeadLetterRetryView(DLQView):
 
     @extend_schema(request=RetrySerializer, responses={202: dict, 409: dict})
     def post(self, request, task_id):
-        overrides = _valid(RetrySerializer, request.data or {})
+        overrides = validated(RetrySerializer, request.data or {})
         try:
             letter = dlq.dead_letter_retry(task_id=task_id, **overrides)
         except dlq.DeadLetterNotFound:
@@ -118,5 +112,5 @@ class DeadLetterBulkRetryView(DLQView):
 
     @extend_schema(parameters=FILTER_PARAMETERS, request=FilterSerializer, responses={202: dict})
     def post(self, request):
-        filters = _valid(FilterSerializer, {**request.query_params.dict(), **(request.data or {})})
+        filters = validated(FilterSerializer, {**request.query_params.dict(), **(request.data or {})})
         return Response(asdict(dlq.dead_letter_retry_many(**filters)), status=202)

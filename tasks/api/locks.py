@@ -9,6 +9,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
+from tasks.api.serializers import validated
 from vokaflow import locks
 from vokaflow.redis import get_redis
 
@@ -36,13 +37,6 @@ class LeaseSerializer(serializers.Serializer):
     expires_at = serializers.FloatField()
 
 
-def _valid(serializer_class, data) -> dict:
-    serializer = serializer_class(data=data)
-    if not serializer.is_valid():
-        raise ValidationError(serializer.errors)
-    return serializer.validated_data
-
-
 def _conflict(key: str, holder: dict | None, detail: str) -> Response:
     return Response({"detail": detail, "key": key, "holder": holder}, status=409)
 
@@ -56,7 +50,7 @@ class LockAcquireView(LockView):
 
     @extend_schema(request=AcquireSerializer, responses={200: LeaseSerializer, 409: dict})
     def post(self, request, key):
-        data = _valid(AcquireSerializer, request.data)
+        data = validated(AcquireSerializer, request.data)
         try:
             lease = locks.acquire(key, data["timeout"], wait=data["wait"],
                                   owner=data.get("owner") or request.user.get_username(), client=get_redis())
@@ -70,7 +64,7 @@ class LockExtendView(LockView):
 
     @extend_schema(request=ExtendSerializer, responses={200: LeaseSerializer, 409: dict})
     def post(self, request, key):
-        data = _valid(ExtendSerializer, request.data)
+        data = validated(ExtendSerializer, request.data)
         try:
             lease = locks.extend_by_token(key, data["token"], data["timeout"], client=get_redis())
         except locks.LockLost as exc:

@@ -4,6 +4,7 @@ Requests are validated by tasks.submit.prepare_payload (one place, fast enough f
 of 1,000), not by these classes."""
 
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 
 from tasks.priorities import Priority
 from workers.profiles import WorkerType
@@ -73,3 +74,11 @@ class CatalogEntrySerializer(serializers.Serializer):
     soft_time_limit = serializers.FloatField(allow_null=True)
     time_limit = serializers.FloatField(allow_null=True)
     arguments = serializers.ListField(child=serializers.DictField())
+
+
+def validated(serializer_class, data) -> dict:
+    """The validated data, or a 400 naming each bad field."""
+    serializer = serializer_class(data=data)
+    if not serializer.is_valid():
+        raise ValidationError(serializer.errors)
+    return dict(serializer.validated_data)

@@ -2,11 +2,9 @@
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from base64 import b64encode
 
 import pytest
@@ -14,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
 from tasks.submit import enqueue, prepare
-from tests.conftest import HEARTBEAT_TTL, ROOT, run_python, wait_for, wait_for_state, worker_env
+from tests.conftest import HEARTBEAT_TTL, ROOT, free_port, http_status, run_python, wait_for, wait_for_state, worker_env
 
 BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -124,12 +122,6 @@ def test_prometheus_endpoint_needs_a_token_or_a_login(settings):
     assert response.status_code == 200 and b"vokaflow_pending_tasks" in response.content
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
     port = free_port()
     env = worker_env(FLOWER_PORT=port, FLOWER_BASIC_AUTH="ops:flower-pass")
@@ -138,15 +130,8 @@ def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         def status(auth=None):
-            request = urllib.request.Request(f"http://127.0.0.1:{port}/")
-            if auth:
-                request.add_header("Authorization", "Basic " + b64encode(auth.encode()).decode())
-            try:
-                return urllib.request.urlopen(request, timeout=2).status
-            except urllib.error.HTTPError as exc:
-                return exc.code
-            except OSError:
-                return None
+            headers = {"Authorization": "Basic " + b64encode(auth.encode()).decode()} if auth else {}
+            return http_status(f"http://127.0.0.1:{port}/", headers)
         wait_for(lambda: status() is not None, 30, 0.2, "Flower to listen")
         assert status() == 401
         assert status("ops:wrong") == 401

@@ -16,25 +16,10 @@ import pytest
 import redis
 import yaml
 
-from tests.conftest import ROOT, wait_for, worker_env
+from tests.conftest import ROOT, free_port, http_status, wait_for, worker_env
 from workers.profiles import WorkerType, worker_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def http_status(url: str) -> int | None:
-    try:
-        return urllib.request.urlopen(url, timeout=3).status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
 
 
 class Launch:
