@@ -12,8 +12,9 @@ Importable without Django: pass a redis client, or let it connect to REDIS_URL.
   expiry), so a long wait returns as soon as the lock is free; it gives up at its deadline;
 * a watchdog thread that extends the lock every third of its TTL while the holder lives.
 
-Keys: ``vokaflow:lock:<key>`` holds JSON {token, owner, acquired_at, expires_at, fencing_token}
-(epoch seconds, from the Redis server's clock); ``vokaflow:fence:<key>`` is the counter.
+Keys: ``vokaflow:lock:<key>`` holds ``<token> <JSON record>``, the record being {owner,
+acquired_at, expires_at, fencing_token} (epoch seconds, from the Redis server's clock): the token
+comes first so release compares a prefix without decoding JSON. ``vokaflow:fence:<key>`` counts.
 """
 
 from __future__ import annotations
@@ -45,7 +46,7 @@ if held then return {0, held, redis.call('PTTL', KEYS[1])} end
 local fence = redis.call('INCR', KEYS[2])
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
-local value = cjson.encode({token = ARGV[1], owner = ARGV[3], fencing_token = fence,
+local value = ARGV[1] .. ' ' .. cjson.encode({owner = ARGV[3], fencing_token = fence,
                             acquired_at = now_ms / 1000, expires_at = (now_ms + tonumber(ARGV[2])) / 1000})
 redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
 return {1, fence, now_ms, now_ms + tonumber(ARGV[2])}
@@ -55,23 +56,23 @@ return {1, fence, now_ms, now_ms + tonumber(ARGV[2])}
 _RELEASE = """
 local held = redis.call('GET', KEYS[1])
 if not held then return -1 end
-if cjson.decode(held).token ~= ARGV[1] then return 0 end
+if string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('PUBLISH', ARGV[2], '1')
 return 1
 """
 
-# KEYS: lock. ARGV: token, ttl ms. Returns {1, value} extended, {0, holder} held by another, {-1} free.
+# KEYS: lock. ARGV: token, ttl ms. Returns {1, record} extended, {0} held by another, {-1} free.
 _EXTEND = """
 local held = redis.call('GET', KEYS[1])
 if not held then return {-1} end
-local lease = cjson.decode(held)
-if lease.token ~= ARGV[1] then return {0, held} end
+if string.sub(held, 1, #ARGV[1] + 1) ~= ARGV[1] .. ' ' then return {0} end
+local lease = cjson.decode(string.sub(held, #ARGV[1] + 2))
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 lease.expires_at = (now_ms + tonumber(ARGV[2])) / 1000
 local value = cjson.encode(lease)
-redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. value, 'PX', ARGV[2])
 return {1, value}
 """
 
@@ -110,14 +111,19 @@ class Lease:
     expires_at: float
 
     @classmethod
-    def from_value(cls, key: str, raw: bytes | str) -> Lease:
+    def from_record(cls, key: str, token: str, raw: bytes | str) -> Lease:
         data = json.loads(raw)
-        return cls(key=key, token=data["token"], owner=data["owner"], fencing_token=int(data["fencing_token"]),
+        return cls(key=key, token=token, owner=data["owner"], fencing_token=int(data["fencing_token"]),
                    acquired_at=float(data["acquired_at"]), expires_at=float(data["expires_at"]))
 
 
+@functools.cache
+def _hostname() -> str:
+    return socket.gethostname()
+
+
 def default_owner() -> str:
-    return f"{socket.gethostname()}:{os.getpid()}:{threading.get_ident()}"
+    return f"{_hostname()}:{os.getpid()}:{threading.get_ident()}"
 
 
 @functools.cache
@@ -168,9 +174,7 @@ def try_acquire(key: str, ttl: float, *, owner: str | None = None,
                                           args=[token, ttl_ms, owner])
     if result[0] == 1:
         return Lease(key, token, owner, int(result[1]), result[2] / 1000, result[3] / 1000), None, 0.0
-    holder = json.loads(result[1])
-    holder.pop("token", None)  # a holder's token is its secret
-    return None, holder, max(0, int(result[2])) / 1000
+    return None, _record(result[1]), max(0, int(result[2])) / 1000
 
 
 def acquire(key: str, ttl: float = 30.0, *, wait: float = 0.0, owner: str | None = None,
@@ -239,17 +243,18 @@ def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | N
     result = _scripts_for(client).extend(keys=[LOCK_PREFIX + _check_key(key)], args=[token, max(1, int(ttl * 1000))])
     if result[0] != 1:
         raise LockLost(key, holder(key, client=client))
-    return Lease.from_value(key, result[1])
+    return Lease.from_record(key, token, result[1])
 
 
 def holder(key: str, *, client: redis.Redis | None = None) -> dict | None:
     """Who holds `key` and until when (epoch seconds), without the token; None when free."""
     raw = client_for(client).get(LOCK_PREFIX + _check_key(key))
-    if raw is None:
-        return None
-    info = json.loads(raw)
-    info.pop("token", None)
-    return info
+    return None if raw is None else _record(raw)
+
+
+def _record(value: bytes | str) -> dict:
+    """The stored record without the token in front of it (a holder's token is its secret)."""
+    return json.loads(value.split(b" " if isinstance(value, bytes) else " ", 1)[1])
 
 
 class RedisLock:
