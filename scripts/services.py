@@ -107,10 +107,22 @@ def postgres_answers(host="127.0.0.1", port=5432) -> bool:
     return reply in (b"S", b"N")
 
 
+def stop_with_parent() -> None:
+    """Linux: get SIGTERM when the parent (make) dies, so a killed `make run` leaves no orphans."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass  # not Linux: Ctrl-C still reaches the whole process group
+
+
 def main(argv: list[str]) -> int:
     if len(argv) < 3 or argv[0] not in ("run", "test") or argv[1] != "--":
         sys.exit(__doc__)
     purpose, command = argv[0], argv[2:]
+    stop_with_parent()
     env = os.environ.copy()
     redis_proc = None
     if purpose == "test":
