@@ -122,9 +122,9 @@ with locks.RedisLock("crashy", ttl=1.0, watchdog=True):
     assert locks.holder("crashy", client=client) is not None
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait()
-    killed_at = time.monotonic()
+    # Nothing extends it any more: what is left of its life is at most one TTL.
+    assert 0 < client.pttl("vokaflow:lock:crashy") <= 1000
     wait_for(lambda: locks.holder("crashy", client=client) is None, 5, 0.02, "the lock to free")
-    assert time.monotonic() - killed_at <= 1.0 + 0.5  # one TTL, plus polling slack
 
 
 def test_a_blocking_acquire_wakes_when_the_holder_releases(client):
