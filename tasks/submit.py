@@ -278,13 +278,22 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) ->
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
             lock=req.lock, retried_from=req.retried_from))
-    ttl = settings.VOKAFLOW_RESULT_TTL
+    keys = [TASK_RECORD_KEY.format(task_id) for task_id in submissions]
+    records = [json.dumps(vars(sub)) for sub in submissions.values()]
     with r.pipeline(transaction=True) as pipe:
         for queue, messages in by_queue.items():
             pipe.lpush(queue, *messages)
-        for sub in submissions.values():
-            pipe.set(TASK_RECORD_KEY.format(sub.task_id), json.dumps(vars(sub)), ex=ttl)
+        # One command for all the records: redis-py encodes a command's arguments far faster
+        # than a thousand separate SETs (a fifth of a batch's time, measured). EVAL, not
+        # EVALSHA: a missing script inside MULTI would fail alone and leave the rest applied.
+        pipe.eval(_STORE_RECORDS, len(keys), *keys, *records, settings.VOKAFLOW_RESULT_TTL)
         pipe.execute()
+
+
+_STORE_RECORDS = """
+local ttl = ARGV[#ARGV]
+for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i], 'EX', ttl) end
+"""
 
 
 def _submission(req: TaskRequest, now: str) -> Submission:
