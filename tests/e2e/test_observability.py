@@ -136,6 +136,8 @@ def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
         assert status() == 401
         assert status("ops:wrong") == 401
         assert status("ops:flower-pass") == 200
+        # Flower's own Prometheus metrics answer without its login: keep the port private.
+        assert http_status(f"http://127.0.0.1:{port}/metrics") == 200
     finally:
         os.killpg(launcher.pid, 15)
         launcher.wait(20)
