@@ -30,15 +30,18 @@ class SubmitOnlyRedisBackend(RedisBackend):
         pass
 
 
+def _plain_redis(redis_url: str) -> bool:
+    return redis_url.split("://", 1)[0] in ("redis", "rediss")
+
+
 def result_backend_url(redis_url: str) -> str:
-    if redis_url.split("://", 1)[0] in ("redis", "rediss"):
-        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
-    return redis_url  # sentinel:// and others keep Celery's own backend
+    """Our backend for redis:// URLs; sentinel:// keeps Celery's own."""
+    return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}" if _plain_redis(redis_url) else redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:
     """Our faster-fetching Redis transport for redis:// URLs; kombu's own for the others."""
-    return "vokaflow.transport:Transport" if redis_url.split("://", 1)[0] in ("redis", "rediss") else None
+    return "vokaflow.transport:Transport" if _plain_redis(redis_url) else None
 
 
 def _sentinel_options(settings) -> dict:
