@@ -68,6 +68,9 @@ def celery_config(settings) -> dict:
             "visibility_timeout": settings.VOKAFLOW_VISIBILITY_TIMEOUT,
             "unacked_restore_interval": settings.VOKAFLOW_RESTORE_INTERVAL,
             "unacked_restore_throttle": 1,
+            # The restore scan runs under a Redis mutex. kombu keeps it 5 minutes: a worker that
+            # vanishes while holding it would hold up every redelivery that long.
+            "unacked_mutex_expire": 30,
             "queue_order_strategy": "tasks.routing:PriorityFairCycle",
             # One Redis list per queue, named exactly like the queue.
             "priority_steps": [0],
