@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 from django.conf import settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -227,3 +228,41 @@ def run_python(code: str, env: dict, timeout: float = 60) -> subprocess.Complete
     """Run Python code in a fresh interpreter of this virtualenv (a process with no web server)."""
     return subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def redis_server_binary() -> str:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    from services import redis_server_binary as find
+
+    binary = find()
+    if binary is None:
+        pytest.skip("no redis-server binary to run a Redis of the test's own")
+    return binary
+
+
+class OwnRedis:
+    """A Redis of a test's own, with AOF on, that can be stopped and started again."""
+
+    def __init__(self, folder: Path):
+        self.binary, self.folder, self.port = redis_server_binary(), folder, free_port()
+        self.proc = None
+
+    def start(self):
+        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
+                                      str(self.folder), "--appendonly", "yes", "--appendfsync", "everysec",
+                                      "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        wait_for(lambda: pings(client), 10, 0.05, "the test's Redis to start")
+        return client
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()  # SIGTERM: Redis writes its AOF and exits
+            self.proc.wait(20)
+
+
+def pings(client) -> bool:
+    try:
+        return client.ping()
+    except redis.ConnectionError:
+        return False

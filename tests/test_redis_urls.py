@@ -30,9 +30,10 @@ def test_a_sentinel_url_without_the_primarys_name_says_what_to_set():
         client_from_url("sentinel://10.0.0.1:26379/0")
 
 
-def test_celery_uses_our_transport_for_redis_and_kombus_own_for_sentinel():
+def test_celery_uses_our_transport_directly_and_through_sentinel():
     assert _transport_for("redis://h:6379/0") == "vokaflow.transport:Transport"
-    assert _transport_for("sentinel://h:26379/0") is None
+    assert _transport_for("rediss://h:6379/0") == "vokaflow.transport:Transport"
+    assert _transport_for("sentinel://h:26379/0") == "vokaflow.transport:SentinelTransport"
     assert result_backend_url("redis://h:6379/0").startswith("vokaflow.celery:SubmitOnlyRedisBackend+redis://")
     assert result_backend_url("sentinel://h:26379/0") == "sentinel://h:26379/0"
 

@@ -40,8 +40,12 @@ def result_backend_url(redis_url: str) -> str:
 
 
 def _transport_for(redis_url: str) -> str | None:
-    """Our faster-fetching Redis transport for redis:// URLs; kombu's own for the others."""
-    return "vokaflow.transport:Transport" if _plain_redis(redis_url) else None
+    """Our Redis transport (a fetch that cannot lose a message), directly or through Sentinel."""
+    if _plain_redis(redis_url):
+        return "vokaflow.transport:Transport"
+    if redis_url.startswith("sentinel://"):
+        return "vokaflow.transport:SentinelTransport"
+    return None
 
 
 def _sentinel_options(settings) -> dict:

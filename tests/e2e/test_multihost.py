@@ -62,7 +62,7 @@ def in_ns(ns: str, argv: list[str], env: dict, log=None) -> subprocess.Popen:
 
 @pytest.mark.slow
 def test_every_task_completes_when_a_worker_host_is_cut_off(network, tmp_path):
-    from tests.e2e.test_operations import redis_server_binary
+    from tests.conftest import redis_server_binary
 
     names = network["names"]
     redis_url = f"redis://{SUBNET}.{HOSTS['redis']}:6379/0"

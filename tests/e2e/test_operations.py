@@ -9,14 +9,13 @@ import subprocess
 import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import psutil
 import pytest
 import redis
 import yaml
 
-from tests.conftest import ROOT, free_port, http_status, wait_for, worker_env
+from tests.conftest import ROOT, OwnRedis, free_port, http_status, pings, wait_for, worker_env
 from workers.profiles import WorkerType, worker_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -128,43 +127,6 @@ def test_compose_runs_the_documented_commands():
         subprocess.run(["docker", "compose", "config", "-q"], cwd=ROOT, check=True)
 
 
-def redis_server_binary() -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from services import redis_server_binary as find
-
-    binary = find()
-    if binary is None:
-        pytest.skip("no redis-server binary to run a Redis of the test's own")
-    return binary
-
-
-class OwnRedis:
-    """A Redis of this test's own, with AOF on, that can be restarted."""
-
-    def __init__(self, folder: Path):
-        self.binary, self.folder, self.port = redis_server_binary(), folder, free_port()
-        self.proc = None
-
-    def start(self):
-        self.proc = subprocess.Popen([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                                      str(self.folder), "--appendonly", "yes", "--appendfsync", "everysec",
-                                      "--save", ""], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        wait_for(lambda: _pings(client), 10, 0.05, "the test's Redis to start")
-        return client
-
-    def stop(self):
-        self.proc.terminate()  # SIGTERM: Redis writes its AOF and exits
-        self.proc.wait(20)
-
-
-def _pings(client) -> bool:
-    try:
-        return client.ping()
-    except redis.ConnectionError:
-        return False
-
-
 @pytest.mark.slow
 def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_path):
     own = OwnRedis(tmp_path)
@@ -181,7 +143,7 @@ def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_pat
                                  check=True)
         ids = enqueue.stdout.split()
         assert len(ids) == 5000
-        start_worker("general", concurrency=2, env=env)
+        worker = start_worker("general", concurrency=2, env=env)
         keys = [f"celery-task-meta-{i}" for i in ids]
 
         def done() -> int:
@@ -191,7 +153,13 @@ def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_pat
         own.stop()
         time.sleep(1)
         client = own.start()
-        wait_for(lambda: done() == 5000, 120, 0.5, "all 5,000 tasks to succeed after the restart")
+        try:
+            wait_for(lambda: done() == 5000, 120, 0.5, "all 5,000 tasks to succeed after the restart")
+        except AssertionError:
+            queued = {k.decode(): client.llen(k) for k in client.keys("vf.*") if client.type(k) == b"list"}
+            raise AssertionError(f"{done()} of 5,000 succeeded; queued {queued}; unacked "
+                                 f"{client.hlen('unacked')}; worker alive: {worker.proc.poll() is None}\n"
+                                 f"{worker.output()[-6000:]}") from None
     finally:
         own.stop()
 
@@ -207,7 +175,7 @@ def test_tasks_flow_through_redis_sentinel(start_worker, tmp_path):
     sentinel = subprocess.Popen([primary.binary, str(config), "--sentinel"], stdout=subprocess.DEVNULL,
                                 stderr=subprocess.DEVNULL)
     try:
-        wait_for(lambda: _pings(redis.Redis(port=sentinel_port)), 10, 0.05, "Sentinel to start")
+        wait_for(lambda: pings(redis.Redis(port=sentinel_port)), 10, 0.05, "Sentinel to start")
         env = worker_env(REDIS_URL=f"sentinel://127.0.0.1:{sentinel_port}/0", VOKAFLOW_REDIS_SENTINEL_MASTER="vf",
                          DJANGO_SETTINGS_MODULE="vokaflow.settings")
         start_worker("general", env=env)
