@@ -12,6 +12,7 @@ app.conf.update(
     task_serializer="json", result_serializer="json", accept_content=["json"],
     task_acks_late=True, task_reject_on_worker_lost=True, worker_prefetch_multiplier=1,
     task_default_queue="plain", worker_hijack_root_logger=False,
+    broker_transport_options={"visibility_timeout": int(os.environ.get("BENCH_VISIBILITY_TIMEOUT", 3600))},
 )
 
 
