@@ -2,11 +2,11 @@
 
 kombu fetches with BRPOP and then records the message in the `unacked` hash in a second round
 trip. A message is lost whenever the reply to BRPOP never arrives or Redis is gone before the
-second step: on every graceful Redis restart, a busy consumer loses the message whose BRPOP
-Redis served last (Redis writes the pop to its AOF but exits before sending the reply;
-measured: 15 restarts, 15 messages lost). Here one Lua script pops the first waiting message in
-queue order and records it as unacknowledged in the same atomic step, so a lost reply leaves
-it in `unacked`, and kombu's visibility timeout brings it back.
+second step: on a graceful Redis restart, a busy consumer loses the message whose BRPOP Redis
+served last (Redis writes the pop to its AOF but exits before sending the reply; measured in
+bench/restart.py: plain Celery loses one or two tasks per restart). Here one Lua script pops
+the first waiting message in queue order and records it as unacknowledged in the same atomic
+step, so a lost reply leaves it in `unacked`, and kombu's visibility timeout brings it back.
 
 Scripts cannot block, so an idle consumer waits with XREAD on a per-type "bell" stream that
 every publisher of a message writes to (`ring`), starting from the bell entries it saw when its
