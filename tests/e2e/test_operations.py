@@ -156,7 +156,7 @@ def test_a_broker_restart_mid_drain_loses_nothing_with_aof(start_worker, tmp_pat
         try:
             wait_for(lambda: done() == 5000, 120, 0.5, "all 5,000 tasks to succeed after the restart")
         except AssertionError:
-            queued = {k.decode(): client.llen(k) for k in client.keys("vf.*") if client.type(k) == b"list"}
+            queued = {k.decode(): client.llen(k) for k in client.keys("general.*") if client.type(k) == b"list"}
             raise AssertionError(f"{done()} of 5,000 succeeded; queued {queued}; unacked "
                                  f"{client.hlen('unacked')}; worker alive: {worker.proc.poll() is None}\n"
                                  f"{worker.output()[-6000:]}") from None
