@@ -32,6 +32,15 @@ def short_heartbeats():
     settings.VOKAFLOW_HEARTBEAT_TTL = HEARTBEAT_TTL
 
 
+@pytest.fixture(autouse=True, scope="session")
+def static_files():
+    """The admin and the API docs are served with their static files, as `make run` serves them."""
+    if not Path(settings.STATIC_ROOT).is_dir():
+        from django.core.management import call_command
+
+        call_command("collectstatic", "--noinput", verbosity=0)
+
+
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):
     """Poll until condition() is truthy; fail with `message` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
