@@ -12,6 +12,7 @@ from tests.conftest import OwnRedis, wait_for
 from vokaflow import transport
 
 QUEUE = Queue("general.normal.p0", routing_key="general.normal.p0")
+OPTIONS = {"priority_steps": [0]}  # as VokaFlow configures it: one Redis list per queue
 
 
 def consume(url: str, received: list, stop: threading.Event, **options) -> threading.Thread:
@@ -23,8 +24,7 @@ def consume(url: str, received: list, stop: threading.Event, **options) -> threa
 
     def run():
         try:
-            with Connection(url, transport=transport.Transport,
-                            transport_options={"priority_steps": [0], **options}) as conn:  # as VokaFlow's
+            with Connection(url, transport=transport.Transport, transport_options={**OPTIONS, **options}) as conn:
                 with Consumer(conn, [QUEUE], callbacks=[handle], prefetch_count=4):
                     while not stop.is_set():
                         try:
@@ -40,7 +40,7 @@ def consume(url: str, received: list, stop: threading.Event, **options) -> threa
 
 
 def publish(url: str, numbers) -> None:
-    with Connection(url, transport=transport.Transport) as conn:
+    with Connection(url, transport=transport.Transport, transport_options=OPTIONS) as conn:
         producer = Producer(conn)
         for n in numbers:
             producer.publish({"n": n}, routing_key=QUEUE.name, declare=[QUEUE])
@@ -76,8 +76,9 @@ def test_an_idle_consumer_wakes_for_a_message_published_after_it_started_waiting
     url = f"redis://127.0.0.1:{own.port}/0"
     received: list[int] = []
     stop = threading.Event()
-    # A 30 s wait: only the bell can deliver the message within the test's 10 s.
-    thread = consume(url, received, stop, brpop_timeout=30)
+    # A 30 s wait (kombu's polling_interval sets it): only the bell can deliver the message
+    # within the test's 10 s.
+    thread = consume(url, received, stop, polling_interval=30)
     try:
         publish(url, [])  # declares the queue
         for n in range(3):
