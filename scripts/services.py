@@ -24,7 +24,9 @@ from urllib.parse import urlparse
 
 ROOT = Path(__file__).resolve().parent.parent
 RUN_DIR = ROOT / ".run"
-TEST_REDIS_DB = 13  # the suite's own database number; it deletes only keys it made
+# The suite's own database number (it deletes only keys it made); two checkouts testing at once
+# on one machine each take their own with VOKAFLOW_TEST_REDIS_DB.
+TEST_REDIS_DB = int(os.environ.get("VOKAFLOW_TEST_REDIS_DB", "13"))
 
 
 def say(message: str) -> None:

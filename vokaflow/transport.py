@@ -79,6 +79,14 @@ def ring(pipe, queues) -> None:
         pipe.xadd(bell, BELL_ENTRY, maxlen=1, approximate=False)
 
 
+def publish(pipe, by_queue: dict[str, list[str]]) -> None:
+    """The wire format of an enqueue, in one place: LPUSH each queue's serialised messages (the
+    consumer takes from the right, so the list is FIFO), then ring the bells of their types."""
+    for queue, messages in by_queue.items():
+        pipe.lpush(queue, *messages)
+    ring(pipe, by_queue)
+
+
 def _bulk(value: bytes | str) -> bytes:
     if isinstance(value, str):
         value = value.encode()
@@ -208,15 +216,8 @@ class ReliableFetch:
     def _put(self, queue, message, **kwargs):
         if not self._reliable() or (self._expires and queue in self._expires):
             return super()._put(queue, message, **kwargs)
-        payload = dumps(message)
-        batch = kwargs.pop("_publish_batch", None)
-        if batch is not None:  # kombu's batched publishing takes positional arguments only
-            batch.add("lpush", queue, payload)
-            batch.add("xadd", bell_key(queue), BELL_ENTRY, "*", 1, False)
-            return
         with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            pipe.lpush(queue, payload)
-            ring(pipe, [queue])
+            publish(pipe, {queue: [dumps(message)]})
             pipe.execute()
 
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
