@@ -26,9 +26,10 @@ import json, statistics, sys, time, django
 django.setup()
 from django.contrib.auth.models import User
 from rest_framework.test import APIClient
-from tasks.routing import all_queues
+from vokaflow.core.queues import all_queues
 from vokaflow.redis import get_redis
-from workers.heartbeat import WORKER_KEY, WORKERS_KEY
+from vokaflow.core import keys
+
 r = get_redis()
 now = time.time()
 with r.pipeline() as pipe:
@@ -40,8 +41,8 @@ with r.pipeline() as pipe:
              "network": "NETWORK_INTENSIVE", "general": "GENERAL_PURPOSE"}[kind]],
             "partitions": list(range(8)), "pool": "threads", "concurrency": 4, "busy": i % 3,
             "processed": 1000 * i, "started_at": now - 3600, "last_seen": now}
-        pipe.set(WORKER_KEY.format(name), json.dumps(info), ex=600)
-        pipe.zadd(WORKERS_KEY, {name: now + 500})
+        pipe.set(keys.WORKER.format(name), json.dumps(info), ex=600)
+        pipe.zadd(keys.WORKERS, {name: now + 500})
     for queue in all_queues(8):
         pipe.lpush(queue, *["{}"] * 3)
     pipe.execute()

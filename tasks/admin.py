@@ -5,9 +5,9 @@ from django.utils.html import format_html
 
 from tasks import dlq
 from tasks.models import DeadLetter
-from tasks.priorities import Priority
 from vokaflow.celery import app
-from workers.profiles import WorkerType
+from vokaflow.core.priorities import Priority
+from vokaflow.core.workers import WorkerType
 
 
 class ChoicesFilter(admin.SimpleListFilter):
@@ -88,24 +88,27 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def has_change_permission(self, request, obj=None):
         return False
 
+    def has_retry_permission(self, request, obj=None):
+        """Retrying and discarding change a dead letter's status: Django's change permission."""
+        return request.user.has_perm("tasks.change_deadletter")
+
     def has_delete_permission(self, request, obj=None):
         return False  # discard instead: the row stays for audit; retention prunes
 
-    @admin.action(description="Retry selected", permissions=["view"])
+    @admin.action(description="Retry selected", permissions=["retry"])
     def retry_selected(self, request, queryset):
         task_ids = list(queryset.values_list("task_id", flat=True))
-        retried, failed = 0, []
-        for task_id in task_ids:
-            try:
-                dlq.dead_letter_retry(task_id=task_id)
-                retried += 1
-            except (dlq.DeadLetterNotFound, dlq.DeadLetterNotRetriable, ValueError) as exc:
-                failed.append(str(exc))
-        self.message_user(request, f"Retried {retried} of {len(task_ids)} dead letters.", messages.SUCCESS)
-        if failed:
-            self.message_user(request, f"Not retried: {'; '.join(failed[:5])}", messages.WARNING)
+        try:
+            outcome = dlq.dead_letter_retry_many(task_ids=task_ids, status=None)
+        except dlq.BulkRetryInterrupted as exc:
+            self.message_user(request, exc.detail, messages.ERROR)
+            return
+        self.message_user(request, f"Retried {outcome.retried} of {len(task_ids)} dead letters.", messages.SUCCESS)
+        if outcome.failed:
+            self.message_user(request, f"{outcome.failed} were not retried: already retried, resolved or "
+                                       "their task no longer exists.", messages.WARNING)
 
-    @admin.action(description="Discard selected", permissions=["view"])
+    @admin.action(description="Discard selected", permissions=["retry"])
     def discard_selected(self, request, queryset):
         count = dlq.dead_letter_discard_many(list(queryset.values_list("task_id", flat=True)))
         self.message_user(request, f"Discarded {count} dead letters (kept for audit).", messages.SUCCESS)

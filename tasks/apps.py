@@ -6,5 +6,8 @@ class TasksConfig(AppConfig):
     default_auto_field = "django.db.models.BigAutoField"
 
     def ready(self):
-        # Registers the built-in tasks with the Celery app in web and worker processes alike.
+        # Creates the Celery app and registers the built-in tasks with it, in web and worker
+        # processes alike (the Django convention of importing the app in the project package's
+        # __init__ would make `import vokaflow.locks` create it too).
+        import vokaflow.celery  # noqa: F401
         from tasks import builtin, periodic  # noqa: F401

@@ -9,12 +9,12 @@ from collections.abc import Callable
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, TimeLimitExceeded
 
-from tasks.priorities import DEFAULT_PRIORITY, Priority
-from workers.profiles import DEFAULT_WORKER_TYPE, WorkerType
+from vokaflow.core import keys
+from vokaflow.core.priorities import DEFAULT_PRIORITY, Priority
+from vokaflow.core.workers import DEFAULT_WORKER_TYPE, WorkerType
 
 logger = logging.getLogger(__name__)
 
-REDELIVERIES_KEY = "vokaflow:redeliveries:{}"
 
 
 class PoisonTask(Exception):
@@ -64,7 +64,7 @@ class PlatformTask(Task):
 
         from vokaflow.redis import get_redis
 
-        key = REDELIVERIES_KEY.format(task_id)
+        key = keys.REDELIVERIES.format(task_id)
         with get_redis().pipeline() as pipe:
             redeliveries, _ = pipe.incr(key).expire(key, 24 * 3600).execute()
         limit = settings.VOKAFLOW_POISON_DELIVERIES
@@ -80,7 +80,7 @@ class PlatformTask(Task):
         if isinstance(exc, TimeLimitExceeded):
             reason = "time_limit"
             if self.request.id != task_id:  # reported in the pool's parent: task_postrun never ran
-                from workers.heartbeat import counters
+                from tasks.counters import counters
 
                 counters.add(self._queue_of(task_id), "failed")
         elif self.autoretry_for and isinstance(exc, tuple(self.autoretry_for)):
@@ -102,14 +102,14 @@ class PlatformTask(Task):
             queue = (self.request.delivery_info or {}).get("routing_key")
             if queue:
                 return queue
-        from tasks.submit import task_record
+        from tasks.records import task_record
 
         record = record or task_record(task_id)
         return record.queue if record else None
 
     def _dead_letter(self, exc, task_id, args, kwargs, traceback, *, reason: str) -> None:
         from tasks.dlq import dead_letter_record
-        from tasks.submit import task_record
+        from tasks.records import task_record
 
         # A hard time limit is reported in the pool's parent, where self.request is not this task.
         request = self.request if self.request.id == task_id else None

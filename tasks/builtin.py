@@ -4,8 +4,8 @@ import random
 import time
 
 from tasks.base import platform_task
-from tasks.priorities import Priority
-from workers.profiles import WorkerType
+from vokaflow.core.priorities import Priority
+from vokaflow.core.workers import WorkerType
 
 
 class TaskFailed(Exception):

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import socket
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
@@ -17,21 +17,24 @@ from django.db import DatabaseError, connection, transaction
 from django.db.models import Q
 
 from tasks.models import DeadLetter
-from tasks.routing import parse_queue
+from tasks.validation import SubmissionError, TaskRequest
 from vokaflow import locks
+from vokaflow.core import keys
+from vokaflow.core.errors import Conflict, NotFound, Unavailable
+from vokaflow.core.queues import parse_queue
 from vokaflow.redis import get_redis
 
 logger = logging.getLogger(__name__)
 
-PENDING_KEY = "vokaflow:dlq:pending"
 FLUSH_BATCH = 500
 
 
-class DeadLetterNotFound(LookupError):
-    pass
+class DeadLetterNotFound(NotFound):
+    def __init__(self, task_id: str):
+        super().__init__(f"no dead letter for task {task_id}")
 
 
-class DeadLetterNotRetriable(RuntimeError):
+class DeadLetterNotRetriable(Conflict):
     pass
 
 
@@ -40,6 +43,20 @@ class BulkOutcome:
     matched: int
     retried: int
     failed: int
+
+
+class BulkRetryInterrupted(Unavailable):
+    """Redis stopped answering part way through a bulk retry; `outcome` counts what was retried."""
+
+    def __init__(self, outcome: BulkOutcome, cause: Exception):
+        self.outcome = outcome
+        super().__init__(f"{cause} Retried {outcome.retried} of {outcome.matched} dead letters before that; "
+                         "the others are unchanged (still dead): retry them when Redis is back.",
+                         **asdict(outcome))
+
+
+RETRIABLE = (DeadLetter.Status.DEAD, DeadLetter.Status.DISCARDED)
+RETRY_BATCH = 500
 
 
 def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str | None, reason: str,
@@ -56,7 +73,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
         "dlq_timestamp": datetime.now(UTC).isoformat(), "hostname": socket.gethostname(), "worker": worker or "",
         "retried_from": retried_from or "",
     }
-    from workers.heartbeat import counters
+    from tasks.counters import counters
 
     counters.add(queue, "dead_lettered")
     try:
@@ -64,7 +81,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
     except DatabaseError as exc:
         logger.warning("database unavailable, dead letter %s kept in Redis until it is back: %s", task_id, exc)
         connection.close()  # reconnect next time instead of reusing a broken connection
-        get_redis().rpush(PENDING_KEY, json.dumps(record, default=str))
+        get_redis().rpush(keys.DLQ_PENDING, json.dumps(record, default=str))
         return
     dead_letter_flush_pending()
 
@@ -77,7 +94,7 @@ def _insert(records: list[dict]) -> None:
 def dead_letter_flush_pending() -> int:
     """Move records that waited in Redis into the table; returns how many moved."""
     r = get_redis()
-    if not r.llen(PENDING_KEY):
+    if not r.llen(keys.DLQ_PENDING):
         return 0
     try:
         return locks.execute_with_lock("dlq-flush", _flush, r, ttl=60, wait=0, client=r)
@@ -88,12 +105,12 @@ def dead_letter_flush_pending() -> int:
 def _flush(r) -> int:
     moved = 0
     while True:
-        raw = r.lrange(PENDING_KEY, 0, FLUSH_BATCH - 1)
+        raw = r.lrange(keys.DLQ_PENDING, 0, FLUSH_BATCH - 1)
         if not raw:
             return moved
         records = [json.loads(item) for item in raw]
         _insert(records)  # a DatabaseError leaves them in Redis for the next flush
-        r.ltrim(PENDING_KEY, len(raw), -1)  # safe: only this lock holder removes from the head
+        r.ltrim(keys.DLQ_PENDING, len(raw), -1)  # safe: only this lock holder removes from the head
         moved += len(raw)
 
 
@@ -108,41 +125,64 @@ def dead_letter_retry(*, task_id: str, priority: str | None = None, worker_type:
                       partition_key: str | None = None) -> DeadLetter:
     """Enqueue the task again with its original arguments and routing (or the overrides).
     The row becomes `retried` and names the new task; it becomes `resolved` when that succeeds."""
-    from tasks.submit import enqueue, prepare
+    from tasks.submit import enqueue
 
     with transaction.atomic():
         letter = DeadLetter.objects.select_for_update().filter(task_id=task_id).first()
         if letter is None:
             raise DeadLetterNotFound(task_id)
-        if letter.status not in (DeadLetter.Status.DEAD, DeadLetter.Status.DISCARDED):
+        if letter.status not in RETRIABLE:
             retried_as = f" (retried as {letter.retried_task_id})" if letter.retried_task_id else ""
             raise DeadLetterNotRetriable(f"dead letter {task_id} is {letter.status}, not dead{retried_as}")
-        request = prepare(letter.task_name, args=letter.args, kwargs=letter.kwargs,
-                          priority=priority or letter.priority or None,
-                          worker_type=worker_type or letter.worker_type or None,
-                          partition_key=partition_key,
-                          partition=None if partition_key else letter.partition,
-                          retried_from=letter.task_id)
-        enqueue([request])
+        request = _retry_request(letter, priority=priority, worker_type=worker_type, partition_key=partition_key)
+        enqueue([request])  # raises before the row changes when Redis is down
         letter.status = DeadLetter.Status.RETRIED
         letter.retried_task_id = request.task_id
         letter.save(update_fields=["status", "retried_task_id", "updated_at"])
     return letter
 
 
+def _retry_request(letter: DeadLetter, *, priority: str | None = None, worker_type: str | None = None,
+                   partition_key: str | None = None) -> TaskRequest:
+    from tasks.validation import prepare
+
+    return prepare(letter.task_name, args=letter.args, kwargs=letter.kwargs,
+                   priority=priority or letter.priority or None,
+                   worker_type=worker_type or letter.worker_type or None,
+                   partition_key=partition_key, partition=None if partition_key else letter.partition,
+                   retried_from=letter.task_id)
+
+
 def dead_letter_retry_many(**filters) -> BulkOutcome:
-    """Retry every dead letter matching the filters (status defaults to dead)."""
+    """Retry every dead letter matching the filters (status defaults to dead), RETRY_BATCH at a
+    time: one Redis round trip and one transaction per batch, so a batch is retried whole or not
+    at all. When Redis stops answering, BulkRetryInterrupted says how many were retried before."""
+    from tasks.submit import BrokerUnavailable, enqueue
+
     filters.setdefault("status", DeadLetter.Status.DEAD)
     task_ids = list(DeadLetter.objects.matching(**filters).values_list("task_id", flat=True))
-    retried = failed = 0
-    for task_id in task_ids:
-        try:
-            dead_letter_retry(task_id=task_id)
-            retried += 1
-        except (DeadLetterNotFound, DeadLetterNotRetriable, ValueError) as exc:
-            logger.warning("could not retry dead letter %s: %s", task_id, exc)
-            failed += 1
-    return BulkOutcome(matched=len(task_ids), retried=retried, failed=failed)
+    outcome = BulkOutcome(matched=len(task_ids), retried=0, failed=0)
+    for start in range(0, len(task_ids), RETRY_BATCH):
+        chunk = task_ids[start:start + RETRY_BATCH]
+        with transaction.atomic():
+            letters = list(DeadLetter.objects.select_for_update().filter(task_id__in=chunk, status__in=RETRIABLE))
+            outcome.failed += len(chunk) - len(letters)  # retried or removed meanwhile
+            ready: list[tuple[DeadLetter, TaskRequest]] = []
+            for letter in letters:
+                try:
+                    ready.append((letter, _retry_request(letter)))
+                except SubmissionError as exc:  # e.g. the task no longer exists
+                    logger.warning("could not retry dead letter %s: %s", letter.task_id, exc)
+                    outcome.failed += 1
+            try:
+                enqueue([request for _, request in ready])
+            except BrokerUnavailable as exc:
+                raise BulkRetryInterrupted(outcome, exc) from exc
+            for letter, request in ready:
+                letter.status, letter.retried_task_id = DeadLetter.Status.RETRIED, request.task_id
+            DeadLetter.objects.bulk_update([letter for letter, _ in ready], ["status", "retried_task_id"])
+        outcome.retried += len(ready)
+    return outcome
 
 
 def dead_letter_discard(*, task_id: str) -> DeadLetter:

@@ -8,9 +8,12 @@ from django.db.models import Q
 
 class DeadLetterQuerySet(models.QuerySet):
     def matching(self, *, task: str | None = None, worker_type: str | None = None, priority: str | None = None,
-                 status: str | None = None, since=None, until=None, q: str | None = None) -> DeadLetterQuerySet:
+                 status: str | None = None, since=None, until=None, q: str | None = None,
+                 task_ids: list[str] | None = None) -> DeadLetterQuerySet:
         """The filters of the API and the admin; None means no filter."""
         qs = self
+        if task_ids is not None:
+            qs = qs.filter(task_id__in=task_ids)
         if task:
             qs = qs.filter(task_name=task)
         if worker_type:

@@ -1,7 +1,7 @@
 """Periodic maintenance tasks, run by Celery beat (see beat_schedule in vokaflow.celery)."""
 
 from tasks.base import platform_task
-from tasks.priorities import Priority
+from vokaflow.core.priorities import Priority
 
 
 @platform_task("vokaflow.dlq_flush", priority=Priority.HIGH, max_retries=0)

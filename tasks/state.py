@@ -7,22 +7,24 @@ from dataclasses import asdict
 
 from celery import states
 
-from tasks.submit import task_record
+from tasks.records import task_record
 from vokaflow.celery import app
+from vokaflow.core import keys
+from vokaflow.core.errors import Conflict, NotFound
 from vokaflow.redis import get_redis
 
 DEAD = "DEAD"  # failed for good and recorded in the dead-letter table
 FINISHED_STATES = states.READY_STATES | {DEAD}
 
 # task id → expiry (epoch seconds): revokes that a worker started later must still honour.
-REVOKED_KEY = "vokaflow:revoked"
 
 
-class TaskNotFound(LookupError):
-    pass
+class TaskNotFound(NotFound):
+    def __init__(self, task_id: str):
+        super().__init__(f"no task with id {task_id}")
 
 
-class TaskAlreadyFinished(RuntimeError):
+class TaskAlreadyFinished(Conflict):
     pass
 
 
@@ -64,7 +66,7 @@ def revoke_task(task_id: str) -> dict:
         raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
     from django.conf import settings
 
-    get_redis().zadd(REVOKED_KEY, {task_id: time.time() + settings.VOKAFLOW_RESULT_TTL})
+    get_redis().zadd(keys.REVOKED, {task_id: time.time() + settings.VOKAFLOW_RESULT_TTL})
     app.control.revoke(task_id)
     app.backend.mark_as_revoked(task_id, reason="revoked through the API")
     return task_status(task_id)
@@ -79,8 +81,8 @@ def _dead_lettered(task_id: str) -> bool:
 def revoked_task_ids() -> list[str]:
     """Ids revoked within the result TTL; a starting worker merges them into its revoked set."""
     r = get_redis()
-    r.zremrangebyscore(REVOKED_KEY, "-inf", time.time())
-    return [task_id.decode() for task_id in r.zrange(REVOKED_KEY, 0, -1)]
+    r.zremrangebyscore(keys.REVOKED, "-inf", time.time())
+    return [task_id.decode() for task_id in r.zrange(keys.REVOKED, 0, -1)]
 
 
 def _error_text(result) -> str | None:

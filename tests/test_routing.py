@@ -2,8 +2,8 @@
 
 import pytest
 
-from tasks.priorities import Priority
-from tasks.routing import (
+from vokaflow.core.priorities import Priority
+from vokaflow.core.queues import (
     PriorityFairCycle,
     Route,
     all_queues,
@@ -13,7 +13,7 @@ from tasks.routing import (
     queue_name,
     queues_for,
 )
-from workers.profiles import WorkerType, worker_argv, worker_profile
+from vokaflow.core.workers import WorkerType, worker_argv, worker_profile
 
 
 def test_queue_names_follow_type_priority_partition():

@@ -6,7 +6,8 @@ import time
 import pytest
 
 from tasks.builtin import echo
-from tasks.submit import SubmissionError, submit_task, task_record
+from tasks.records import task_record
+from tasks.submit import SubmissionError, submit_task
 from tests.conftest import OUR_KEY_PATTERNS, run_python, worker_env
 
 QUEUE_PATTERNS = OUR_KEY_PATTERNS[:5]

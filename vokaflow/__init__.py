@@ -1,5 +1,6 @@
-"""VokaFlow: a Django service that runs Celery tasks by priority and worker type."""
+"""VokaFlow: a Django service that runs Celery tasks by priority and worker type.
 
-from .celery import app as celery_app
-
-__all__ = ("celery_app",)
+Importing the package has no side effects: `vokaflow.locks` and `vokaflow.core` work in any
+script. The Celery app lives in `vokaflow.celery` (`celery -A vokaflow` finds it there) and is
+created when something first imports that module (tasks.apps does, at Django start).
+"""

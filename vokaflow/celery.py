@@ -1,14 +1,13 @@
 """The Celery app: reliability settings, and one queue per (worker type, priority, partition).
 
 `celery -A vokaflow worker --type cpu --partitions 0-3` consumes the CPU queues of
-partitions 0-3, highest priority first (see tasks.routing.PriorityFairCycle).
+partitions 0-3, highest priority first (see vokaflow.core.queues.PriorityFairCycle).
 """
 
-import logging
 import os
 
 import click
-from celery import Celery, bootsteps, signals
+from celery import Celery
 from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
@@ -57,7 +56,7 @@ def _sentinel_options(settings) -> dict:
 
 def celery_config(settings) -> dict:
     """Celery settings derived from Django settings (read once, at app configuration)."""
-    from tasks.routing import all_queues
+    from vokaflow.core.queues import all_queues
 
     timeout = settings.VOKAFLOW_BROKER_TIMEOUT
     queues = all_queues(settings.VOKAFLOW_PARTITIONS)
@@ -75,7 +74,7 @@ def celery_config(settings) -> dict:
             # The restore scan runs under a Redis mutex. kombu keeps it 5 minutes: a worker that
             # vanishes while holding it would hold up every redelivery that long.
             "unacked_mutex_expire": 30,
-            "queue_order_strategy": "tasks.routing:PriorityFairCycle",
+            "queue_order_strategy": "vokaflow.core.queues:PriorityFairCycle",
             # One Redis list per queue, named exactly like the queue.
             "priority_steps": [0],
             "socket_connect_timeout": timeout,
@@ -145,59 +144,11 @@ app.user_options["worker"].add(click.Option(
     help="Partitions to consume, e.g. 0-3,6 (default: all)."))
 
 
-class ConsumeWorkerTypeQueues(bootsteps.Step):
-    """Turns `--type` / `--partitions` into the worker's queue list, highest priority first."""
-
-    def __init__(self, worker, vokaflow_type=None, vokaflow_partitions=None, **kwargs):
-        super().__init__(worker, **kwargs)
-        if vokaflow_type is None:
-            if vokaflow_partitions:
-                raise click.UsageError("--partitions needs --type")
-            return
-        from django.conf import settings
-
-        from tasks.routing import parse_partitions, queues_for
-        from workers.profiles import WorkerType
-
-        try:
-            worker_type = WorkerType.parse(vokaflow_type)
-            partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
-        except ValueError as exc:
-            raise click.UsageError(str(exc)) from None
-        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
-
-
-app.steps["worker"].add(ConsumeWorkerTypeQueues)
-
-
-def _install_fleet_reporting() -> None:
-    from workers.heartbeat import Heartbeat, on_process_shutdown, on_task_postrun
-
-    app.steps["worker"].add(Heartbeat)
-    signals.task_postrun.connect(on_task_postrun, weak=False)
-    signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
-
-
-if os.environ.get("VOKAFLOW_FLEET_REPORTING", "1") != "0":  # 0 only to measure what it costs
-    _install_fleet_reporting()
-
-
-@signals.worker_init.connect
-def _load_revoked(**kwargs):
-    """Revokes broadcast while this worker was not running still apply to it."""
-    from celery.worker.state import merge_revoked
-    from redis import RedisError
-
-    from tasks.state import revoked_task_ids
-
-    try:
-        merge_revoked(revoked_task_ids())
-    except RedisError as exc:
-        logging.getLogger(__name__).warning("could not load revoked task ids: %s", exc)
-
-
-@signals.task_postrun.connect
-def _close_old_db_connections(**kwargs):
-    from django.db import close_old_connections
-
-    close_old_connections()
+# The worker's own steps live in the workers app; named by string, so the app imports nothing
+# above it (workers.bootsteps imports Django settings and the task services).
+app.steps["worker"].update({
+    "workers.bootsteps:ConsumeWorkerTypeQueues",
+    "workers.bootsteps:WorkerSignals",
+    "workers.bootsteps:LoadRevoked",
+    "workers.heartbeat:Heartbeat",
+})

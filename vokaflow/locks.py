@@ -32,9 +32,9 @@ from typing import Any
 
 import redis
 
-LOCK_PREFIX = "vokaflow:lock:"
-FENCE_PREFIX = "vokaflow:fence:"
-RELEASE_CHANNEL_PREFIX = "vokaflow:lock-released:"
+from vokaflow.core import keys
+from vokaflow.core.errors import Conflict, NotFound
+
 POLL_START, POLL_MAX = 0.001, 0.016  # seconds between tries while a wait is young
 POLL_PHASE = 0.1  # seconds of polling before a waiter subscribes to the release message
 
@@ -77,8 +77,8 @@ return {1, value}
 """
 
 
-class LockError(Exception):
-    pass
+class LockError(Conflict):
+    """A lock operation that did not happen because of who holds the lock (HTTP 409)."""
 
 
 class LockNotAcquired(LockError):
@@ -87,7 +87,8 @@ class LockNotAcquired(LockError):
     def __init__(self, key: str, holder: dict | None, waited: float = 0.0):
         self.key, self.holder, self.waited = key, holder, waited
         who = f"held by {holder.get('owner')!r} until {holder.get('expires_at')}" if holder else "held"
-        super().__init__(f"lock {key!r} is {who}" + (f"; gave up after waiting {waited:.2f} s" if waited else ""))
+        super().__init__(f"lock {key!r} is {who}" + (f"; gave up after waiting {waited:.2f} s" if waited else ""),
+                         key=key, holder=holder)
 
 
 class LockLost(LockError):
@@ -96,7 +97,15 @@ class LockLost(LockError):
     def __init__(self, key: str, holder: dict | None = None):
         self.key, self.holder = key, holder
         now = f"now held by {holder.get('owner')!r}" if holder else "now free"
-        super().__init__(f"lock {key!r} was lost (expired before release or extend); {now}")
+        super().__init__(f"lock {key!r} was lost (expired before release or extend); {now}", key=key, holder=holder)
+
+
+class LockNotHeld(NotFound):
+    """Nobody holds the lock (HTTP 404)."""
+
+    def __init__(self, key: str):
+        self.key = key
+        super().__init__(f"lock {key!r} is not held by anyone", key=key)
 
 
 @dataclass(frozen=True)
@@ -170,7 +179,7 @@ def try_acquire(key: str, ttl: float, *, owner: str | None = None,
     ttl_ms = max(1, int(ttl * 1000))
     token = os.urandom(16).hex()
     owner = owner or default_owner()
-    result = _scripts_for(client).acquire(keys=[LOCK_PREFIX + _check_key(key), FENCE_PREFIX + key],
+    result = _scripts_for(client).acquire(keys=[keys.LOCK + _check_key(key), keys.FENCE + key],
                                           args=[token, ttl_ms, owner])
     if result[0] == 1:
         return Lease(key, token, owner, int(result[1]), result[2] / 1000, result[3] / 1000), None, 0.0
@@ -205,7 +214,7 @@ def acquire(key: str, ttl: float = 30.0, *, wait: float = 0.0, owner: str | None
                 # A long hold: wait for the release message instead of polling. Subscribe
                 # first, then try again below, so a release in between is not missed.
                 pubsub = client.pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(RELEASE_CHANNEL_PREFIX + key)
+                pubsub.subscribe(keys.LOCK_RELEASED + key)
             else:
                 # A release publishes; an expiry does not, so wake up when the holder's TTL ends too.
                 pubsub.get_message(timeout=min(remaining, max(holder_left, 0.001) + 0.001))
@@ -220,17 +229,21 @@ def acquire(key: str, ttl: float = 30.0, *, wait: float = 0.0, owner: str | None
 def release(lease: Lease, *, client: redis.Redis | None = None) -> None:
     """Release a lease; LockLost when it is no longer ours (expired, maybe held by another)."""
     client = client_for(client)
-    outcome = _scripts_for(client).release(keys=[LOCK_PREFIX + lease.key],
-                                           args=[lease.token, RELEASE_CHANNEL_PREFIX + lease.key])
+    outcome = _scripts_for(client).release(keys=[keys.LOCK + lease.key],
+                                           args=[lease.token, keys.LOCK_RELEASED + lease.key])
     if outcome != 1:
         raise LockLost(lease.key, holder(lease.key, client=client))
 
 
-def release_by_token(key: str, token: str, *, client: redis.Redis | None = None) -> int:
-    """1 released, 0 held by another token, -1 nobody holds it (for the HTTP API)."""
+def release_by_token(key: str, token: str, *, client: redis.Redis | None = None) -> None:
+    """Release `key` if `token` holds it; LockLost when another token does, LockNotHeld when nobody does."""
     client = client_for(client)
-    return int(_scripts_for(client).release(keys=[LOCK_PREFIX + _check_key(key)],
-                                            args=[token, RELEASE_CHANNEL_PREFIX + key]))
+    outcome = int(_scripts_for(client).release(keys=[keys.LOCK + _check_key(key)],
+                                               args=[token, keys.LOCK_RELEASED + key]))
+    if outcome == 0:
+        raise LockLost(key, holder(key, client=client))
+    if outcome == -1:
+        raise LockNotHeld(key)
 
 
 def extend(lease: Lease, ttl: float, *, client: redis.Redis | None = None) -> Lease:
@@ -240,7 +253,7 @@ def extend(lease: Lease, ttl: float, *, client: redis.Redis | None = None) -> Le
 
 def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | None = None) -> Lease:
     client = client_for(client)
-    result = _scripts_for(client).extend(keys=[LOCK_PREFIX + _check_key(key)], args=[token, max(1, int(ttl * 1000))])
+    result = _scripts_for(client).extend(keys=[keys.LOCK + _check_key(key)], args=[token, max(1, int(ttl * 1000))])
     if result[0] != 1:
         raise LockLost(key, holder(key, client=client))
     return Lease.from_record(key, token, result[1])
@@ -248,7 +261,7 @@ def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | N
 
 def holder(key: str, *, client: redis.Redis | None = None) -> dict | None:
     """Who holds `key` and until when (epoch seconds), without the token; None when free."""
-    raw = client_for(client).get(LOCK_PREFIX + _check_key(key))
+    raw = client_for(client).get(keys.LOCK + _check_key(key))
     return None if raw is None else _record(raw)
 
 

@@ -122,6 +122,8 @@ VOKAFLOW_HEARTBEAT_SECONDS = env.float("VOKAFLOW_HEARTBEAT_SECONDS", default=2)
 VOKAFLOW_HEARTBEAT_TTL = env.float("VOKAFLOW_HEARTBEAT_TTL", default=6)
 # Bearer token Prometheus scrapes /metrics with (empty: JWT or session only).
 VOKAFLOW_METRICS_TOKEN = env("VOKAFLOW_METRICS_TOKEN", default="")
+# Heartbeats and task counters (0 only to measure what they cost).
+VOKAFLOW_FLEET_REPORTING = env.bool("VOKAFLOW_FLEET_REPORTING", default=True)
 VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES

@@ -14,7 +14,7 @@ script found the queues empty: no push between the script and the wait goes unno
 bell costs at most `brpop_timeout` (1 s) of latency, never a message.
 
 A worker of one type consumes 8 priorities × 8 partitions = 64 queues; the command is built
-from each key's cached wire encoding, in the order tasks.routing.PriorityFairCycle keeps.
+from each key's cached wire encoding, in the order vokaflow.core.queues.PriorityFairCycle keeps.
 """
 
 from __future__ import annotations
@@ -30,9 +30,10 @@ from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
 
+from vokaflow.core import keys
+
 logger = logging.getLogger(__name__)
 
-BELL_PREFIX = "vokaflow:bell:"
 
 # KEYS: unacked hash, unacked index, the queues in order, then the bells; ARGV: queue count, now.
 # The record is written before the pop: if Redis refuses the write (out of memory), nothing
@@ -70,7 +71,7 @@ BELL_ENTRY = {"m": 1}
 
 def bell_key(queue: str) -> str:
     """The stream an idle consumer of `queue` waits on: one per worker type (`io.high.p3` → io)."""
-    return BELL_PREFIX + queue.split(".", 1)[0]
+    return keys.BELL.format(queue.split(".", 1)[0])
 
 
 def ring(pipe, queues) -> None:

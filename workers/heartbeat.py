@@ -1,12 +1,10 @@
-"""Worker presence and task counters, written to Redis off the hot path.
+"""Worker presence and task outcomes, written to Redis off the hot path.
 
 * Heartbeat: a worker bootstep writes `vokaflow:worker:<name>` (JSON, with a TTL) every
   VOKAFLOW_HEARTBEAT_SECONDS and keeps `vokaflow:workers` (name → last seen). A worker that
   stops writing disappears from the fleet when its key expires.
-* Counters: `task_postrun` adds each outcome to an in-process tally; a small thread per
-  process (prefork children included) adds the tally to Redis once a second in one pipeline:
-  `vokaflow:stats:<type>:<priority>` (hash of outcome → count) and per-second completion
-  buckets `vokaflow:done:<epoch second>` for the 60-second throughput. No Redis call per task.
+* Outcomes: `task_postrun` adds each outcome to the process's tally (tasks.counters), which a
+  background thread adds to Redis once a second.
 """
 
 from __future__ import annotations
@@ -17,79 +15,17 @@ import os
 import socket
 import threading
 import time
-from collections import Counter
 
 from celery import bootsteps
 
-from tasks.routing import parse_queue
+from tasks.counters import counters
+from vokaflow.core import keys
+from vokaflow.core.queues import parse_queue
 
 logger = logging.getLogger(__name__)
 
-WORKER_KEY = "vokaflow:worker:{}"
-WORKERS_KEY = "vokaflow:workers"
-STATS_KEY = "vokaflow:stats:{}:{}"
-DONE_KEY = "vokaflow:done:{}"
-OUTCOMES = ("completed", "failed", "retried", "dead_lettered")
 _POOL_NAMES = {"prefork": "prefork", "thread": "threads", "solo": "solo", "eventlet": "eventlet", "gevent": "gevent"}
 _POSTRUN_OUTCOMES = {"SUCCESS": "completed", "FAILURE": "failed", "RETRY": "retried"}
-
-
-class TaskCounters:
-    """Per-process tally of task outcomes by queue, flushed to Redis by a background thread."""
-
-    def __init__(self, interval: float = 1.0):
-        self.interval = interval
-        self._lock = threading.Lock()
-        self._counts: Counter = Counter()
-        self._owner_pid: int | None = None
-
-    def add(self, queue: str | None, outcome: str) -> None:
-        with self._lock:
-            self._counts[(queue or "", outcome)] += 1
-        if self._owner_pid != os.getpid():  # first count in this process (or after a fork)
-            self._start_flusher()
-
-    def _start_flusher(self) -> None:
-        with self._lock:
-            if self._owner_pid == os.getpid():
-                return
-            self._owner_pid = os.getpid()
-        threading.Thread(target=self._run, name="vokaflow-counters", daemon=True).start()
-
-    def _run(self) -> None:
-        while True:
-            time.sleep(self.interval)
-            self.flush()
-
-    def flush(self) -> None:
-        with self._lock:
-            counts, self._counts = self._counts, Counter()
-        if not counts:
-            return
-        from vokaflow.redis import get_redis
-
-        done = 0
-        second = int(time.time())
-        try:
-            with get_redis().pipeline(transaction=False) as pipe:
-                for (queue, outcome), n in counts.items():
-                    route = parse_queue(queue)
-                    key = STATS_KEY.format(route.worker_type.value if route else "OTHER",
-                                           route.priority.name if route else "NONE")
-                    pipe.hincrby(key, outcome, n)
-                    if outcome in ("completed", "failed"):
-                        done += n
-                if done:
-                    pipe.incrby(DONE_KEY.format(second), done)
-                    pipe.expire(DONE_KEY.format(second), 120)
-                pipe.execute()
-        except Exception as exc:  # Redis away: keep the counts for the next flush
-            logger.warning("could not write task counters: %s", exc)
-            with self._lock:
-                self._counts.update(counts)
-
-
-counters = TaskCounters()
 
 
 def on_task_postrun(sender=None, task=None, state=None, **kwargs) -> None:
@@ -106,6 +42,11 @@ class Heartbeat(bootsteps.StartStopStep):
     """Writes this worker's presence and load to Redis every few seconds."""
 
     requires = ("celery.worker.components:Pool",)
+
+    def include_if(self, worker) -> bool:
+        from django.conf import settings
+
+        return settings.VOKAFLOW_FLEET_REPORTING  # off only to measure what it costs
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
@@ -126,7 +67,7 @@ class Heartbeat(bootsteps.StartStopStep):
             from vokaflow.redis import get_redis
 
             with get_redis().pipeline() as pipe:
-                pipe.delete(WORKER_KEY.format(worker.hostname)).zrem(WORKERS_KEY, worker.hostname).execute()
+                pipe.delete(keys.WORKER.format(worker.hostname)).zrem(keys.WORKERS, worker.hostname).execute()
         except Exception as exc:
             logger.warning("could not remove the heartbeat of %s: %s", worker.hostname, exc)
 
@@ -158,7 +99,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "started_at": self.started_at, "last_seen": now,
         }
         with get_redis().pipeline(transaction=False) as pipe:
-            pipe.set(WORKER_KEY.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))
-            pipe.zadd(WORKERS_KEY, {worker.hostname: now})
-            pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 24 * 3600)  # forget long-gone names
+            pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))
+            pipe.zadd(keys.WORKERS, {worker.hostname: now})
+            pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 24 * 3600)  # forget long-gone names
             pipe.execute()

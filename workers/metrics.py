@@ -5,7 +5,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
-from tasks.routing import parse_queue
+from vokaflow.core.queues import parse_queue
 from workers import status
 
 

@@ -9,11 +9,12 @@ from collections import defaultdict
 import psutil
 from django.conf import settings
 
-from tasks.priorities import Priority
-from tasks.routing import all_queues, parse_queue
+from tasks.counters import OUTCOMES
+from vokaflow.core import keys
+from vokaflow.core.priorities import Priority
+from vokaflow.core.queues import all_queues, parse_queue
+from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis, redacted_url
-from workers.heartbeat import DONE_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
-from workers.profiles import WorkerType
 
 THROUGHPUT_WINDOW = 60
 
@@ -21,10 +22,10 @@ THROUGHPUT_WINDOW = 60
 def live_workers() -> list[dict]:
     """Heartbeats that have not expired, newest first."""
     r = get_redis()
-    names = [n.decode() for n in r.zrangebyscore(WORKERS_KEY, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
+    names = [n.decode() for n in r.zrangebyscore(keys.WORKERS, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
     if not names:
         return []
-    beats = r.mget([WORKER_KEY.format(n) for n in names])
+    beats = r.mget([keys.WORKER.format(n) for n in names])
     return sorted((json.loads(b) for b in beats if b), key=lambda w: -w["last_seen"])
 
 
@@ -42,7 +43,7 @@ def task_counts() -> dict[str, dict[str, dict[str, int]]]:
     keys = [(t.value, p.name) for t in WorkerType for p in Priority]
     with get_redis().pipeline(transaction=False) as pipe:
         for worker_type, priority in keys:
-            pipe.hgetall(STATS_KEY.format(worker_type, priority))
+            pipe.hgetall(keys.STATS.format(worker_type, priority))
         rows = pipe.execute()
     counts: dict = defaultdict(dict)
     for (worker_type, priority), row in zip(keys, rows):
@@ -54,7 +55,7 @@ def task_counts() -> dict[str, dict[str, dict[str, int]]]:
 def throughput_per_second() -> float:
     """Tasks finished (succeeded or failed) per second over the last 60 s."""
     now = int(time.time())
-    values = get_redis().mget([DONE_KEY.format(s) for s in range(now - THROUGHPUT_WINDOW, now + 1)])
+    values = get_redis().mget([keys.DONE.format(s) for s in range(now - THROUGHPUT_WINDOW, now + 1)])
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
@@ -133,7 +134,6 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
     }
 
 
-LAUNCHERS_KEY = "vokaflow:launchers"  # host → {"reported_at", "processes"}
 LAUNCHER_STALE_SECONDS = 30
 
 
@@ -141,14 +141,14 @@ def report_processes(table: dict) -> None:
     """The launcher's process table for this host; health reads it."""
     import socket
 
-    get_redis().hset(LAUNCHERS_KEY, socket.gethostname(), json.dumps({"reported_at": time.time(),
+    get_redis().hset(keys.LAUNCHERS, socket.gethostname(), json.dumps({"reported_at": time.time(),
                                                                        "processes": table}))
 
 
 def given_up_processes() -> dict[str, list[str]]:
     """{host: [process names its launcher gave up on]}, from launchers that reported recently."""
     found = {}
-    for host, raw in get_redis().hgetall(LAUNCHERS_KEY).items():
+    for host, raw in get_redis().hgetall(keys.LAUNCHERS).items():
         report = json.loads(raw)
         if time.time() - report["reported_at"] > LAUNCHER_STALE_SECONDS:
             continue

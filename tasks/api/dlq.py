@@ -6,7 +6,6 @@ from dataclasses import asdict
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
-from rest_framework.exceptions import NotFound
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
@@ -15,8 +14,8 @@ from rest_framework.views import APIView
 from tasks import dlq
 from tasks.api.serializers import validated
 from tasks.models import DeadLetter
-from tasks.priorities import Priority
-from workers.profiles import WorkerType
+from vokaflow.core.priorities import Priority
+from vokaflow.core.workers import WorkerType
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):
@@ -50,13 +49,6 @@ class RetrySerializer(serializers.Serializer):
 FILTER_PARAMETERS = [OpenApiParameter(name, str, required=False) for name in FilterSerializer().fields]
 
 
-def _get(task_id: str) -> DeadLetter:
-    try:
-        return dlq.dead_letter_get(task_id=task_id)
-    except dlq.DeadLetterNotFound:
-        raise NotFound(f"no dead letter for task {task_id}") from None
-
-
 class DeadLetterPagination(PageNumberPagination):
     page_size = 50
     page_size_query_param = "page_size"
@@ -83,11 +75,11 @@ class DeadLetterDetailView(DLQView):
 
     @extend_schema(responses={200: DeadLetterDetailSerializer})
     def get(self, request, task_id):
-        return Response(DeadLetterDetailSerializer(_get(task_id)).data)
+        return Response(DeadLetterDetailSerializer(dlq.dead_letter_get(task_id=task_id)).data)
 
     @extend_schema(responses={200: DeadLetterDetailSerializer})
     def delete(self, request, task_id):
-        _get(task_id)
+        dlq.dead_letter_get(task_id=task_id)
         return Response(DeadLetterDetailSerializer(dlq.dead_letter_discard(task_id=task_id)).data)
 
 
@@ -97,12 +89,7 @@ class DeadLetterRetryView(DLQView):
     @extend_schema(request=RetrySerializer, responses={202: dict, 409: dict})
     def post(self, request, task_id):
         overrides = validated(RetrySerializer, request.data or {})
-        try:
-            letter = dlq.dead_letter_retry(task_id=task_id, **overrides)
-        except dlq.DeadLetterNotFound:
-            raise NotFound(f"no dead letter for task {task_id}") from None
-        except dlq.DeadLetterNotRetriable as exc:
-            return Response({"detail": str(exc)}, status=409)
+        letter = dlq.dead_letter_retry(task_id=task_id, **overrides)
         return Response({"task_id": letter.retried_task_id, "retried_from": letter.task_id,
                          "status": letter.status}, status=202)
 

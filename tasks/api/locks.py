@@ -37,10 +37,6 @@ class LeaseSerializer(serializers.Serializer):
     expires_at = serializers.FloatField()
 
 
-def _conflict(key: str, holder: dict | None, detail: str) -> Response:
-    return Response({"detail": detail, "key": key, "holder": holder}, status=409)
-
-
 class LockView(APIView):
     permission_classes = [IsAdminUser]
 
@@ -51,11 +47,8 @@ class LockAcquireView(LockView):
     @extend_schema(request=AcquireSerializer, responses={200: LeaseSerializer, 409: dict})
     def post(self, request, key):
         data = validated(AcquireSerializer, request.data)
-        try:
-            lease = locks.acquire(key, data["timeout"], wait=data["wait"],
-                                  owner=data.get("owner") or request.user.get_username(), client=get_redis())
-        except locks.LockNotAcquired as exc:
-            return _conflict(key, exc.holder, str(exc))
+        lease = locks.acquire(key, data["timeout"], wait=data["wait"],
+                              owner=data.get("owner") or request.user.get_username(), client=get_redis())
         return Response(vars(lease))
 
 
@@ -65,10 +58,7 @@ class LockExtendView(LockView):
     @extend_schema(request=ExtendSerializer, responses={200: LeaseSerializer, 409: dict})
     def post(self, request, key):
         data = validated(ExtendSerializer, request.data)
-        try:
-            lease = locks.extend_by_token(key, data["token"], data["timeout"], client=get_redis())
-        except locks.LockLost as exc:
-            return _conflict(key, exc.holder, str(exc))
+        lease = locks.extend_by_token(key, data["token"], data["timeout"], client=get_redis())
         return Response(vars(lease))
 
 
@@ -82,12 +72,8 @@ class LockReleaseView(LockView):
         token = body.get("token") or request.query_params.get("token")
         if not token:
             raise ValidationError({"token": ["required, in the body or as ?token="]})
-        outcome = locks.release_by_token(key, str(token), client=get_redis())
-        if outcome == 1:
-            return Response({"key": key, "released": True})
-        if outcome == 0:
-            return _conflict(key, locks.holder(key, client=get_redis()), f"lock {key!r} is held by another token")
-        return Response({"detail": f"lock {key!r} is not held by anyone", "key": key}, status=404)
+        locks.release_by_token(key, str(token), client=get_redis())
+        return Response({"key": key, "released": True})
 
 
 class LockDetailView(LockView):

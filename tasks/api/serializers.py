@@ -6,8 +6,8 @@ of 1,000), not by these classes."""
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
-from tasks.priorities import Priority
-from workers.profiles import WorkerType
+from vokaflow.core.priorities import Priority
+from vokaflow.core.workers import WorkerType
 
 
 class LockSerializer(serializers.Serializer):

@@ -2,7 +2,6 @@
 
 from dataclasses import asdict
 
-from django.conf import settings
 from django.urls import reverse
 from drf_spectacular.utils import extend_schema
 from rest_framework.response import Response
@@ -17,7 +16,7 @@ from tasks.api.serializers import (
     TaskSubmitSerializer,
 )
 from tasks.state import revoke_task, task_status
-from tasks.submit import SubmissionError, enqueue, prepare_payload
+from tasks.submit import enqueue, prepare_payload, submit_payloads
 
 
 def _submission_bodies(request, submissions) -> list[dict]:
@@ -41,14 +40,7 @@ class TaskBatchView(APIView):
 
     @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
     def post(self, request):
-        items = request.data.get("tasks") if isinstance(request.data, dict) else None
-        if not isinstance(items, list) or not items:
-            raise SubmissionError("tasks", "required: a non-empty list of task objects")
-        limit = settings.VOKAFLOW_BATCH_LIMIT
-        if len(items) > limit:
-            raise SubmissionError("tasks", f"{len(items)} tasks is over the limit of {limit} per batch")
-        requests = [prepare_payload(item, index=i) for i, item in enumerate(items)]
-        submissions = enqueue(requests)
+        submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None)
         return Response({"count": len(submissions),
                          "tasks": _submission_bodies(request, submissions)}, status=202)
 

@@ -1,5 +1,6 @@
 """Dead letters written by real workers into the real database; the DLQ API and admin."""
 
+import json
 import re
 import socket
 import threading
@@ -13,7 +14,7 @@ import tests.e2e.worker_tasks  # noqa: F401  (registers the test tasks here too,
 from tasks import dlq
 from tasks.models import DeadLetter
 from tasks.submit import submit_task
-from tests.conftest import task_meta, wait_for, wait_for_state, worker_env
+from tests.conftest import OwnRedis, task_meta, wait_for, wait_for_state, worker_env
 
 BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -212,12 +213,12 @@ def test_dead_letters_survive_a_database_outage_and_arrive_when_it_is_back(start
     start_worker("general", concurrency=2, env=worker_env(DATABASE_URL=url, DATABASE_CONN_MAX_AGE=0))
     outage.go_down()
     ids = [submit_task("vokaflow.fail", args=[f"outage-{i}"]) for i in range(20)]
-    wait_for(lambda: redis_client.llen(dlq.PENDING_KEY) == 20, 60, 0.2, "20 records waiting in Redis")
+    wait_for(lambda: redis_client.llen(dlq.keys.DLQ_PENDING) == 20, 60, 0.2, "20 records waiting in Redis")
     assert DeadLetter.objects.count() == 0
     outage.come_back()
     flushed = submit_task("vokaflow.dlq_flush")  # what beat runs every 30 s, here on the worker
     assert wait_for_state(flushed)["result"] == 20
-    assert redis_client.llen(dlq.PENDING_KEY) == 0
+    assert redis_client.llen(dlq.keys.DLQ_PENDING) == 0
     assert set(DeadLetter.objects.values_list("task_id", flat=True)) == set(ids)
 
 
@@ -268,6 +269,49 @@ def test_bulk_retry_retries_what_matches(staff, redis_client):
     assert response.status_code == 202 and response.json() == {"matched": 6, "retried": 6, "failed": 0}
     assert DeadLetter.objects.filter(status="retried").count() == 6
     assert sum(redis_client.llen(f"io.low.p{p}") for p in range(8)) == 6
+
+
+@pytest.fixture
+def redis_that_fills_up(tmp_path, settings):
+    """The process's Redis is a test's own, whose memory limit the test sets (noeviction, as in
+    production): once full, every write is refused, like a Redis that went away."""
+    from vokaflow.redis import get_redis
+
+    own = OwnRedis(tmp_path)
+    client = own.start()
+    client.config_set("maxmemory-policy", "noeviction")
+    settings.REDIS_URL = f"redis://127.0.0.1:{own.port}/0"
+    get_redis.cache_clear()
+    yield client
+    get_redis.cache_clear()
+    own.stop()
+
+
+def test_a_bulk_retry_cut_short_by_redis_says_exactly_what_was_retried(staff, redis_that_fills_up, monkeypatch):
+    # Given 6 dead letters with 100 kB arguments, retried 2 per batch, and a Redis with room for 2 batches
+    monkeypatch.setattr(dlq, "RETRY_BATCH", 2)
+    now = datetime.now(UTC)
+    DeadLetter.objects.bulk_create([
+        DeadLetter(task_id=f"big-{i}", task_name="vokaflow.echo", args=["x" * 100_000], worker_type="IO_INTENSIVE",
+                   priority="LOW", partition=0, queue="io.low.p0", reason="not_retried",
+                   dlq_timestamp=now - timedelta(seconds=i)) for i in range(6)])
+    used = redis_that_fills_up.info("memory")["used_memory"]
+    redis_that_fills_up.config_set("maxmemory", used + 700_000)
+    # When they are all retried
+    response = staff.post(f"{BASE}/dlq/retry", {}, format="json")
+    # Then the answer says how many whole batches were retried before Redis refused the rest,
+    # and that is the truth in Redis and in the table
+    assert response.status_code == 503, response.content
+    body = response.json()
+    retried = body["retried"]
+    assert body["matched"] == 6 and retried in (2, 4), body
+    assert f"Retried {retried} of 6" in body["detail"]
+    assert redis_that_fills_up.llen("io.low.p0") == retried
+    assert DeadLetter.objects.filter(status="retried").count() == retried
+    assert DeadLetter.objects.filter(status="dead").count() == 6 - retried
+    retried_ids = set(DeadLetter.objects.filter(status="retried").values_list("retried_task_id", flat=True))
+    queued = {json.loads(m)["headers"]["id"] for m in redis_that_fills_up.lrange("io.low.p0", 0, -1)}
+    assert queued == retried_ids
 
 
 def test_the_dlq_is_staff_only(api):

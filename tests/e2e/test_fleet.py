@@ -2,10 +2,10 @@
 
 from rest_framework.test import APIClient
 
-from tasks.routing import partition_for
 from tasks.submit import submit_task
 from tests.conftest import task_meta, wait_for, wait_for_state
 from tests.e2e.test_workers import done_at
+from vokaflow.core.queues import partition_for
 
 BASE = "/api/high-scale-tasks"
 

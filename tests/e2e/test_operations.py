@@ -16,7 +16,7 @@ import redis
 import yaml
 
 from tests.conftest import ROOT, OwnRedis, free_port, http_status, pings, wait_for, worker_env
-from workers.profiles import WorkerType, worker_argv
+from vokaflow.core.workers import WorkerType, worker_argv
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -5,9 +5,9 @@ from datetime import datetime
 
 import pytest
 
-from tasks.routing import partition_for
 from tasks.submit import submit_task
 from tests.conftest import task_meta, wait_for_state, worker_env
+from vokaflow.core.queues import partition_for
 
 
 def done_at(meta: dict) -> datetime:
@@ -57,7 +57,7 @@ def test_an_emergency_task_overtakes_a_backlog_of_low_ones(start_worker):
 
 @pytest.mark.parametrize("pool", ["threads", "prefork"])
 def test_a_mixed_backlog_drains_in_strict_priority_order(start_worker, pool):
-    from tasks.priorities import Priority
+    from vokaflow.core.priorities import Priority
 
     # Lowest level first, spread over partitions, before any worker runs.
     submitted = []

@@ -4,8 +4,8 @@ import os
 import time
 
 from tasks.base import platform_task
+from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from workers.profiles import WorkerType
 
 
 @platform_task("tests.crash", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0)

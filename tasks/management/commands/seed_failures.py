@@ -2,8 +2,8 @@
 
 from django.core.management.base import BaseCommand
 
-from tasks.priorities import Priority
 from tasks.submit import submit_task
+from vokaflow.core.priorities import Priority
 
 
 class Command(BaseCommand):

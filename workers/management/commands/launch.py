@@ -11,8 +11,8 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
+from vokaflow.core.workers import WorkerType, worker_argv
 from workers.launcher import SYSTEMD_TARGET, Launcher, PortTaken, ProcessSpec, check_ports, systemd_unit
-from workers.profiles import WorkerType, worker_argv
 from workers.status import report_processes
 
 logger = logging.getLogger("vokaflow.launcher")

@@ -8,8 +8,8 @@ import sys
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 
-from tasks.routing import parse_partitions
-from workers.profiles import WorkerType, worker_argv
+from vokaflow.core.queues import parse_partitions
+from vokaflow.core.workers import WorkerType, worker_argv
 
 
 class Command(BaseCommand):

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from kombu.utils.scheduling import round_robin_cycle
 
-from tasks.priorities import Priority
-from workers.profiles import WorkerType
+from vokaflow.core.priorities import Priority
+from vokaflow.core.workers import WorkerType
 
 DEFAULT_PARTITIONS = 8
 

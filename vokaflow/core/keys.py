@@ -1,0 +1,30 @@
+"""Every Redis key name VokaFlow writes, in one place (`redis-cli --scan --pattern 'vokaflow:*'`)."""
+
+PREFIX = "vokaflow:"
+
+# Submission
+TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
+IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
+REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
+REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
+
+# Broker
+BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
+
+# Dead letters waiting for the database
+DLQ_PENDING = PREFIX + "dlq:pending"
+
+# Locks
+LOCK = PREFIX + "lock:"  # + key
+FENCE = PREFIX + "fence:"  # + key: the fencing counter
+LOCK_RELEASED = PREFIX + "lock-released:"  # + key: pub/sub channel a waiter listens on
+
+# Fleet
+WORKER = PREFIX + "worker:{}"  # worker name → heartbeat (JSON, with a TTL)
+WORKERS = PREFIX + "workers"  # sorted set: worker name → last seen
+STATS = PREFIX + "stats:{}:{}"  # (worker type, priority) → hash of outcome → count
+DONE = PREFIX + "done:{}"  # epoch second → tasks finished in it
+LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
+
+# Django's cache (throttling)
+CACHE_PREFIX = PREFIX + "cache"

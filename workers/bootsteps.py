@@ -1,0 +1,65 @@
+"""The worker's own bootsteps: which queues it consumes, the signal handlers it runs, the revokes it
+must honour from the start. vokaflow.celery adds them to every `celery -A vokaflow worker` by name."""
+
+from __future__ import annotations
+
+import logging
+
+import click
+from celery import bootsteps, signals
+from celery.worker.state import merge_revoked
+from django.conf import settings
+from django.db import close_old_connections
+from redis import RedisError
+
+from tasks.state import revoked_task_ids
+from vokaflow.core.queues import parse_partitions, queues_for
+from vokaflow.core.workers import WorkerType
+from workers.heartbeat import on_process_shutdown, on_task_postrun
+
+logger = logging.getLogger(__name__)
+
+
+class ConsumeWorkerTypeQueues(bootsteps.Step):
+    """Turns `--type` / `--partitions` into the worker's queue list, highest priority first."""
+
+    def __init__(self, worker, vokaflow_type=None, vokaflow_partitions=None, **kwargs):
+        super().__init__(worker, **kwargs)
+        if vokaflow_type is None:
+            if vokaflow_partitions:
+                raise click.UsageError("--partitions needs --type")
+            return
+        try:
+            worker_type = WorkerType.parse(vokaflow_type)
+            partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
+
+
+class WorkerSignals(bootsteps.Step):
+    """Connects the per-task handlers in the worker's main process (prefork children inherit them)."""
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        signals.task_postrun.connect(_close_old_db_connections, weak=False)
+        if settings.VOKAFLOW_FLEET_REPORTING:
+            signals.task_postrun.connect(on_task_postrun, weak=False)
+            signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+
+
+def _close_old_db_connections(**kwargs) -> None:
+    # Celery's Django fix-up would close every connection after every task (CELERY_DB_REUSE_MAX
+    # turns that off); like Django per request, drop only the broken or expired ones.
+    close_old_connections()
+
+
+class LoadRevoked(bootsteps.Step):
+    """Revokes broadcast while this worker was not running still apply to it."""
+
+    def __init__(self, worker, **kwargs):
+        super().__init__(worker, **kwargs)
+        try:
+            merge_revoked(revoked_task_ids())
+        except RedisError as exc:
+            logger.warning("could not load revoked task ids: %s", exc)
