@@ -168,23 +168,24 @@ class Launcher:
                 logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
                 return
         if not self.stopping:
-            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid}'}" for c in self.children]
+            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid if c.proc else None}'}"
+                     for c in self.children]
             print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
 
     def stop(self) -> None:
-        running = [c for c in self.children if c.proc and c.proc.poll() is None]
-        for child in running:
-            _signal_group(child.proc, signal.SIGTERM)
+        running = [(c.spec.name, c.proc) for c in self.children if c.proc and c.proc.poll() is None]
+        for _, proc in running:
+            _signal_group(proc, signal.SIGTERM)
         deadline = time.monotonic() + self.grace_seconds
-        for child in running:
+        for name, proc in running:
             try:
-                child.proc.wait(max(0.0, deadline - time.monotonic()))
+                proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
-                logger.warning("%s did not stop within %.0f s: killing it", child.spec.name, self.grace_seconds)
-                _signal_group(child.proc, signal.SIGKILL)
-                child.proc.wait()
-        for child in running:  # leftovers of a group whose leader already exited
-            _signal_group(child.proc, signal.SIGKILL)
+                logger.warning("%s did not stop within %.0f s: killing it", name, self.grace_seconds)
+                _signal_group(proc, signal.SIGKILL)
+                proc.wait()
+        for _, proc in running:  # leftovers of a group whose leader already exited
+            _signal_group(proc, signal.SIGKILL)
         logger.info("all processes stopped")
 
 
