@@ -140,14 +140,6 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
 LAUNCHER_STALE_SECONDS = 30
 
 
-def report_processes(table: dict) -> None:
-    """The launcher's process table for this host; health reads it."""
-    import socket
-
-    get_redis().hset(keys.LAUNCHERS, socket.gethostname(), json.dumps({"reported_at": time.time(),
-                                                                       "processes": table}))
-
-
 def given_up_processes() -> dict[str, list[str]]:
     """{host: [process names its launcher gave up on]}, from launchers that reported recently."""
     found = {}
