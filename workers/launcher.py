@@ -22,6 +22,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import psutil
 
@@ -41,7 +42,7 @@ class ProcessSpec:
 @dataclass
 class Child:
     spec: ProcessSpec
-    proc: subprocess.Popen | None = None
+    proc: Process | None = None
     restarts: int = 0
     restart_at: float | None = None
     given_up: bool = False
@@ -77,11 +78,29 @@ def _port_holder(port: int) -> str:
     return "another process"
 
 
+class Process(Protocol):
+    """What the launcher needs of a child: subprocess.Popen, or workers.host.ForkedProcess."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def popen(spec: ProcessSpec, env: dict | None) -> Process:
+    """A child started from its command line, in a process group of its own."""
+    return subprocess.Popen(spec.argv, env=env, start_new_session=True)
+
+
 class Launcher:
     def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
                  grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
-                 report: Callable[[dict], None] | None = None):
+                 report: Callable[[dict], None] | None = None,
+                 spawn: Callable[[ProcessSpec, dict | None], Process] = popen, announce: bool = True):
         self.children = [Child(spec) for spec in specs]
+        self.spawn = spawn
+        self.announce = announce  # print the ready block (the top-level launcher does)
         self.health_url = health_url
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
@@ -129,7 +148,7 @@ class Launcher:
 
     def _start(self, child: Child) -> None:
         logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
-        child.proc = subprocess.Popen(child.spec.argv, env=self.env, start_new_session=True)
+        child.proc = self.spawn(child.spec, self.env)
         child.started_at = time.monotonic()
         child.restart_at = None
 
@@ -172,7 +191,7 @@ class Launcher:
             if self.health_url and not self.stopping:
                 logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
                 return
-        if not self.stopping:
+        if self.announce and not self.stopping:
             lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid if c.proc else None}'}"
                      for c in self.children]
             print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
@@ -194,7 +213,7 @@ class Launcher:
         logger.info("all processes stopped")
 
 
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+def _signal_group(proc: Process, signum: int) -> None:
     try:
         os.killpg(proc.pid, signum)
     except (ProcessLookupError, PermissionError):
@@ -241,28 +260,38 @@ WantedBy=multi-user.target
 """
 
 
-def redis_reporter(redis_url: str, sentinel_master: str | None) -> Callable[[dict], None]:
-    """Writes the process table to Redis for health to read (keys.LAUNCHERS, field = host name)."""
+def redis_reporter(redis_url: str, sentinel_master: str | None, part: str = "") -> Callable[[dict], None]:
+    """Writes the process table to Redis for health to read (keys.LAUNCHERS, field = host name,
+    and `part` for a supervisor below the launcher, such as the worker host)."""
     from vokaflow.core import keys
     from vokaflow.redis_connect import client_from_url
 
     client = client_from_url(redis_url, sentinel_master=sentinel_master)
-    host = socket.gethostname()
+    host = socket.gethostname() + (f"/{part}" if part else "")
 
     def report(table: dict) -> None:
         client.hset(keys.LAUNCHERS, host, json.dumps({"reported_at": time.time(), "processes": table}))
     return report
 
 
+def read_plan(path: str) -> dict:
+    """A plan `manage.py launch` wrote: processes, health URL, grace and back-off, where to report."""
+    with open(path) as file:
+        plan = json.load(file)
+    plan["processes"] = [ProcessSpec(**spec) for spec in plan["processes"]]
+    return plan
+
+
+def launcher_for(plan: dict, part: str = "", **options) -> Launcher:
+    report = redis_reporter(plan["redis_url"], plan.get("sentinel_master"), part) if plan.get("redis_url") else None
+    return Launcher(plan["processes"], health_url=plan.get("health_url"), grace_seconds=plan["grace_seconds"],
+                    backoff_seconds=plan["backoff_seconds"], report=report, **options)
+
+
 def main(argv: list[str]) -> int:
     """`python -m workers.launcher PLAN`: run the plan `manage.py launch` wrote (JSON)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with open(argv[0]) as file:
-        plan = json.load(file)
-    specs = [ProcessSpec(**spec) for spec in plan["processes"]]
-    report = redis_reporter(plan["redis_url"], plan.get("sentinel_master")) if plan.get("redis_url") else None
-    return Launcher(specs, health_url=plan.get("health_url"), grace_seconds=plan["grace_seconds"],
-                    backoff_seconds=plan["backoff_seconds"], report=report).run()
+    return launcher_for(read_plan(argv[0])).run()
 
 
 if __name__ == "__main__":

@@ -31,8 +31,12 @@ class Launch:
         return self.log_path.read_text()
 
     def table(self, client) -> dict:
-        raw = client.hget("vokaflow:launchers", socket.gethostname())
-        return json.loads(raw)["processes"] if raw else {}
+        """The launcher's process table and its worker host's (the forked workers), as health reads them."""
+        table = {}
+        for field in (socket.gethostname(), f"{socket.gethostname()}/workers"):
+            raw = client.hget("vokaflow:launchers", field)
+            table.update(json.loads(raw)["processes"] if raw else {})
+        return table
 
 
 @pytest.mark.slow
@@ -78,7 +82,7 @@ def test_the_launcher_restarts_gives_up_keeps_serving_and_stops_cleanly(tmp_path
     finally:
         if launch.proc.poll() is None:
             os.killpg(launch.proc.pid, signal.SIGKILL)
-        redis_client.hdel("vokaflow:launchers", socket.gethostname())
+        redis_client.hdel("vokaflow:launchers", socket.gethostname(), f"{socket.gethostname()}/workers")
 
 
 def test_a_taken_port_is_named_with_its_holder(tmp_path):

@@ -19,6 +19,7 @@ from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports
 logger = logging.getLogger("vokaflow.launcher")
 
 PROCESS_NAMES = ["web", *(t.short for t in WorkerType), "beat", "flower"]
+FORKED = {*(t.short for t in WorkerType), "beat", "flower"}  # started by workers.host, sharing its imports
 
 
 class Command(BaseCommand):
@@ -52,17 +53,29 @@ class Command(BaseCommand):
         except PortTaken as exc:
             raise CommandError(str(exc)) from None
         health = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}/api/health/" if "web" in chosen else None
-        plan = {"processes": [asdict(spec) for spec in specs], "health_url": health,
-                "grace_seconds": options["grace"], "backoff_seconds": options["backoff"],
-                "redis_url": settings.REDIS_URL, "sentinel_master": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
-        plan_path = settings.BASE_DIR / ".run" / "launch-plan.json"
-        plan_path.write_text(json.dumps(plan))
-        plan_path.chmod(0o600)  # it holds the Redis URL, with its password if any
+        # The workers, beat and Flower are forked from one host process that imported the task code once
+        # (workers.host): they share its memory. The launcher supervises the host, the host them.
+        forked = [spec for spec in specs if spec.name in FORKED]
+        if forked:
+            host_plan = self._write_plan("workers-plan.json", forked, None, options)
+            specs = [spec for spec in specs if spec.name not in FORKED]
+            specs.insert(1, ProcessSpec("workers", [sys.executable, "-m", "workers.host", str(host_plan)],
+                                        address=", ".join(spec.name for spec in forked) + " (forked from one process)"))
+        plan_path = self._write_plan("launch-plan.json", specs, health, options)
         sys.stdout.flush()
         sys.stderr.flush()
         # The supervisor runs for the fleet's whole life: replace this Django process with one that
         # imports neither Django nor the task code (same pid, so signals and make still reach it).
         os.execv(sys.executable, [sys.executable, "-m", "workers.launcher", str(plan_path)])
+
+    def _write_plan(self, name: str, specs: list[ProcessSpec], health: str | None, options) -> Path:
+        plan = {"processes": [asdict(spec) for spec in specs], "health_url": health,
+                "grace_seconds": options["grace"], "backoff_seconds": options["backoff"],
+                "redis_url": settings.REDIS_URL, "sentinel_master": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
+        path = settings.BASE_DIR / ".run" / name
+        path.write_text(json.dumps(plan))
+        path.chmod(0o600)  # it holds the Redis URL, with its password if any
+        return path
 
     def _write_units(self, chosen, options):
         root = options["root"] or str(settings.BASE_DIR)
