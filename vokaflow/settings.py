@@ -205,3 +205,6 @@ VOKAFLOW_PORT = env.int("VOKAFLOW_PORT", default=8000)
 FLOWER_PORT = env.int("FLOWER_PORT", default=5555)
 FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
 VOKAFLOW_WEB_WORKERS = env.int("VOKAFLOW_WEB_WORKERS", default=2)
+# `make run` creates or updates this staff superuser when a password is given.
+VOKAFLOW_ADMIN_USER = env("VOKAFLOW_ADMIN_USER", default="admin")
+VOKAFLOW_ADMIN_PASSWORD = env("VOKAFLOW_ADMIN_PASSWORD", default="")

@@ -220,10 +220,6 @@ def _signal_group(proc: Process, signum: int) -> None:
         pass
 
 
-def python_command(*args: str) -> list[str]:
-    return [sys.executable, *args]
-
-
 def systemd_unit(spec: ProcessSpec, *, root: str, env_file: str, grace_seconds: float,
                  exec_start_pre: str | None = None) -> str:
     """A unit that restarts the process on failure, at most 3 times a minute, like the launcher."""

@@ -107,8 +107,7 @@ class Command(BaseCommand):
         self.stderr.write("[vokaflow] applying migrations")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
-        username = os.environ.get("VOKAFLOW_ADMIN_USER", "admin")
-        password = os.environ.get("VOKAFLOW_ADMIN_PASSWORD")
+        username, password = settings.VOKAFLOW_ADMIN_USER, settings.VOKAFLOW_ADMIN_PASSWORD
         users = get_user_model().objects
         if password:
             user, created = users.get_or_create(username=username, defaults={"is_staff": True, "is_superuser": True})
