@@ -8,8 +8,9 @@ import logging
 import os
 
 import click
-from celery import Celery, bootsteps, signals
-from celery.backends.redis import RedisBackend
+from celery import Celery, bootsteps, signals, states
+from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
@@ -17,8 +18,25 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 app = Celery("vokaflow")
 
 
-class SubmitOnlyRedisBackend(RedisBackend):
-    """Redis result backend that does not subscribe to a task's result when it is sent.
+class KeepFinalStates:
+    """A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store).
+
+    Celery's KeyValueStoreBackend._store_result (and _save_group) write through
+    _set_with_state(key, value, state), a private hook: tests/test_contracts.py checks it is
+    still called, and tests/test_result_store.py that the rule holds."""
+
+    def _set_with_state(self, key, value, state):
+        from vokaflow.result_store import store_unless_final
+
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend")
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        return self.ensure(store_unless_final, (self.client, key, value, expires))
+
+
+class SubmitOnlyRedisBackend(KeepFinalStates, RedisBackend):
+    """Redis result backend that keeps final states and does not subscribe to a task's
+    result when it is sent.
 
     Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
     case the caller waits on it: one extra round trip per task, which breaks pipelined batch
@@ -30,13 +48,21 @@ class SubmitOnlyRedisBackend(RedisBackend):
         pass
 
 
+class FinalStateSentinelBackend(KeepFinalStates, SentinelBackend):
+    """Celery's Sentinel result backend, keeping final states."""
+
+
 def _plain_redis(redis_url: str) -> bool:
     return redis_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def result_backend_url(redis_url: str) -> str:
-    """Our backend for redis:// URLs; sentinel:// keeps Celery's own."""
-    return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}" if _plain_redis(redis_url) else redis_url
+    """Our backends: for redis:// URLs, and for sentinel:// Celery's own with the final-state rule."""
+    if _plain_redis(redis_url):
+        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
+    if redis_url.startswith("sentinel://"):
+        return f"vokaflow.celery:FinalStateSentinelBackend+{redis_url}"
+    return redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:

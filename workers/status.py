@@ -28,6 +28,12 @@ def live_workers() -> list[dict]:
     return sorted((json.loads(b) for b in beats if b), key=lambda w: -w["last_seen"])
 
 
+def live_worker(name: str) -> dict | None:
+    """One worker's heartbeat, or None when it has expired."""
+    beat = get_redis().get(WORKER_KEY.format(name))
+    return json.loads(beat) if beat else None
+
+
 def queue_depths() -> dict[str, int]:
     """Every VokaFlow queue and its length (one pipelined round trip)."""
     queues = all_queues(settings.VOKAFLOW_PARTITIONS)
