@@ -54,3 +54,20 @@ def test_a_thread_pool_cannot_terminate_a_job():
 def test_autoretry_leaves_dont_autoretry_for_alone():
     # PlatformTask.dont_autoretry_for = (TaskCancelled,): a stop is never retried.
     assert "dont_autoretry_for" in inspect.getsource(autoretry.add_autoretry_behaviour)
+
+
+def test_our_transport_shows_its_uri_as_redis_for_flower():
+    # vokaflow.celery adds our transports to kombu.connection.resolve_aliases; Flower's Broker
+    # picks its client from the URI's scheme.
+    from flower.utils.broker import Broker, Redis
+    from kombu import Connection
+
+    from vokaflow.celery import app
+
+    with app.connection() as conn:
+        assert conn.transport_cls == "vokaflow.transport:Transport"
+        uri = conn.as_uri(include_password=True)
+    assert uri.startswith("redis://"), uri
+    assert isinstance(Broker(uri, broker_options={"priority_steps": [0]}), Redis)
+    # A clone (kombu's pools, Celery's producers) still resolves our transport, not kombu's.
+    assert "_info(resolve=False)" in inspect.getsource(Connection.clone)

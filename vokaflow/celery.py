@@ -12,6 +12,7 @@ from celery import Celery, bootsteps, signals, states
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu import Exchange, Queue
+from kombu import connection as kombu_connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 
@@ -72,6 +73,18 @@ def _transport_for(redis_url: str) -> str | None:
     if redis_url.startswith("sentinel://"):
         return "vokaflow.transport:SentinelTransport"
     return None
+
+
+# Flower picks its broker client (the Broker tab, /api/queues/length) from the scheme of
+# Connection.as_uri(), which kombu spells with the transport's name: "vokaflow.transport:Transport://…",
+# which Flower does not know ("'redis' broker is not supported"). kombu's resolve_aliases names a
+# transport in URIs (it shows pyamqp as amqp); ours are Redis lists, so they read redis:// and
+# sentinel://. Only the displayed URI changes: kombu's clone() and pools ignore these aliases.
+# Private kombu API: tests/test_contracts.py checks it.
+kombu_connection.resolve_aliases.update({
+    "vokaflow.transport:Transport": "redis",
+    "vokaflow.transport:SentinelTransport": "sentinel",
+})
 
 
 def _sentinel_options(settings) -> dict:

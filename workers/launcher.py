@@ -31,6 +31,7 @@ class ProcessSpec:
     argv: list[str]
     port: int | None = None
     address: str | None = None  # what to print for a person to open
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment (secrets: not in `ps`)
 
 
 @dataclass
@@ -124,7 +125,8 @@ class Launcher:
 
     def _start(self, child: Child) -> None:
         logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
-        child.proc = subprocess.Popen(child.spec.argv, env=self.env, start_new_session=True)
+        env = {**(self.env or os.environ), **child.spec.env} if child.spec.env else self.env
+        child.proc = subprocess.Popen(child.spec.argv, env=env, start_new_session=True)
         child.started_at = time.monotonic()
         child.restart_at = None
 

@@ -5,14 +5,26 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from base64 import b64encode
+from pathlib import Path
 
+import psutil
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from rest_framework.test import APIClient
 
-from tasks.submit import enqueue, prepare
-from tests.conftest import HEARTBEAT_TTL, ROOT, free_port, http_status, run_python, wait_for, wait_for_state, worker_env
+from tasks.submit import enqueue, prepare, submit_task, task_record
+from tests.conftest import (
+    HEARTBEAT_TTL,
+    ROOT,
+    free_port,
+    http_status,
+    run_python,
+    wait_for,
+    wait_for_state,
+    worker_env,
+)
 
 BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -122,13 +134,22 @@ def test_prometheus_endpoint_needs_a_token_or_a_login(settings):
     assert response.status_code == 200 and b"vokaflow_pending_tasks" in response.content
 
 
-def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
+def test_flower_from_the_launcher_is_behind_a_password_and_shows_vokaflows_queues(tmp_path):
+    waiting = [submit_task("vokaflow.echo", worker_type="network", priority="LOW", partition_key="flower")
+               for _ in range(3)]
+    queue = task_record(waiting[0]).queue
     port = free_port()
     env = worker_env(FLOWER_PORT=port, FLOWER_BASIC_AUTH="ops:flower-pass")
     log = open(tmp_path / "launch.log", "w")
     launcher = subprocess.Popen([sys.executable, "manage.py", "launch", "--only", "flower"], cwd=ROOT, env=env,
                                 stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
+        def get(path, auth=None):
+            headers = {"Authorization": "Basic " + b64encode(auth.encode()).decode()} if auth else {}
+            request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers)
+            with urllib.request.urlopen(request, timeout=10) as response:
+                return response.read().decode()
+
         def status(auth=None):
             headers = {"Authorization": "Basic " + b64encode(auth.encode()).decode()} if auth else {}
             return http_status(f"http://127.0.0.1:{port}/", headers)
@@ -138,6 +159,19 @@ def test_flower_from_the_launcher_is_behind_a_password(tmp_path):
         assert status("ops:flower-pass") == 200
         # Flower's own Prometheus metrics answer without its login: keep the port private.
         assert http_status(f"http://127.0.0.1:{port}/metrics") == 200
+
+        # The Broker tab and the queue-length API read VokaFlow's Redis lists.
+        lengths = {q["name"]: q["messages"] for q in json.loads(get("/api/queues/length", "ops:flower-pass"))
+                   ["active_queues"]}
+        assert lengths[queue] == 3
+        broker_page = get("/broker", "ops:flower-pass")
+        assert queue in broker_page and "not supported" not in broker_page
+
+        # The password is in Flower's environment, not on its command line (which `ps` shows).
+        flower = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "flower" in p.cmdline()]
+        assert flower, "no Flower process under the launcher"
+        cmdline = Path(f"/proc/{flower[0].pid}/cmdline").read_bytes().decode()
+        assert "flower-pass" not in cmdline and "basic-auth" not in cmdline
     finally:
         os.killpg(launcher.pid, 15)
         launcher.wait(20)

@@ -61,14 +61,14 @@ class Command(BaseCommand):
         folder.mkdir(parents=True, exist_ok=True)
         names = []
         worker_names = {t.short for t in WorkerType}
-        for spec in self._specs(python=python, flower_auth="${FLOWER_BASIC_AUTH}"):
+        for spec in self._specs(python=python, systemd=True):
             if spec.name not in chosen:
                 continue
             if spec.name in worker_names:
                 # Sized on the host that runs it (CPU count, VOKAFLOW_CONCURRENCY_*), and no
                 # "%h" for systemd to expand.
                 spec = ProcessSpec(spec.name, [python, f"{root}/manage.py", "worker", spec.name])
-            # Flower never starts without a password.
+            # Flower never starts without a password; it reads FLOWER_BASIC_AUTH from the EnvironmentFile.
             pre = '/bin/sh -c \'test -n "$FLOWER_BASIC_AUTH"\'' if spec.name == "flower" else None
             unit = systemd_unit(spec, root=root, env_file=f"{root}/.env", grace_seconds=options["grace"],
                                 exec_start_pre=pre)
@@ -97,7 +97,7 @@ class Command(BaseCommand):
             self.stderr.write("[vokaflow] no admin user yet: run `make run VOKAFLOW_ADMIN_PASSWORD=...` "
                               "or `.venv/bin/python manage.py createsuperuser`")
 
-    def _specs(self, python: str | None = None, flower_auth: str | None = None):
+    def _specs(self, python: str | None = None, systemd: bool = False):
         host, port = settings.VOKAFLOW_HOST, settings.VOKAFLOW_PORT
 
         def python_command(*args):
@@ -114,12 +114,16 @@ class Command(BaseCommand):
         (settings.BASE_DIR / ".run").mkdir(exist_ok=True)
         specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO"),
                                  address="celery beat (dead-letter flush and retention)"))
-        auth = flower_auth or settings.FLOWER_BASIC_AUTH
-        if not auth:
-            auth = f"admin:{secrets.token_urlsafe(12)}"
-            self.stderr.write(f"[vokaflow] FLOWER_BASIC_AUTH is not set: Flower's login for this run is {auth}")
+        # Flower reads FLOWER_BASIC_AUTH from its environment (a systemd unit's EnvironmentFile):
+        # a password on its command line would be readable by every user of the host (`ps`).
+        env = {}
+        if not systemd:
+            env["FLOWER_BASIC_AUTH"] = settings.FLOWER_BASIC_AUTH or f"admin:{secrets.token_urlsafe(12)}"
+            if not settings.FLOWER_BASIC_AUTH:
+                self.stderr.write("[vokaflow] FLOWER_BASIC_AUTH is not set: Flower's login for this run is "
+                                  f"{env['FLOWER_BASIC_AUTH']}")
         specs.append(ProcessSpec("flower", python_command(
-            "-m", "celery", "-A", "vokaflow", "flower", f"--address={host}", f"--port={settings.FLOWER_PORT}",
-            f"--basic-auth={auth}"), port=settings.FLOWER_PORT,
+            "-m", "celery", "-A", "vokaflow", "flower", f"--address={host}", f"--port={settings.FLOWER_PORT}"),
+            port=settings.FLOWER_PORT, env=env,
             address=f"http://{host}:{settings.FLOWER_PORT}/  (login from FLOWER_BASIC_AUTH)"))
         return specs
