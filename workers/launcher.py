@@ -14,7 +14,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,8 +29,8 @@ class ProcessSpec:
     name: str
     argv: list[str]
     port: int | None = None
-    address: str | None = None  # what to print for a person to open
     env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment (secrets: not in `ps`)
+    ready: Callable[[], bool] | None = None  # True once it serves; None: ready once started
 
 
 @dataclass
@@ -74,11 +73,12 @@ def _port_holder(port: int) -> str:
 
 
 class Launcher:
-    def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
+    def __init__(self, specs: list[ProcessSpec], ready_message: str = "VokaFlow is ready",
                  grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
-                 report: Callable[[dict], None] | None = None):
+                 report: Callable[[dict], None] | None = None, ready_timeout: float = 90.0):
         self.children = [Child(spec) for spec in specs]
-        self.health_url = health_url
+        self.ready_message = ready_message  # printed once every process is ready: the last startup lines
+        self.ready_timeout = ready_timeout
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
         self.env = env
@@ -154,24 +154,30 @@ class Launcher:
             logger.warning("%s exited with %s; restart %d of %d in %.1f s", child.spec.name, code,
                            child.restarts, MAX_RESTARTS, delay)
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health_url and time.monotonic() < deadline and not self.stopping:
+    def _wait_ready(self) -> None:
+        """Print the ready message once every process serves (the API's health passes, each worker's
+        heartbeat is fresh, Flower answers), so it comes after their startup output."""
+        deadline = time.monotonic() + self.ready_timeout
+        while not self.stopping:
             self._watch()
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            if self.health_url and not self.stopping:
-                logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
+            waiting = [c.spec.name for c in self.children if not self._is_ready(c)]
+            if not waiting:
+                print(self.ready_message, flush=True)
                 return
-        if not self.stopping:
-            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid}'}" for c in self.children]
-            print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
+            if time.monotonic() > deadline:
+                logger.error("not ready within %.0f s: %s (see their output above)", self.ready_timeout,
+                             ", ".join(waiting))
+                return
+            time.sleep(0.5)
+
+    @staticmethod
+    def _is_ready(child: Child) -> bool:
+        if child.given_up or child.proc is None or child.proc.poll() is not None:
+            return False
+        try:
+            return child.spec.ready is None or bool(child.spec.ready())
+        except Exception:  # not answering yet
+            return False
 
     def stop(self) -> None:
         running = [c for c in self.children if c.proc and c.proc.poll() is None]

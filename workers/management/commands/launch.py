@@ -3,17 +3,21 @@
 import logging
 import os
 import secrets
+import socket
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from workers.launcher import SYSTEMD_TARGET, Launcher, PortTaken, ProcessSpec, check_ports, systemd_unit
 from workers.profiles import WorkerType, worker_argv
-from workers.status import report_processes
+from workers.status import live_worker, report_processes
 
 logger = logging.getLogger("vokaflow.launcher")
 
@@ -50,9 +54,8 @@ class Command(BaseCommand):
             check_ports(specs, settings.VOKAFLOW_HOST)
         except PortTaken as exc:
             raise CommandError(str(exc)) from None
-        health = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}/api/health/" if "web" in chosen else None
-        Launcher(specs, health_url=health, grace_seconds=options["grace"], backoff_seconds=options["backoff"],
-                 report=report_processes).run()
+        Launcher(specs, ready_message=self._ready_block(chosen), grace_seconds=options["grace"],
+                 backoff_seconds=options["backoff"], report=report_processes).run()
 
     def _write_units(self, chosen, options):
         root = options["root"] or str(settings.BASE_DIR)
@@ -103,27 +106,89 @@ class Command(BaseCommand):
         def python_command(*args):
             return [python or sys.executable, *args]
 
+        web = f"http://{host}:{port}"
         specs = [ProcessSpec("web", python_command(
             "-m", "gunicorn", "vokaflow.wsgi", "--bind", f"{host}:{port}",
             "--workers", str(settings.VOKAFLOW_WEB_WORKERS), "--threads", "4", "--access-logfile", "-"),
-            port=port, address=f"http://{host}:{port}/  (admin /admin/, API docs /api/docs/)")]
+            port=port, ready=lambda: _answers(f"{web}/api/health/") == 200)]
         for worker_type in WorkerType:
-            argv = worker_argv(worker_type)
+            # No banner: it lists the worker's 64 queues; the worker logs one line about them instead.
+            argv = worker_argv(worker_type, banner=False)
+            name = f"{worker_type.short}@{socket.gethostname()}"
             specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
-                                     address=f"celery worker {worker_type.short}@{os.uname().nodename}"))
+                                     ready=lambda name=name: live_worker(name) is not None))
         (settings.BASE_DIR / ".run").mkdir(exist_ok=True)
-        specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO"),
-                                 address="celery beat (dead-letter flush and retention)"))
+        specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO")))
         # Flower reads FLOWER_BASIC_AUTH from its environment (a systemd unit's EnvironmentFile):
         # a password on its command line would be readable by every user of the host (`ps`).
         env = {}
         if not systemd:
-            env["FLOWER_BASIC_AUTH"] = settings.FLOWER_BASIC_AUTH or f"admin:{secrets.token_urlsafe(12)}"
-            if not settings.FLOWER_BASIC_AUTH:
-                self.stderr.write("[vokaflow] FLOWER_BASIC_AUTH is not set: Flower's login for this run is "
-                                  f"{env['FLOWER_BASIC_AUTH']}")
+            self.flower_login = settings.FLOWER_BASIC_AUTH or f"admin:{secrets.token_urlsafe(12)}"
+            env["FLOWER_BASIC_AUTH"] = self.flower_login
         specs.append(ProcessSpec("flower", python_command(
             "-m", "celery", "-A", "vokaflow", "flower", f"--address={host}", f"--port={settings.FLOWER_PORT}"),
             port=settings.FLOWER_PORT, env=env,
-            address=f"http://{host}:{settings.FLOWER_PORT}/  (login from FLOWER_BASIC_AUTH)"))
+            ready=lambda: _answers(f"http://{host}:{settings.FLOWER_PORT}/healthcheck") == 200))
         return specs
+
+    def _ready_block(self, chosen: list[str]) -> str:
+        """What `make run` prints last: every address and every login, in one block."""
+        web = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}"
+        rows = []
+        if "web" in chosen:
+            rows += [("console", f"{web}/", "operations console (staff login)"),
+                     ("admin", f"{web}/admin/", "dead letters, users"),
+                     ("API docs", f"{web}/api/docs/", "Swagger UI; schema at /api/schema/"),
+                     ("ReDoc", f"{web}/api/redoc/", "the same reference on one page"),
+                     ("health", f"{web}/api/health/", "open, for load balancers"),
+                     ("metrics", f"{web}/metrics", "Prometheus: Bearer $VOKAFLOW_METRICS_TOKEN or an admin login")]
+        if "flower" in chosen:
+            flower = f"http://{settings.VOKAFLOW_HOST}:{settings.FLOWER_PORT}/"
+            rows.append(("Flower", flower, "workers, tasks, broker"))
+        workers = [f"{n}@{socket.gethostname()}" for n in chosen if n in {t.short for t in WorkerType}]
+        if workers:
+            rows.append(("workers", " ".join(workers), ""))
+        if "beat" in chosen:
+            rows.append(("beat", "celery beat", "dead-letter flush and retention"))
+        logins = []
+        if "web" in chosen:
+            logins.append(("admin", self._admin_login()))
+        if "flower" in chosen:
+            if settings.FLOWER_BASIC_AUTH:
+                user = settings.FLOWER_BASIC_AUTH.split(":", 1)[0]
+                logins.append(("Flower", f"user {user!r}, password from FLOWER_BASIC_AUTH (change it in .env)"))
+            else:
+                logins.append(("Flower", f"{self.flower_login}  (made for this run; set FLOWER_BASIC_AUTH="
+                                         "user:password in .env to choose one)"))
+        rule = "=" * 78
+        lines = ["", rule, "VokaFlow is ready", ""]
+        lines += [f"  {name:<9} {address:<38} {note}".rstrip() for name, address, note in rows]
+        if logins:
+            lines += ["", "Logins"] + [f"  {name:<9} {text}" for name, text in logins]
+        lines += ["", "Ctrl-C stops every process.", rule]
+        return "\n".join(lines)
+
+    def _admin_login(self) -> str:
+        username = os.environ.get("VOKAFLOW_ADMIN_USER", "admin")
+        change = f".venv/bin/python manage.py changepassword {username}"
+        try:
+            exists = get_user_model().objects.filter(username=username, is_superuser=True).exists()
+        except DatabaseError:
+            exists = False
+        if not exists:
+            return ("no admin user yet: make run VOKAFLOW_ADMIN_PASSWORD=... "
+                    "(or .venv/bin/python manage.py createsuperuser)")
+        if os.environ.get("VOKAFLOW_ADMIN_PASSWORD"):
+            return f"user {username!r}, password from VOKAFLOW_ADMIN_PASSWORD (change: {change})"
+        return f"user {username!r} (change its password: {change})"
+
+
+def _answers(url: str) -> int | None:
+    """The HTTP status a GET gets, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
