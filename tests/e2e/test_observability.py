@@ -61,12 +61,27 @@ def test_status_shows_each_type_and_drops_a_killed_worker(start_worker, client, 
     assert time.monotonic() - started < 2 and body["checks"]["workers"]["ok"] is False
 
 
-def test_busy_slots_show_in_status(start_worker, client):
+def prometheus_samples(client) -> dict:
+    response = client.get("/metrics")
+    assert response.status_code == 200
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for f in text_string_to_metric_families(response.content.decode()) for s in f.samples}
+
+
+def test_active_workers_are_live_and_busy_workers_run_a_task_in_every_view(start_worker, client):
     start_worker("io", concurrency=2)
-    enqueue([prepare("vokaflow.sleep", args=[3])])
+    start_worker("general", concurrency=2)
+    task = prepare("vokaflow.sleep", args=[3])
+    enqueue([task])
     wait_for(lambda: client.get(f"{BASE}/workers/status").json()["worker_pools"]["IO_INTENSIVE"]["busy"] == 1,
              10, 0.1, "one busy slot")
-    assert client.get(f"{BASE}/workers/status").json()["active_workers"] == 1
+    status = client.get(f"{BASE}/workers/status").json()
+    metrics = client.get(f"{BASE}/metrics").json()
+    samples = prometheus_samples(client)
+    assert status["total_workers"] == status["active_workers"] == metrics["active_workers"] == 2
+    assert samples[("vokaflow_active_workers", ())] == 2
+    assert status["busy_workers"] == metrics["busy_workers"] == samples[("vokaflow_busy_workers", ())] == 1
+    wait_for_state(task.task_id)
 
 
 def test_health_answers_503_quickly_when_the_broker_is_down():
@@ -114,10 +129,7 @@ def test_metrics_match_redis_before_and_counts_after_a_known_mix(start_worker, c
     assert body["total_pending_tasks"] == 0 and body["throughput_per_second"] > 0
     assert body["dead_letters"] == {"dead": 4}
 
-    prometheus = client.get("/metrics")
-    assert prometheus.status_code == 200
-    families = {f.name: f for f in text_string_to_metric_families(prometheus.content.decode())}
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+    samples = prometheus_samples(client)
     assert samples[("vokaflow_tasks_total", (("outcome", "completed"), ("priority", "HIGH"),
                                              ("worker_type", "GENERAL_PURPOSE")))] == 5
     assert samples[("vokaflow_dead_letters", (("status", "dead"),))] == 4
