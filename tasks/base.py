@@ -9,6 +9,7 @@ from collections.abc import Callable
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, TimeLimitExceeded
 
+from tasks.cancellation import TaskCancelled
 from vokaflow.core import keys
 from vokaflow.core.priorities import DEFAULT_PRIORITY, Priority
 from vokaflow.core.workers import DEFAULT_WORKER_TYPE, WorkerType
@@ -43,6 +44,7 @@ class PlatformTask(Task):
     retry_backoff = 1
     retry_backoff_max = 600
     retry_jitter = False  # our own, in retry()
+    dont_autoretry_for = (TaskCancelled,)  # a stop that was asked for is not a failure to retry
     track_started = True
 
     def retry(self, *args, countdown=None, **kwargs):
@@ -135,9 +137,16 @@ class PlatformTask(Task):
 
     def __call__(self, *args, **kwargs):
         spec = getattr(self.request, "vokaflow_lock", None)
-        if not spec or self.request.is_eager:
+        if self.request.is_eager:
             return super().__call__(*args, **kwargs)
-        return self._call_under_lock(spec, args, kwargs)
+        try:
+            if not spec:
+                return super().__call__(*args, **kwargs)
+            return self._call_under_lock(spec, args, kwargs)
+        except TaskCancelled as exc:
+            # Stopped on request (tasks.cancellation): REVOKED, not a failure; no dead letter, no retry.
+            self.backend.mark_as_revoked(self.request.id, reason=f"stopped: {exc}", request=self.request)
+            raise Ignore() from None
 
     def _call_under_lock(self, spec: dict, args, kwargs):
         """Run while holding the submission's lock; a task that finds it taken is put back in

@@ -3,6 +3,7 @@
 import random
 import time
 
+from tasks import cancellation
 from tasks.base import platform_task
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
@@ -29,9 +30,10 @@ def echo(*args, **kwargs):
 
 @platform_task("vokaflow.sleep", worker_type=WorkerType.IO_INTENSIVE, submittable=True, max_retries=0)
 def sleep(seconds: float = 1.0):
-    """Sleeps for `seconds` (a stand-in for waiting on I/O); returns when it ran (epoch seconds)."""
+    """Sleeps for `seconds` (a stand-in for waiting on I/O); returns when it ran (epoch seconds).
+    Stops early when asked to (DELETE tasks/{id}/)."""
     started_at = time.time()
-    time.sleep(float(seconds))
+    cancellation.sleep(float(seconds))
     return {"slept": seconds, "started_at": started_at, "finished_at": time.time()}
 
 

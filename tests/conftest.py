@@ -34,11 +34,11 @@ def short_heartbeats():
 
 @pytest.fixture(autouse=True, scope="session")
 def static_files():
-    """The admin and the API docs are served with their static files, as `make run` serves them."""
-    if not Path(settings.STATIC_ROOT).is_dir():
-        from django.core.management import call_command
+    """The admin and the API docs are served with their static files, as `make run` serves them
+    (every run: files of a newly installed app are collected; unchanged ones are skipped)."""
+    from django.core.management import call_command
 
-        call_command("collectstatic", "--noinput", verbosity=0)
+    call_command("collectstatic", "--noinput", verbosity=0)
 
 
 def wait_for(condition, timeout: float = 20.0, interval: float = 0.05, message: str = "condition"):

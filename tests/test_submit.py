@@ -7,7 +7,8 @@ import pytest
 
 from tasks.builtin import echo
 from tasks.records import task_record
-from tasks.submit import SubmissionError, submit_task
+from tasks.submit import submit_task
+from tasks.validation import SubmissionError
 from tests.conftest import OUR_KEY_PATTERNS, run_python, worker_env
 
 QUEUE_PATTERNS = OUR_KEY_PATTERNS[:5]

@@ -7,9 +7,11 @@ partitions 0-3, highest priority first (see vokaflow.core.queues.PriorityFairCyc
 import os
 
 import click
-from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery import Celery, states
+from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
 from kombu import Exchange, Queue
+from kombu import connection as kombu_connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 # Celery's Django fix-up runs Django's system checks in every worker, which imports the URL
@@ -20,8 +22,25 @@ os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 app = Celery("vokaflow")
 
 
-class SubmitOnlyRedisBackend(RedisBackend):
-    """Redis result backend that does not subscribe to a task's result when it is sent.
+class KeepFinalStates:
+    """A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store).
+
+    Celery's KeyValueStoreBackend._store_result (and _save_group) write through
+    _set_with_state(key, value, state), a private hook: tests/test_contracts.py checks it is
+    still called, and tests/test_result_store.py that the rule holds."""
+
+    def _set_with_state(self, key, value, state):
+        from vokaflow.result_store import store_unless_final
+
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend")
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        return self.ensure(store_unless_final, (self.client, key, value, expires))
+
+
+class SubmitOnlyRedisBackend(KeepFinalStates, RedisBackend):
+    """Redis result backend that keeps final states and does not subscribe to a task's
+    result when it is sent.
 
     Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
     case the caller waits on it: one extra round trip per task, which breaks pipelined batch
@@ -33,13 +52,21 @@ class SubmitOnlyRedisBackend(RedisBackend):
         pass
 
 
+class FinalStateSentinelBackend(KeepFinalStates, SentinelBackend):
+    """Celery's Sentinel result backend, keeping final states."""
+
+
 def _plain_redis(redis_url: str) -> bool:
     return redis_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def result_backend_url(redis_url: str) -> str:
-    """Our backend for redis:// URLs; sentinel:// keeps Celery's own."""
-    return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}" if _plain_redis(redis_url) else redis_url
+    """Our backends: for redis:// URLs, and for sentinel:// Celery's own with the final-state rule."""
+    if _plain_redis(redis_url):
+        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
+    if redis_url.startswith("sentinel://"):
+        return f"vokaflow.celery:FinalStateSentinelBackend+{redis_url}"
+    return redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:
@@ -49,6 +76,18 @@ def _transport_for(redis_url: str) -> str | None:
     if redis_url.startswith("sentinel://"):
         return "vokaflow.transport:SentinelTransport"
     return None
+
+
+# Flower picks its broker client (the Broker tab, /api/queues/length) from the scheme of
+# Connection.as_uri(), which kombu spells with the transport's name: "vokaflow.transport:Transport://…",
+# which Flower does not know ("'redis' broker is not supported"). kombu's resolve_aliases names a
+# transport in URIs (it shows pyamqp as amqp); ours are Redis lists, so they read redis:// and
+# sentinel://. Only the displayed URI changes: kombu's clone() and pools ignore these aliases.
+# Private kombu API: tests/test_contracts.py checks it.
+kombu_connection.resolve_aliases.update({
+    "vokaflow.transport:Transport": "redis",
+    "vokaflow.transport:SentinelTransport": "sentinel",
+})
 
 
 def _sentinel_options(settings) -> dict:

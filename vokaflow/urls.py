@@ -16,6 +16,7 @@ urlpatterns = [
     path("metrics", PrometheusView.as_view(), name="prometheus"),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
     path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="api-docs"),
-    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema"), name="api-redoc"),
+    path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"),
+         name="api-redoc"),
     path("api-auth/", include("rest_framework.urls")),
 ]

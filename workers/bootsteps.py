@@ -34,7 +34,11 @@ class ConsumeWorkerTypeQueues(bootsteps.Step):
             partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
+        queues = queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions)
+        worker.setup_queues(queues)
+        # One line instead of Celery's banner (`--quiet`), which lists every queue.
+        logger.info("%s consumes %d %s queues, partitions %s, highest priority first: %s ... %s", worker.hostname,
+                    len(queues), worker_type.value, vokaflow_partitions or "all", queues[0], queues[-1])
 
 
 class WorkerSignals(bootsteps.Step):

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from tasks.counters import counters
 from vokaflow.core import keys
@@ -52,8 +52,15 @@ class Heartbeat(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.worker = worker
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at = time.time()
+        # The first beat waits for the worker to consume: a heartbeat means "takes tasks", which
+        # is what the fleet views, health and the launcher's ready block rely on.
+        signals.worker_ready.connect(self._on_ready, weak=False)
+
+    def _on_ready(self, **kwargs) -> None:
+        self._ready.set()
 
     def start(self, worker):
         self._thread = threading.Thread(target=self._run, name="vokaflow-heartbeat", daemon=True)
@@ -74,6 +81,7 @@ class Heartbeat(bootsteps.StartStopStep):
     def _run(self):
         from django.conf import settings
 
+        self._ready.wait(60)
         while not self._stop.is_set():
             try:
                 self.beat(settings.VOKAFLOW_HEARTBEAT_TTL)

@@ -27,11 +27,12 @@ from workers.launcher import ProcessSpec, launcher_for, read_plan
 class ForkedProcess:
     """A child forked from this process that runs a `celery` command line (Popen's interface)."""
 
-    def __init__(self, argv: list[str], name: str = ""):
+    def __init__(self, argv: list[str], name: str = "", env: dict[str, str] | None = None):
         self.argv = argv
         self.returncode: int | None = None
         self.pid = os.fork()
         if self.pid == 0:
+            os.environ.update(env or {})  # e.g. Flower's login, kept off the command line
             _run_celery(argv, name)  # never returns
 
     def poll(self) -> int | None:
@@ -116,14 +117,14 @@ def preload() -> None:
 
 
 def spawn(spec: ProcessSpec, env: dict | None) -> ForkedProcess:
-    return ForkedProcess(spec.argv, spec.name)
+    return ForkedProcess(spec.argv, spec.name, spec.env)
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = read_plan(argv[0])
     preload()
-    return launcher_for(plan, part="workers", spawn=spawn, announce=False).run()
+    return launcher_for(plan, part="workers", spawn=spawn).run()  # its plan has no ready message
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 
 `manage.py launch` decides what to start (it needs Django's settings), writes that plan to a
 file and replaces itself with `python -m workers.launcher PLAN`: the supervisor that stays up for
-the fleet's whole life imports no Django and no task code (15 MB instead of 80, bench/memory.py).
+the fleet's whole life imports no Django and no task code (20 MB instead of 73, bench/memory.py).
+The workers, beat and Flower are forked from one process of their own (workers.host).
 
 Starts each child in its own process group, restarts one that dies (at most 3 times, with
 growing back-off) and gives up on it loudly, and stops every child on SIGINT/SIGTERM:
@@ -19,10 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 import psutil
 
@@ -36,7 +38,10 @@ class ProcessSpec:
     name: str
     argv: list[str]
     port: int | None = None
-    address: str | None = None  # what to print for a person to open
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment (secrets: not in `ps`)
+    # When it serves: {"http": URL answering 200, "heartbeats": [worker names with a fresh
+    # heartbeat]}, each optional; None: as soon as it runs. Data, so a plan file can carry it.
+    ready: dict[str, Any] | None = None
 
 
 @dataclass
@@ -94,14 +99,16 @@ def popen(spec: ProcessSpec, env: dict | None) -> Process:
 
 
 class Launcher:
-    def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
+    def __init__(self, specs: list[ProcessSpec], ready_message: str | None = "VokaFlow is ready",
                  grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
-                 report: Callable[[dict], None] | None = None,
-                 spawn: Callable[[ProcessSpec, dict | None], Process] = popen, announce: bool = True):
+                 report: Callable[[dict], None] | None = None, ready_timeout: float = 90.0,
+                 spawn: Callable[[ProcessSpec, dict | None], Process] = popen,
+                 heartbeat: Callable[[str], bool] | None = None):
         self.children = [Child(spec) for spec in specs]
+        self.ready_message = ready_message  # printed once every process is ready: the last startup lines
+        self.ready_timeout = ready_timeout
         self.spawn = spawn
-        self.announce = announce  # print the ready block (the top-level launcher does)
-        self.health_url = health_url
+        self.heartbeat = heartbeat  # is this worker's heartbeat fresh? (readiness of workers)
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
         self.env = env
@@ -148,7 +155,8 @@ class Launcher:
 
     def _start(self, child: Child) -> None:
         logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
-        child.proc = self.spawn(child.spec, self.env)
+        env = {**(self.env or os.environ), **child.spec.env} if child.spec.env else self.env
+        child.proc = self.spawn(child.spec, env)
         child.started_at = time.monotonic()
         child.restart_at = None
 
@@ -176,25 +184,34 @@ class Launcher:
             logger.warning("%s exited with %s; restart %d of %d in %.1f s", child.spec.name, code,
                            child.restarts, MAX_RESTARTS, delay)
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health_url and time.monotonic() < deadline and not self.stopping:
+    def _wait_ready(self) -> None:
+        """Print the ready message once every process serves (the API's health passes, each worker's
+        heartbeat is fresh, Flower answers), so it comes after their startup output."""
+        if self.ready_message is None:
+            return
+        deadline = time.monotonic() + self.ready_timeout
+        while not self.stopping:
             self._watch()
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            if self.health_url and not self.stopping:
-                logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
+            waiting = [c.spec.name for c in self.children if not self._is_ready(c)]
+            if not waiting:
+                print(self.ready_message, flush=True)
                 return
-        if self.announce and not self.stopping:
-            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid if c.proc else None}'}"
-                     for c in self.children]
-            print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
+            if time.monotonic() > deadline:
+                logger.error("not ready within %.0f s: %s (see their output above)", self.ready_timeout,
+                             ", ".join(waiting))
+                return
+            time.sleep(0.5)
+
+    def _is_ready(self, child: Child) -> bool:
+        if child.given_up or child.proc is None or child.proc.poll() is not None:
+            return False
+        ready = child.spec.ready or {}
+        try:
+            if ready.get("http") and _answers(ready["http"]) != 200:
+                return False
+            return all(self.heartbeat is None or self.heartbeat(name) for name in ready.get("heartbeats", ()))
+        except Exception:  # not answering yet
+            return False
 
     def stop(self) -> None:
         running = [(c.spec.name, c.proc) for c in self.children if c.proc and c.proc.poll() is None]
@@ -211,6 +228,17 @@ class Launcher:
         for _, proc in running:  # leftovers of a group whose leader already exited
             _signal_group(proc, signal.SIGKILL)
         logger.info("all processes stopped")
+
+
+def _answers(url: str) -> int | None:
+    """The HTTP status a GET gets, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
 
 
 def _signal_group(proc: Process, signum: int) -> None:
@@ -256,13 +284,11 @@ WantedBy=multi-user.target
 """
 
 
-def redis_reporter(redis_url: str, sentinel_master: str | None, part: str = "") -> Callable[[dict], None]:
+def redis_reporter(client: Any, part: str = "") -> Callable[[dict], None]:
     """Writes the process table to Redis for health to read (keys.LAUNCHERS, field = host name,
     and `part` for a supervisor below the launcher, such as the worker host)."""
     from vokaflow.core import keys
-    from vokaflow.redis_connect import client_from_url
 
-    client = client_from_url(redis_url, sentinel_master=sentinel_master)
     host = socket.gethostname() + (f"/{part}" if part else "")
 
     def report(table: dict) -> None:
@@ -279,9 +305,19 @@ def read_plan(path: str) -> dict:
 
 
 def launcher_for(plan: dict, part: str = "", **options) -> Launcher:
-    report = redis_reporter(plan["redis_url"], plan.get("sentinel_master"), part) if plan.get("redis_url") else None
-    return Launcher(plan["processes"], health_url=plan.get("health_url"), grace_seconds=plan["grace_seconds"],
-                    backoff_seconds=plan["backoff_seconds"], report=report, **options)
+    """The launcher a plan describes, reporting to and reading heartbeats from the plan's Redis."""
+    report = heartbeat = None
+    if plan.get("redis_url"):
+        from vokaflow.core import keys
+        from vokaflow.redis_connect import client_from_url
+
+        client = client_from_url(plan["redis_url"], sentinel_master=plan.get("sentinel_master"))
+        report = redis_reporter(client, part)
+
+        def heartbeat(name: str) -> bool:
+            return bool(client.exists(keys.WORKER.format(name)))
+    return Launcher(plan["processes"], ready_message=plan.get("ready_message"), grace_seconds=plan["grace_seconds"],
+                    backoff_seconds=plan["backoff_seconds"], report=report, heartbeat=heartbeat, **options)
 
 
 def main(argv: list[str]) -> int:

@@ -87,11 +87,17 @@ def worker_pools(workers: list[dict]) -> dict[str, dict]:
     return pools
 
 
+def worker_counts(workers: list[dict]) -> dict[str, int]:
+    """The two worker figures, named the same in status, metrics and Prometheus:
+    `active_workers` are live (fresh heartbeat), `busy_workers` are running at least one task."""
+    return {"active_workers": len(workers), "busy_workers": sum(1 for w in workers if w["busy"])}
+
+
 def workers_status() -> dict:
     workers = live_workers()
     return {
         "total_workers": len(workers),
-        "active_workers": sum(1 for w in workers if w["busy"]),
+        **worker_counts(workers),
         "worker_pools": worker_pools(workers),
         "workers": workers,
         "redis_nodes": redis_nodes(),
@@ -116,8 +122,7 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
     return {
         "throughput_per_second": throughput_per_second(),
         "total_pending_tasks": sum(depths.values()),
-        "active_workers": len(workers),
-        "busy_workers": sum(1 for w in workers if w["busy"]),
+        **worker_counts(workers),
         "redis_nodes": redis_nodes(),
         "partitions": settings.VOKAFLOW_PARTITIONS,
         "queue_distribution": by_priority,

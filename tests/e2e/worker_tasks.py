@@ -4,6 +4,7 @@ import os
 import time
 
 from tasks.base import platform_task
+from tasks.cancellation import check_cancelled
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 
@@ -34,3 +35,22 @@ def record(self, seconds: float = 0.01):
     """An idempotent task that records its id (a set: running it twice counts once)."""
     time.sleep(seconds)
     get_redis().sadd("vokaflow:test:seen", self.request.id)
+
+
+@platform_task("tests.sleep_then_mark", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0)
+def sleep_then_mark(seconds: float, key: str):
+    """Waits without ever checking for a stop (like CPU-bound code), then records that it finished."""
+    time.sleep(seconds)
+    get_redis().set(f"vokaflow:test:{key}", "finished")
+    return "finished"
+
+
+@platform_task("tests.stoppable_retrying", worker_type=WorkerType.IO_INTENSIVE, max_retries=3,
+               retry_for=(Exception,))
+def stoppable_retrying(seconds: float):
+    """Checks for a stop in a loop; retries every exception but a stop."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_cancelled()
+        time.sleep(0.01)
+    return "finished"

@@ -1,0 +1,85 @@
+"""Stopping a running task on a thread pool, where a thread cannot be killed: it is asked to.
+
+`DELETE tasks/{id}/` on a task running in a thread sets `vokaflow:cancel:<id>` in Redis. A task
+that can be stopped checks it between steps:
+
+    from tasks.cancellation import check_cancelled
+
+    for row in rows:
+        check_cancelled()      # raises TaskCancelled once a stop was asked for
+        handle(row)
+
+`check_cancelled()` and `is_cancelled()` ask Redis at most once every POLL_SECONDS per task
+(a cached answer in between costs nothing), so they may be called in a tight loop. A task that
+raises TaskCancelled ends REVOKED (PlatformTask.__call__): not FAILURE, no dead letter, no retry.
+A task that never checks runs to its end and keeps the state it ends with.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+CANCEL_KEY = "vokaflow:cancel:{}"
+POLL_SECONDS = 0.2  # how stale a "not cancelled" answer may be: the stop takes at most this long to be seen
+
+
+class TaskCancelled(Exception):
+    """Raised inside a task that was asked to stop; the platform records the task as REVOKED."""
+
+
+def request_cancel(task_id: str, ttl: float) -> None:
+    """Ask a running task to stop (the flag outlives it by `ttl` seconds at most)."""
+    from vokaflow.redis import get_redis
+
+    get_redis().set(CANCEL_KEY.format(task_id), 1, ex=max(1, int(ttl)))
+
+
+def cancel_requested(task_id: str) -> bool:
+    """Whether a stop was asked for (one Redis call, no cache): for the API, not for loops."""
+    from vokaflow.redis import get_redis
+
+    return bool(get_redis().exists(CANCEL_KEY.format(task_id)))
+
+
+class _Seen(threading.local):
+    task_id: str | None = None
+    checked_at: float = 0.0
+    cancelled: bool = False
+
+
+_seen = _Seen()
+
+
+def is_cancelled(task_id: str | None = None) -> bool:
+    """Whether the running task (or `task_id`) was asked to stop; Redis is asked at most every
+    POLL_SECONDS per thread, and a yes is remembered."""
+    task_id = task_id or _current_task_id()
+    if task_id is None:
+        return False
+    now = time.monotonic()
+    if _seen.task_id != task_id:
+        _seen.task_id, _seen.checked_at, _seen.cancelled = task_id, 0.0, False
+    if not _seen.cancelled and now - _seen.checked_at >= POLL_SECONDS:
+        _seen.cancelled, _seen.checked_at = cancel_requested(task_id), now
+    return _seen.cancelled
+
+
+def check_cancelled(task_id: str | None = None) -> None:
+    """Raise TaskCancelled if the running task (or `task_id`) was asked to stop."""
+    if is_cancelled(task_id):
+        raise TaskCancelled(f"task {task_id or _current_task_id()} was asked to stop")
+
+
+def sleep(seconds: float, task_id: str | None = None) -> None:
+    """time.sleep() that ends early with TaskCancelled when the task is asked to stop."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        check_cancelled(task_id)
+        time.sleep(min(remaining, POLL_SECONDS))
+
+
+def _current_task_id() -> str | None:
+    from celery import current_task
+
+    return getattr(getattr(current_task, "request", None), "id", None)

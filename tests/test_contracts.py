@@ -1,0 +1,73 @@
+"""Private Celery/billiard behaviour VokaFlow relies on: these fail loudly when an upgrade changes it."""
+
+import inspect
+
+from billiard import common as billiard_common
+from celery import states
+from celery.app import autoretry
+from celery.backends.base import KeyValueStoreBackend
+from celery.backends.redis import RedisBackend
+from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.worker.request import Request
+
+from vokaflow.result_store import FINAL_STATES, STORE_UNLESS_FINAL
+
+
+def test_task_metas_are_written_through_set_with_state():
+    # vokaflow.celery.KeepFinalStates overrides _set_with_state(key, value, state).
+    assert "self._set_with_state(self.get_key_for_task(task_id)" in inspect.getsource(
+        KeyValueStoreBackend._store_result)
+    assert list(inspect.signature(RedisBackend._set_with_state).parameters) == ["self", "key", "value", "state"]
+    from vokaflow.celery import app
+
+    for attribute in ("failure_expires", "expires", "_MAX_STR_VALUE_SIZE", "ensure", "client"):
+        assert hasattr(app.backend, attribute), attribute
+
+
+def test_the_final_states_the_lua_script_names_are_celerys_ready_states():
+    assert FINAL_STATES == set(states.READY_STATES) == {"SUCCESS", "FAILURE", "REVOKED"}
+    assert all(f"'{s}'" in STORE_UNLESS_FINAL for s in FINAL_STATES)
+
+
+def test_a_terminated_job_is_recorded_revoked_and_acknowledged():
+    # tasks.state.revoke_task relies on Request.terminate announcing the revoke (mark_as_revoked
+    # and acknowledge) instead of the failure path (which would dead-letter or requeue).
+    terminate = inspect.getsource(Request.terminate)
+    assert "pool.terminate_job(self.worker_pid, signal)" in terminate and "_announce_revoked" in terminate
+    announce = inspect.getsource(Request._announce_revoked)
+    assert "mark_as_revoked" in announce and "self.acknowledge()" in announce
+    assert "isinstance(exc, Terminated)" in inspect.getsource(Request.on_failure)
+
+
+def test_sigterm_in_a_prefork_child_raises_system_exit_so_finally_blocks_run():
+    assert "SIGTERM" in billiard_common.TERMSIGS_DEFAULT
+    assert billiard_common.reset_signals.__defaults__[0] is billiard_common._shutdown_cleanup
+    assert "sys.exit(" in inspect.getsource(billiard_common._shutdown_cleanup)
+
+
+def test_a_thread_pool_cannot_terminate_a_job():
+    # Why thread-pool types are asked to stop (tasks.cancellation) rather than terminated.
+    assert ThreadPool.terminate_job is ThreadPool.__mro__[1].terminate_job
+    assert "NotImplementedError" in inspect.getsource(ThreadPool.terminate_job)
+
+
+def test_autoretry_leaves_dont_autoretry_for_alone():
+    # PlatformTask.dont_autoretry_for = (TaskCancelled,): a stop is never retried.
+    assert "dont_autoretry_for" in inspect.getsource(autoretry.add_autoretry_behaviour)
+
+
+def test_our_transport_shows_its_uri_as_redis_for_flower():
+    # vokaflow.celery adds our transports to kombu.connection.resolve_aliases; Flower's Broker
+    # picks its client from the URI's scheme.
+    from flower.utils.broker import Broker, Redis
+    from kombu import Connection
+
+    from vokaflow.celery import app
+
+    with app.connection() as conn:
+        assert conn.transport_cls == "vokaflow.transport:Transport"
+        uri = conn.as_uri(include_password=True)
+    assert uri.startswith("redis://"), uri
+    assert isinstance(Broker(uri, broker_options={"priority_steps": [0]}), Redis)
+    # A clone (kombu's pools, Celery's producers) still resolves our transport, not kombu's.
+    assert "_info(resolve=False)" in inspect.getsource(Connection.clone)
