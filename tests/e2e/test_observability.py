@@ -181,7 +181,8 @@ def test_flower_from_the_launcher_is_behind_a_password_and_shows_vokaflows_queue
         assert queue in broker_page and "not supported" not in broker_page
 
         # The password is in Flower's environment, not on its command line (which `ps` shows).
-        flower = [p for p in psutil.Process(launcher.pid).children(recursive=True) if "flower" in p.cmdline()]
+        # (Flower is forked by the worker host, named celery-flower.)
+        flower = [p for p in psutil.Process(launcher.pid).children(recursive=True) if p.name() == "celery-flower"]
         assert flower, "no Flower process under the launcher"
         cmdline = Path(f"/proc/{flower[0].pid}/cmdline").read_bytes().decode()
         assert "flower-pass" not in cmdline and "basic-auth" not in cmdline
