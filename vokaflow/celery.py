@@ -6,6 +6,7 @@ partitions 0-3, highest priority first (see tasks.routing.PriorityFairCycle).
 
 import logging
 import os
+import time
 
 import click
 from celery import Celery, bootsteps, signals
@@ -164,7 +165,24 @@ class ConsumeWorkerTypeQueues(bootsteps.Step):
             partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
+        queues = queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions)
+        worker.vokaflow_queues = queues  # every queue of its type, paused or not (the heartbeat reports them)
+        worker.setup_queues(queues, exclude=_paused_queues(queues))
+
+
+def _paused_queues(queues: list[str]) -> list[str]:
+    """The queues among `queues` whose level an operator paused (workers.queues); none when Redis
+    does not answer (the worker starts consuming, and a pause sent later reaches it)."""
+    from redis import RedisError
+
+    from workers.queues import paused_queue_names
+
+    try:
+        paused = paused_queue_names()
+    except RedisError as exc:
+        logging.getLogger(__name__).warning("could not read the paused queues: %s", exc)
+        return []
+    return [q for q in queues if q in paused]
 
 
 app.steps["worker"].add(ConsumeWorkerTypeQueues)
@@ -194,6 +212,16 @@ def _load_revoked(**kwargs):
         merge_revoked(revoked_task_ids())
     except RedisError as exc:
         logging.getLogger(__name__).warning("could not load revoked task ids: %s", exc)
+
+
+@signals.before_task_publish.connect
+def _stamp_enqueue_time(headers=None, **kwargs):
+    """Messages Celery publishes itself (a retry, a plain .delay()) carry their enqueue time too,
+    as tasks.messages.task_message writes it."""
+    from tasks.messages import ENQUEUED_AT_HEADER
+
+    if headers is not None:
+        headers.setdefault(ENQUEUED_AT_HEADER, round(time.time(), 3))
 
 
 @signals.task_postrun.connect

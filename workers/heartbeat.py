@@ -6,7 +6,9 @@
 * Counters: `task_postrun` adds each outcome to an in-process tally; a small thread per
   process (prefork children included) adds the tally to Redis once a second in one pipeline:
   `vokaflow:stats:<type>:<priority>` (hash of outcome → count) and per-second completion
-  buckets `vokaflow:done:<epoch second>` for the 60-second throughput. No Redis call per task.
+  buckets `vokaflow:done:<epoch second>` for the 60-second throughput, and per-minute buckets
+  `vokaflow:minute:<completed|failed>:<epoch minute>` (kept 25 h) for the console's charts.
+  No Redis call per task.
 """
 
 from __future__ import annotations
@@ -29,6 +31,10 @@ WORKER_KEY = "vokaflow:worker:{}"
 WORKERS_KEY = "vokaflow:workers"
 STATS_KEY = "vokaflow:stats:{}:{}"
 DONE_KEY = "vokaflow:done:{}"
+MINUTE_KEY = "vokaflow:minute:{}:{}"  # outcome (completed or failed), epoch minute
+MINUTE_TTL = 25 * 3600  # the console charts the last 24 h
+ACTIVE_LIMIT = 50  # running tasks listed per heartbeat
+ARGS_LIMIT = 200  # characters of a running task's arguments in its heartbeat
 OUTCOMES = ("completed", "failed", "retried", "dead_lettered")
 _POOL_NAMES = {"prefork": "prefork", "thread": "threads", "solo": "solo", "eventlet": "eventlet", "gevent": "gevent"}
 _POSTRUN_OUTCOMES = {"SUCCESS": "completed", "FAILURE": "failed", "RETRY": "retried"}
@@ -68,7 +74,7 @@ class TaskCounters:
             return
         from vokaflow.redis import get_redis
 
-        done = 0
+        per_outcome: Counter = Counter()
         second = int(time.time())
         try:
             with get_redis().pipeline(transaction=False) as pipe:
@@ -77,11 +83,16 @@ class TaskCounters:
                     key = STATS_KEY.format(route.worker_type.value if route else "OTHER",
                                            route.priority.name if route else "NONE")
                     pipe.hincrby(key, outcome, n)
-                    if outcome in ("completed", "failed"):
-                        done += n
+                    per_outcome[outcome] += n
+                done = per_outcome["completed"] + per_outcome["failed"]
                 if done:
                     pipe.incrby(DONE_KEY.format(second), done)
                     pipe.expire(DONE_KEY.format(second), 120)
+                for outcome in ("completed", "failed"):
+                    if per_outcome[outcome]:
+                        minute_key = MINUTE_KEY.format(outcome, second // 60)
+                        pipe.incrby(minute_key, per_outcome[outcome])
+                        pipe.expire(minute_key, MINUTE_TTL)
                 pipe.execute()
         except Exception as exc:  # Redis away: keep the counts for the next flush
             logger.warning("could not write task counters: %s", exc)
@@ -146,7 +157,10 @@ class Heartbeat(bootsteps.StartStopStep):
         from vokaflow.redis import get_redis
 
         worker = self.worker
-        routes = [r for r in map(parse_queue, worker.app.amqp.queues.consume_from or {}) if r]
+        # The queues the worker was started for, paused ones included (vokaflow.celery sets them),
+        # so a worker whose every level is paused still shows under its type.
+        queues = getattr(worker, "vokaflow_queues", None) or worker.app.amqp.queues.consume_from or {}
+        routes = [r for r in map(parse_queue, queues) if r]
         pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
         now = time.time()
         info = {
@@ -155,6 +169,7 @@ class Heartbeat(bootsteps.StartStopStep):
             "partitions": sorted({r.partition for r in routes}),
             "pool": _POOL_NAMES.get(pool.rsplit(".", 1)[-1].split(":")[0], pool), "concurrency": worker.concurrency,
             "busy": len(state.active_requests), "processed": sum(state.total_count.values()),
+            "active": running_tasks(state.active_requests),
             "started_at": self.started_at, "last_seen": now,
         }
         with get_redis().pipeline(transaction=False) as pipe:
@@ -162,3 +177,18 @@ class Heartbeat(bootsteps.StartStopStep):
             pipe.zadd(WORKERS_KEY, {worker.hostname: now})
             pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 24 * 3600)  # forget long-gone names
             pipe.execute()
+
+
+def running_tasks(requests) -> list[dict]:
+    """What the console's Running page shows of each request a worker is running.
+    Reads Celery's Request attributes (id, name, time_start, argsrepr, kwargsrepr, delivery_info;
+    checked by tests/test_contracts.py)."""
+    running = []
+    for request in list(requests)[:ACTIVE_LIMIT]:  # a copy: the pool adds and removes as we read
+        arguments = f"{request.argsrepr or ''} {request.kwargsrepr or ''}".strip()
+        running.append({
+            "id": request.id, "name": request.name, "started_at": request.time_start,
+            "queue": (request.delivery_info or {}).get("routing_key"),
+            "args": arguments[:ARGS_LIMIT] + ("…" if len(arguments) > ARGS_LIMIT else ""),
+        })
+    return running

@@ -12,7 +12,7 @@ from django.conf import settings
 from tasks.priorities import Priority
 from tasks.routing import all_queues, parse_queue
 from vokaflow.redis import get_redis, redacted_url
-from workers.heartbeat import DONE_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
+from workers.heartbeat import DONE_KEY, MINUTE_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
 from workers.profiles import WorkerType
 
 THROUGHPUT_WINDOW = 60
@@ -58,6 +58,16 @@ def throughput_per_second() -> float:
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
+def minute_history(minutes: int) -> list[dict]:
+    """Tasks completed and failed in each of the last `minutes` minutes, oldest first (the
+    workers' once-a-second flush adds to per-minute buckets kept 25 h)."""
+    now = int(time.time()) // 60
+    span = range(now - minutes + 1, now + 1)
+    values = get_redis().mget([MINUTE_KEY.format(outcome, m) for m in span for outcome in ("completed", "failed")])
+    return [{"minute": m * 60, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
+            for i, m in enumerate(span)]
+
+
 def redis_nodes() -> list[dict]:
     info = get_redis().info()
     return [{"url": redacted_url(settings.REDIS_URL), "role": info.get("role"), "version": info.get("redis_version"),
@@ -101,6 +111,7 @@ def workers_status() -> dict:
 def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
     """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
     from tasks.dlq import dead_letter_counts
+    from workers.queues import paused_levels
 
     depths = queue_depths() if depths is None else depths
     workers = live_workers() if workers is None else workers
@@ -118,6 +129,7 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
         "partitions": settings.VOKAFLOW_PARTITIONS,
         "queue_distribution": by_priority,
         "queues": {q: d for q, d in depths.items() if d},
+        "paused_levels": paused_levels(),  # levels whose queues workers do not consume (workers.queues)
         "system_resources": system_resources(),
         "memory_mode": {
             # Counters are kept in each worker's memory and added to Redis once a second.

@@ -1,0 +1,170 @@
+"""Queues as an operator sees them: depth and oldest age, pause and resume a level, purge.
+
+A level is one (worker type, priority): its `VOKAFLOW_PARTITIONS` queues. Paused levels live in
+the Redis set `vokaflow:paused` ("GENERAL_PURPOSE:LOW"), the one source of truth: live workers
+are told to stop consuming those queues through Celery's remote control (`cancel_consumer`, as
+Flower does it), a worker that starts later leaves them out of its queue list
+(vokaflow.celery.ConsumeWorkerTypeQueues), and resuming adds them back (`add_consumer`). Paused
+work stays queued.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from tasks.messages import ENQUEUED_AT_HEADER
+from tasks.priorities import Priority
+from tasks.routing import Route, all_queues, parse_queue, queue_name
+from vokaflow.redis import get_redis
+from workers.profiles import WorkerType
+
+logger = logging.getLogger(__name__)
+
+PAUSED_KEY = "vokaflow:paused"
+
+
+class UnknownQueue(LookupError):
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"no queue named {name!r}; queue names read <type>.<priority>.p<partition>, "
+                         "for example general.low.p0")
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    worker_type: str
+    priority: str
+    partition: int
+    depth: int
+    oldest_age_seconds: float | None  # None: the next message carries no enqueue time
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Level:
+    worker_type: WorkerType
+    priority: Priority
+
+    @property
+    def key(self) -> str:
+        return f"{self.worker_type.value}:{self.priority.name}"
+
+    def queues(self) -> list[str]:
+        return [queue_name(self.worker_type, self.priority, p) for p in range(settings.VOKAFLOW_PARTITIONS)]
+
+    def as_dict(self) -> dict:
+        return {"worker_type": self.worker_type.value, "priority": self.priority.name}
+
+
+def level(worker_type: str, priority: str) -> Level:
+    """The level named by a worker type and a priority (ValueError naming the choices)."""
+    return Level(WorkerType.parse(worker_type), Priority.parse(priority))
+
+
+# One script for every queue: the depth, and the enqueue time of the message a worker takes next
+# (the list's right end). Returns only the non-empty queues, so 320 queues cost one round trip
+# and no message crosses the network. A Lua number would be truncated to an integer: a string.
+_SCAN = """
+local out = {}
+for _, key in ipairs(KEYS) do
+  local depth = redis.call('LLEN', key)
+  if depth > 0 then
+    local at = false
+    local ok, message = pcall(cjson.decode, redis.call('LINDEX', key, -1))
+    if ok and type(message) == 'table' and type(message['headers']) == 'table' then
+      local stamp = message['headers'][ARGV[1]]
+      if type(stamp) == 'number' then at = tostring(stamp) end
+    end
+    out[#out + 1] = {key, depth, at}
+  end
+end
+return out
+"""
+
+
+def non_empty_queues() -> list[QueueInfo]:
+    """Every non-empty VokaFlow queue with its depth and the age of its oldest waiting task,
+    highest priority first."""
+    r = get_redis()
+    rows = r.register_script(_SCAN)(keys=all_queues(settings.VOKAFLOW_PARTITIONS), args=[ENQUEUED_AT_HEADER])
+    paused = paused_levels_set()
+    now = time.time()
+    found = []
+    for raw_name, depth, at in rows:
+        name = raw_name.decode()
+        route = parse_queue(name)
+        found.append(QueueInfo(
+            name=name, worker_type=route.worker_type.value, priority=route.priority.name,
+            partition=route.partition, depth=int(depth),
+            oldest_age_seconds=round(max(0.0, now - float(at)), 1) if at else None,
+            paused=Level(route.worker_type, route.priority) in paused))
+    return sorted(found, key=lambda q: (int(Priority[q.priority]), q.worker_type, q.partition))
+
+
+def paused_levels_set() -> set[Level]:
+    levels = set()
+    for raw in get_redis().smembers(PAUSED_KEY):
+        worker_type, _, priority = raw.decode().partition(":")
+        try:
+            levels.add(level(worker_type, priority))
+        except ValueError:
+            continue  # written by a newer version with another vocabulary
+    return levels
+
+
+def paused_levels() -> list[dict]:
+    """[{"worker_type", "priority"}] of every paused level, in priority order."""
+    return [lv.as_dict() for lv in sorted(paused_levels_set(), key=lambda lv: (lv.priority, lv.worker_type.value))]
+
+
+def paused_queue_names() -> set[str]:
+    return {q for lv in paused_levels_set() for q in lv.queues()}
+
+
+def pause_level(worker_type: str, priority: str) -> dict:
+    """Stop consuming a level: recorded in Redis first (workers that start later read it), then
+    every live worker that consumes its queues is told to cancel them."""
+    paused = level(worker_type, priority)
+    get_redis().sadd(PAUSED_KEY, paused.key)
+    _tell_workers("cancel_consumer", paused)
+    logger.info("paused %s", paused.key)
+    return {**paused.as_dict(), "paused": True}
+
+
+def resume_level(worker_type: str, priority: str) -> dict:
+    resumed = level(worker_type, priority)
+    get_redis().srem(PAUSED_KEY, resumed.key)
+    _tell_workers("add_consumer", resumed)
+    logger.info("resumed %s", resumed.key)
+    return {**resumed.as_dict(), "paused": False}
+
+
+def _tell_workers(command: str, lv: Level) -> None:
+    """Celery's remote control (cancel_consumer / add_consumer) to the live workers of this level's
+    type, queue by queue for the partitions each one owns; no reply is awaited."""
+    from vokaflow.celery import app
+    from workers.status import live_workers
+
+    owners: dict[str, list[str]] = {}
+    for worker in live_workers():
+        if lv.worker_type.value in worker["worker_types"]:
+            for partition in worker["partitions"]:
+                owners.setdefault(Route(lv.worker_type, lv.priority, partition).queue, []).append(worker["name"])
+    for queue, names in owners.items():
+        getattr(app.control, command)(queue, destination=names, reply=False)
+
+
+def purge_queue(name: str) -> int:
+    """Delete every task waiting in one queue; returns how many. Running tasks are not touched;
+    the purged tasks' states stay PENDING until their records expire."""
+    if name not in all_queues(settings.VOKAFLOW_PARTITIONS):
+        raise UnknownQueue(name)
+    with get_redis().pipeline(transaction=True) as pipe:
+        depth, _ = pipe.llen(name).delete(name).execute()
+    logger.warning("purged %d tasks from %s", depth, name)
+    return depth
