@@ -36,6 +36,7 @@ INSTALLED_APPS = [
     "drf_spectacular",
     "tasks",
     "workers",
+    "console",
 ]
 
 MIDDLEWARE = [

@@ -1,5 +1,6 @@
 from django.contrib import admin
 from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
@@ -7,6 +8,8 @@ from workers.api import queues
 from workers.api.views import HealthView, MetricsView, PrometheusView, WorkersStatusView
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="console:overview"), name="home"),
+    path("console/", include("console.urls")),
     path("admin/", admin.site.urls),
     re_path(r"^api/auth/token/?$", TokenObtainPairView.as_view(), name="token-obtain"),
     re_path(r"^api/auth/token/refresh/?$", TokenRefreshView.as_view(), name="token-refresh"),
