@@ -133,7 +133,11 @@ def dead_letter_retry(*, task_id: str, priority: str | None = None, worker_type:
 def dead_letter_retry_many(**filters) -> BulkOutcome:
     """Retry every dead letter matching the filters (status defaults to dead)."""
     filters.setdefault("status", DeadLetter.Status.DEAD)
-    task_ids = list(DeadLetter.objects.matching(**filters).values_list("task_id", flat=True))
+    return dead_letter_retry_each(list(DeadLetter.objects.matching(**filters).values_list("task_id", flat=True)))
+
+
+def dead_letter_retry_each(task_ids: list[str]) -> BulkOutcome:
+    """Retry each of these dead letters; one that cannot be retried is logged and counted."""
     retried = failed = 0
     for task_id in task_ids:
         try:

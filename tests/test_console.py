@@ -82,3 +82,53 @@ def test_retry_from_the_task_page_needs_the_change_permission(staff, django_user
     response = staff.post("/console/tasks/dead-1/retry/")
     assert response.status_code == 302 and DeadLetter.objects.get(task_id="dead-1").status == "retried"
     assert redis_client.llen("general.low.p0") == 1
+
+
+def dead_letters(n: int, **fields) -> list[DeadLetter]:
+    from django.utils import timezone
+
+    defaults = {"task_name": "vokaflow.fail", "args": ["x"], "worker_type": "GENERAL_PURPOSE", "priority": "LOW",
+                "partition": 0, "queue": "general.low.p0", "reason": "not_retried", "error": "TaskFailed: x"}
+    return DeadLetter.objects.bulk_create([DeadLetter(task_id=f"{fields.get('priority', 'LOW')}-{i}",
+                                                      dlq_timestamp=timezone.now(), **{**defaults, **fields})
+                                           for i in range(n)])
+
+
+def test_dead_letter_list_uses_the_platforms_labels_and_shows_the_reason(admin_client, redis_client):
+    dead_letters(1, worker_type="CPU_INTENSIVE", queue="cpu.low.p0")
+    page = admin_client.get("/admin/tasks/deadletter/").content.decode()
+    assert "?worker_type=CPU_INTENSIVE" in page and ">CPU_INTENSIVE<" in page and "?priority=LOW" in page
+    assert ">cpu<" not in page and ">low<" not in page
+    assert "column-reason" in page and "Retry every dead letter matching these filters" in page
+
+
+def test_retry_every_dead_letter_matching_the_filters_states_the_count_first(admin_client, redis_client):
+    dead_letters(3, priority="LOW")
+    dead_letters(2, priority="HIGH", queue="general.high.p0")
+    confirm = admin_client.get("/admin/tasks/deadletter/retry-matching/?priority=HIGH")
+    assert "2 dead letters" in confirm.content.decode()
+    assert DeadLetter.objects.filter(status="retried").count() == 0
+    response = admin_client.post("/admin/tasks/deadletter/retry-matching/?priority=HIGH")
+    assert response.status_code == 302 and response.headers["Location"].endswith("?priority=HIGH")
+    assert set(DeadLetter.objects.filter(status="retried").values_list("priority", flat=True)) == {"HIGH"}
+    assert DeadLetter.objects.filter(status="retried").count() == 2 and redis_client.llen("general.high.p0") == 2
+
+
+def test_retry_and_discard_buttons_need_the_change_permission(django_user_model, redis_client):
+    from django.contrib.auth.models import Permission
+
+    letter = dead_letters(1)[0]
+    viewer = django_user_model.objects.create_user("viewer", is_staff=True)
+    viewer.user_permissions.add(Permission.objects.get(codename="view_deadletter"))
+    client = Client()
+    client.force_login(viewer)
+    page = client.get(f"/admin/tasks/deadletter/{letter.pk}/change/").content.decode()
+    assert 'id="dlq-retry"' not in page
+    assert client.post(f"/admin/tasks/deadletter/{letter.pk}/retry/").status_code == 403
+    assert client.get(f"/admin/tasks/deadletter/{letter.pk}/discard/").status_code in (403, 405)
+    viewer.user_permissions.add(Permission.objects.get(codename="change_deadletter"))
+    client.force_login(django_user_model.objects.get(pk=viewer.pk))
+    assert 'id="dlq-discard"' in client.get(f"/admin/tasks/deadletter/{letter.pk}/change/").content.decode()
+    assert client.get(f"/admin/tasks/deadletter/{letter.pk}/discard/").status_code == 405
+    client.post(f"/admin/tasks/deadletter/{letter.pk}/discard/")
+    assert DeadLetter.objects.get(pk=letter.pk).status == "discarded"
