@@ -26,6 +26,9 @@ RETRY_PERMISSION = "tasks.change_deadletter"
 
 def _live(request, name: str, title: str, context: dict):
     """The whole page, or only its live fragment for the refresh script."""
+    query = request.GET.copy()
+    query.pop("partial", None)
+    context["page_url"] = request.path + (f"?{query.urlencode()}" if query else "")  # where a form comes back to
     if request.GET.get("partial"):
         return render(request, f"console/_{name}.html", context)
     return render(request, f"console/{name}.html", {**context, "title": title, "page": name})
