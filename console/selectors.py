@@ -12,8 +12,12 @@ from tasks.priorities import Priority
 from workers import queues, status
 from workers.profiles import WorkerType
 
+DEAD_LETTER_COUNTS_SECONDS = 5  # a GROUP BY over 100,000 rows, shared by every open console
+
 
 def overview() -> dict:
+    from django.core.cache import cache
+
     from tasks.dlq import dead_letter_counts
     from workers.health import health
 
@@ -21,10 +25,9 @@ def overview() -> dict:
     pools = status.worker_pools(workers)
     waiting = queues.non_empty_queues()
     paused = queues.paused_levels_set()
-    pending: dict[tuple[str, str], int] = {}
+    pending = _pending_by_level(waiting)
     oldest: dict[str, float] = {}
     for q in waiting:
-        pending[q.worker_type, q.priority] = pending.get((q.worker_type, q.priority), 0) + q.depth
         if q.oldest_age_seconds is not None:
             oldest[q.priority] = max(oldest.get(q.priority, 0.0), q.oldest_age_seconds)
     grid = []
@@ -39,14 +42,14 @@ def overview() -> dict:
                      "total": sum(c["depth"] for c in cells), "live": len(pool["workers"]),
                      "busy": pool["busy"], "slots": pool["max_workers"], "hosts": pool["hosts"],
                      "pool": ", ".join(pool["pool_type"] or [])})
-    day = status.minute_history(24 * 60)
-    letters = dead_letter_counts()
+    letters = cache.get_or_set("console:dead-letter-counts", dead_letter_counts, DEAD_LETTER_COUNTS_SECONDS)
     return {
         "grid": grid, "priorities": [p.name for p in Priority],
         "totals": [sum(row["cells"][i]["depth"] for row in grid) for i in range(len(Priority))],
         "total_pending": sum(q.depth for q in waiting),
         "oldest": [{"priority": p.name, "age": oldest.get(p.name)} for p in Priority],
-        "hour": charts.bars(day[-60:]), "day": charts.bars(day, per=15),
+        "hour": charts.bars(status.outcome_history(60, 60), 60),
+        "day": charts.bars(status.outcome_history(900, 96), 900),
         "throughput": status.throughput_per_second(),
         "workers": len(workers), "busy_slots": sum(w["busy"] for w in workers),
         "slots": sum(w["concurrency"] for w in workers),
@@ -54,6 +57,13 @@ def overview() -> dict:
                                                                              "discarded")],
         "health": health()["checks"],
     }
+
+
+def _pending_by_level(waiting: list[queues.QueueInfo]) -> dict[tuple[str, str], int]:
+    pending: dict[tuple[str, str], int] = {}
+    for q in waiting:
+        pending[q.worker_type, q.priority] = pending.get((q.worker_type, q.priority), 0) + q.depth
+    return pending
 
 
 def heat(depth: int) -> int:
@@ -66,8 +76,9 @@ def queue_page(worker_type: str | None = None, priority: str | None = None) -> d
     shown = [q for q in waiting if (not worker_type or q.worker_type == worker_type)
              and (not priority or q.priority == priority)]
     paused = queues.paused_levels_set()
+    pending = _pending_by_level(waiting)
     levels = [{"worker_type": w.value, "priority": p.name, "paused": queues.Level(w, p) in paused,
-               "depth": sum(q.depth for q in waiting if q.worker_type == w.value and q.priority == p.name)}
+               "depth": pending.get((w.value, p.name), 0)}
               for w in WorkerType for p in Priority
               if (not worker_type or w.value == worker_type) and (not priority or p.name == priority)]
     return {"queues": shown, "levels": levels, "total": sum(q.depth for q in shown), "paused_count": len(paused),
@@ -81,8 +92,9 @@ def running_tasks() -> list[dict]:
     for worker in status.live_workers():
         for task in worker.get("active", []):
             started = task.get("started_at")
-            running.append({**task, "worker": worker["name"], "pool": worker["pool"],
-                            "started": _datetime(started), "running_for": now - started if started else None})
+            running.append({**task, "worker": worker["name"], "pool": worker["pool"], "started": _datetime(started),
+                            "started_clock": time.strftime("%H:%M:%S", time.gmtime(started)) if started else "—",
+                            "running_for": now - started if started else None})
     return sorted(running, key=lambda t: t["started_at"] or now)
 
 

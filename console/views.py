@@ -22,6 +22,7 @@ from tasks.submit import BrokerUnavailable, SubmissionError, enqueue, prepare_pa
 from workers import queues
 
 RETRY_PERMISSION = "tasks.change_deadletter"
+SCHEDULED_SHOWN = 200
 
 
 def _live(request, name: str, title: str, context: dict):
@@ -29,6 +30,8 @@ def _live(request, name: str, title: str, context: dict):
     query = request.GET.copy()
     query.pop("partial", None)
     context["page_url"] = request.path + (f"?{query.urlencode()}" if query else "")  # where a form comes back to
+    # Row links are built on these prefixes: a {% url %} per row cost a fifth of a 200-row page.
+    context["task_base"], context["queues_base"] = reverse("console:lookup"), reverse("console:queues")
     if request.GET.get("partial"):
         return render(request, f"console/_{name}.html", context)
     return render(request, f"console/{name}.html", {**context, "title": title, "page": name})
@@ -90,7 +93,8 @@ def running(request):
 def scheduled(request):
     from tasks.scheduled import scheduled_tasks
 
-    return _live(request, "scheduled", "Scheduled", {"tasks": scheduled_tasks(limit=500), "limit": 500})
+    return _live(request, "scheduled", "Scheduled", {"tasks": scheduled_tasks(limit=SCHEDULED_SHOWN),
+                                                     "limit": SCHEDULED_SHOWN})
 
 
 @staff_member_required

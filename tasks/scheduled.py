@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -18,6 +19,10 @@ from vokaflow.redis import get_redis
 
 UNACKED_KEY = "unacked"
 SCAN_COUNT = 1000
+# Most held messages are running tasks without an ETA: their `"eta": null` is skipped without
+# decoding the message, and only the `limit` soonest are decoded whole (a full json.loads of
+# every held message cost 3× more with 1,000 held, bench/console.py).
+_ETA = re.compile(rb'"eta": "([^"]+)"')
 
 
 @dataclass(frozen=True)
@@ -33,26 +38,28 @@ class ScheduledTask:
 def scheduled_tasks(limit: int = 200) -> list[ScheduledTask]:
     """Held tasks whose ETA is still ahead, soonest first (at most `limit`)."""
     now = datetime.now(UTC)
-    found = []
+    ahead = []
     for _, raw in get_redis().hscan_iter(UNACKED_KEY, count=SCAN_COUNT):
-        task = _scheduled(raw, now)
-        if task is not None:
-            found.append(task)
-    return heapq.nsmallest(limit, found, key=lambda t: t.eta)
+        match = _ETA.search(raw)
+        if match is None:
+            continue
+        try:
+            eta = datetime.fromisoformat(match[1].decode())
+        except ValueError:
+            continue
+        eta = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
+        if eta > now:  # a due one is running or about to
+            ahead.append((eta, raw))
+    soonest = heapq.nsmallest(limit, ahead, key=lambda pair: pair[0])
+    return [task for eta, raw in soonest if (task := _scheduled(raw, eta)) is not None]
 
 
-def _scheduled(raw: bytes, now: datetime) -> ScheduledTask | None:
+def _scheduled(raw: bytes, eta: datetime) -> ScheduledTask | None:
     try:
         message, _exchange, queue = json.loads(raw)
         headers = message["headers"]
-        eta = datetime.fromisoformat(headers["eta"]) if headers.get("eta") else None
     except (ValueError, KeyError, TypeError):
         return None  # not a Celery task message
-    if eta is None:
-        return None
-    eta = eta if eta.tzinfo else eta.replace(tzinfo=UTC)
-    if eta <= now:
-        return None  # due: running or about to
     return ScheduledTask(task_id=headers.get("id", ""), name=headers.get("task", ""), eta=eta, queue=queue,
                          args=f"{headers.get('argsrepr') or ''} {headers.get('kwargsrepr') or ''}".strip()[:200],
                          retries=headers.get("retries") or 0)

@@ -6,8 +6,9 @@
 * Counters: `task_postrun` adds each outcome to an in-process tally; a small thread per
   process (prefork children included) adds the tally to Redis once a second in one pipeline:
   `vokaflow:stats:<type>:<priority>` (hash of outcome → count) and per-second completion
-  buckets `vokaflow:done:<epoch second>` for the 60-second throughput, and per-minute buckets
-  `vokaflow:minute:<completed|failed>:<epoch minute>` (kept 25 h) for the console's charts.
+  buckets `vokaflow:done:<epoch second>` for the 60-second throughput, and per-minute and
+  per-15-minute buckets `vokaflow:history:<60|900>:<completed|failed>:<epoch // 60 or 900>`
+  (kept 25 h) for the console's charts of the last hour and day.
   No Redis call per task.
 """
 
@@ -31,8 +32,9 @@ WORKER_KEY = "vokaflow:worker:{}"
 WORKERS_KEY = "vokaflow:workers"
 STATS_KEY = "vokaflow:stats:{}:{}"
 DONE_KEY = "vokaflow:done:{}"
-MINUTE_KEY = "vokaflow:minute:{}:{}"  # outcome (completed or failed), epoch minute
-MINUTE_TTL = 25 * 3600  # the console charts the last 24 h
+HISTORY_KEY = "vokaflow:history:{}:{}:{}"  # bucket seconds, outcome (completed or failed), epoch // bucket
+HISTORY_BUCKETS = (60, 900)  # the hour's chart has minutes, the day's quarter-hours (96 keys, not 1,440)
+HISTORY_TTL = 25 * 3600  # the console charts the last 24 h
 ACTIVE_LIMIT = 50  # running tasks listed per heartbeat
 ARGS_LIMIT = 200  # characters of a running task's arguments in its heartbeat
 OUTCOMES = ("completed", "failed", "retried", "dead_lettered")
@@ -89,10 +91,10 @@ class TaskCounters:
                     pipe.incrby(DONE_KEY.format(second), done)
                     pipe.expire(DONE_KEY.format(second), 120)
                 for outcome in ("completed", "failed"):
-                    if per_outcome[outcome]:
-                        minute_key = MINUTE_KEY.format(outcome, second // 60)
-                        pipe.incrby(minute_key, per_outcome[outcome])
-                        pipe.expire(minute_key, MINUTE_TTL)
+                    for bucket in HISTORY_BUCKETS if per_outcome[outcome] else ():
+                        key = HISTORY_KEY.format(bucket, outcome, second // bucket)
+                        pipe.incrby(key, per_outcome[outcome])
+                        pipe.expire(key, HISTORY_TTL)
                 pipe.execute()
         except Exception as exc:  # Redis away: keep the counts for the next flush
             logger.warning("could not write task counters: %s", exc)

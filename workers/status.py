@@ -12,7 +12,7 @@ from django.conf import settings
 from tasks.priorities import Priority
 from tasks.routing import all_queues, parse_queue
 from vokaflow.redis import get_redis, redacted_url
-from workers.heartbeat import DONE_KEY, MINUTE_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
+from workers.heartbeat import DONE_KEY, HISTORY_KEY, OUTCOMES, STATS_KEY, WORKER_KEY, WORKERS_KEY
 from workers.profiles import WorkerType
 
 THROUGHPUT_WINDOW = 60
@@ -58,14 +58,15 @@ def throughput_per_second() -> float:
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
-def minute_history(minutes: int) -> list[dict]:
-    """Tasks completed and failed in each of the last `minutes` minutes, oldest first (the
-    workers' once-a-second flush adds to per-minute buckets kept 25 h)."""
-    now = int(time.time()) // 60
-    span = range(now - minutes + 1, now + 1)
-    values = get_redis().mget([MINUTE_KEY.format(outcome, m) for m in span for outcome in ("completed", "failed")])
-    return [{"minute": m * 60, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
-            for i, m in enumerate(span)]
+def outcome_history(bucket: int, count: int) -> list[dict]:
+    """Tasks completed and failed in each of the last `count` buckets of `bucket` seconds (60 or
+    900), oldest first: the workers' once-a-second flush adds to these buckets, kept 25 h."""
+    first = int(time.time()) // bucket - count + 1
+    span = range(first, first + count)
+    values = get_redis().mget([HISTORY_KEY.format(bucket, outcome, n) for n in span for outcome in ("completed",
+                                                                                                    "failed")])
+    return [{"start": n * bucket, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
+            for i, n in enumerate(span)]
 
 
 def redis_nodes() -> list[dict]:

@@ -6,7 +6,7 @@ from django.test import Client
 from tasks.scheduled import scheduled_tasks
 from tasks.submit import enqueue, prepare
 from tests.conftest import wait_for, wait_for_state
-from workers.status import minute_history
+from workers.status import outcome_history
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -23,7 +23,8 @@ def test_a_countdown_task_held_by_a_worker_is_listed_as_scheduled_soonest_first(
     later, sooner = (enqueue([prepare("vokaflow.echo", args=[n], countdown=n)])[0].task_id for n in (300, 120))
     listed = wait_for(lambda: len(found := scheduled_tasks()) == 2 and found, 10, 0.1, "two held tasks")
     assert [t.task_id for t in listed] == [sooner, later]
-    assert listed[0].name == "vokaflow.echo" and listed[0].queue.startswith("general.normal.") and "120" in listed[0].args
+    assert listed[0].name == "vokaflow.echo" and listed[0].queue.startswith("general.normal.")
+    assert "120" in listed[0].args
     assert sooner in staff.get("/console/scheduled/").content.decode()
 
 
@@ -44,9 +45,9 @@ def test_outcomes_are_counted_per_minute_for_the_charts(start_worker, redis_clie
         wait_for_state(task_id)
     wait_for_state(failed, ("FAILURE",))
 
-    def counted():
-        last = minute_history(2)
-        return sum(m["completed"] for m in last) == 5 and sum(m["failed"] for m in last) == 1
-    wait_for(counted, 10, 0.2, "the flush to add 5 completed and 1 failed to the minute buckets")
-    key = next(iter(redis_client.scan_iter("vokaflow:minute:completed:*")))
+    def counted(bucket: int) -> bool:
+        last = outcome_history(bucket, 2)
+        return sum(b["completed"] for b in last) == 5 and sum(b["failed"] for b in last) == 1
+    wait_for(lambda: counted(60) and counted(900), 10, 0.2, "the flush to add 5 completed and 1 failed")
+    key = next(iter(redis_client.scan_iter("vokaflow:history:60:completed:*")))
     assert 24 * 3600 < redis_client.ttl(key) <= 25 * 3600
