@@ -77,10 +77,9 @@ def queue_page(worker_type: str | None = None, priority: str | None = None) -> d
              and (not priority or q.priority == priority)]
     paused = queues.paused_levels_set()
     pending = _pending_by_level(waiting)
-    levels = [{"worker_type": w.value, "priority": p.name, "paused": queues.Level(w, p) in paused,
-               "depth": pending.get((w.value, p.name), 0)}
-              for w in WorkerType for p in Priority
-              if (not worker_type or w.value == worker_type) and (not priority or p.name == priority)]
+    levels = [{"worker_type": w.value, "cells": [
+        {"priority": p.name, "paused": queues.Level(w, p) in paused, "depth": pending.get((w.value, p.name), 0),
+         "chosen": w.value == worker_type and p.name == priority} for p in Priority]} for w in WorkerType]
     return {"queues": shown, "levels": levels, "total": sum(q.depth for q in shown), "paused_count": len(paused),
             "worker_types": [w.value for w in WorkerType], "priorities": [p.name for p in Priority]}
 

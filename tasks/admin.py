@@ -55,8 +55,8 @@ class TaskFilter(ChoicesFilter):
 
 @admin.register(DeadLetter)
 class DeadLetterAdmin(admin.ModelAdmin):
-    list_display = ["task_name", "worker_type", "priority", "reason", "error_summary", "total_retries",
-                    "dlq_timestamp", "status"]
+    list_display = ["task_name", "worker_type", "priority", "reason", "error_summary", "retries", "dead_lettered_at",
+                    "status"]
     list_filter = ["status", WorkerTypeFilter, PriorityFilter, "reason", "dlq_timestamp", TaskFilter]
     search_fields = ["task_name", "=task_id", "error"]
     ordering = ["-dlq_timestamp", "-id"]
@@ -86,6 +86,14 @@ class DeadLetterAdmin(admin.ModelAdmin):
         if request.resolver_match and request.resolver_match.url_name.endswith("changelist"):
             qs = qs.defer("traceback", "args", "kwargs")
         return qs
+
+    @admin.display(description="retries", ordering="total_retries")
+    def retries(self, obj):
+        return obj.total_retries
+
+    @admin.display(description="when (UTC)", ordering="dlq_timestamp")
+    def dead_lettered_at(self, obj):
+        return obj.dlq_timestamp.strftime("%Y-%m-%d %H:%M")  # one short line at 1,366 px
 
     @admin.display(description="error")
     def error_summary(self, obj):

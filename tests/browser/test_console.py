@@ -82,8 +82,8 @@ def test_pause_a_level_and_its_worker_leaves_it_alone_then_resume(browser, start
     worker = start_worker("general", concurrency=1)
     wait_for(lambda: redis_client.zcard("vokaflow:workers"), 10, 0.1, "the worker's heartbeat")
     browser.visit("/console/queues/?worker_type=GENERAL_PURPOSE&priority=LOW")
-    browser.click('tr[data-level="GENERAL_PURPOSE:LOW"] button')
-    browser.wait_text('tr[data-level="GENERAL_PURPOSE:LOW"] .tag', "PAUSED")
+    browser.click('td[data-level="GENERAL_PURPOSE:LOW"] button')
+    browser.wait_text('td[data-level="GENERAL_PURPOSE:LOW"] .tag', "PAUSED")
     wait_for(lambda: "Canceling queue general.low.p5" in worker.output(), 10, 0.1, "the worker to leave the queue")
 
     low = submit("vokaflow.echo", 3, priority="LOW", partition_key="k")
@@ -92,7 +92,7 @@ def test_pause_a_level_and_its_worker_leaves_it_alone_then_resume(browser, start
     assert browser.text('tr[data-queue="general.low.p5"] .tag') == "PAUSED"
     assert all(task_meta(t)["status"] == "PENDING" for t in low)
 
-    browser.click('tr[data-level="GENERAL_PURPOSE:LOW"] button')  # now "Resume"
+    browser.click('td[data-level="GENERAL_PURPOSE:LOW"] button')  # now "Resume"
     for task_id in low:
         wait_for_state(task_id)
     browser.wait_text("#live", lambda t: "No task is waiting" in t)
