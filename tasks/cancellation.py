@@ -20,7 +20,9 @@ from __future__ import annotations
 import threading
 import time
 
-CANCEL_KEY = "vokaflow:cancel:{}"
+from vokaflow.core import keys
+from vokaflow.redis import get_redis
+
 POLL_SECONDS = 0.2  # how stale a "not cancelled" answer may be: the stop takes at most this long to be seen
 
 
@@ -30,16 +32,12 @@ class TaskCancelled(Exception):
 
 def request_cancel(task_id: str, ttl: float) -> None:
     """Ask a running task to stop (the flag outlives it by `ttl` seconds at most)."""
-    from vokaflow.redis import get_redis
-
-    get_redis().set(CANCEL_KEY.format(task_id), 1, ex=max(1, int(ttl)))
+    get_redis().set(keys.CANCEL.format(task_id), 1, ex=max(1, int(ttl)))
 
 
 def cancel_requested(task_id: str) -> bool:
     """Whether a stop was asked for (one Redis call, no cache): for the API, not for loops."""
-    from vokaflow.redis import get_redis
-
-    return bool(get_redis().exists(CANCEL_KEY.format(task_id)))
+    return bool(get_redis().exists(keys.CANCEL.format(task_id)))
 
 
 class _Seen(threading.local):

@@ -2,8 +2,10 @@
 
 `counters.add(queue, outcome)` costs a dict update; a small thread per process (prefork children
 included) adds the tally to Redis once a second in one pipeline: `vokaflow:stats:<type>:<priority>`
-(hash of outcome → count) and per-second completion buckets `vokaflow:done:<epoch second>` for the
-60-second throughput. No Redis call per task.
+(hash of outcome → count), per-second completion buckets `vokaflow:done:<epoch second>` for the
+60-second throughput, and per-minute and per-15-minute buckets
+`vokaflow:history:<60|900>:<completed|failed>:<epoch // 60 or 900>` (kept 25 h) for the console's
+charts of the last hour and day. No Redis call per task.
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ logger = logging.getLogger(__name__)
 
 OUTCOMES = ("completed", "failed", "retried", "dead_lettered")
 DONE_BUCKET_TTL = 120  # seconds a per-second completion bucket is kept (the window is 60 s)
+HISTORY_BUCKETS = (60, 900)  # the hour's chart has minutes, the day's quarter-hours (96 keys, not 1,440)
+HISTORY_TTL = 25 * 3600  # the console charts the last 24 h
 
 
 class TaskCounters:
@@ -57,20 +61,25 @@ class TaskCounters:
             return
         from vokaflow.redis import get_redis
 
-        done = 0
+        per_outcome: Counter = Counter()
         second = int(time.time())
         try:
             with get_redis().pipeline(transaction=False) as pipe:
                 for (queue, outcome), n in counts.items():
                     route = parse_queue(queue)
                     key = keys.STATS.format(route.worker_type.value if route else "OTHER",
-                                           route.priority.name if route else "NONE")
+                                            route.priority.name if route else "NONE")
                     pipe.hincrby(key, outcome, n)
-                    if outcome in ("completed", "failed"):
-                        done += n
+                    per_outcome[outcome] += n
+                done = per_outcome["completed"] + per_outcome["failed"]
                 if done:
                     pipe.incrby(keys.DONE.format(second), done)
                     pipe.expire(keys.DONE.format(second), DONE_BUCKET_TTL)
+                for outcome in ("completed", "failed"):
+                    for bucket in HISTORY_BUCKETS if per_outcome[outcome] else ():
+                        key = keys.HISTORY.format(bucket, outcome, second // bucket)
+                        pipe.incrby(key, per_outcome[outcome])
+                        pipe.expire(key, HISTORY_TTL)
                 pipe.execute()
         except Exception as exc:  # Redis away: keep the counts for the next flush
             logger.warning("could not write task counters: %s", exc)

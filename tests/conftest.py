@@ -34,8 +34,8 @@ def short_heartbeats():
 
 @pytest.fixture(autouse=True, scope="session")
 def static_files():
-    """The admin and the API docs are served with their static files, as `make run` serves them
-    (every run: files of a newly installed app are collected; unchanged ones are skipped)."""
+    """The admin, the API docs and the console are served with their static files, as `make run`
+    serves them (collectstatic copies only what changed: about a second)."""
     from django.core.management import call_command
 
     call_command("collectstatic", "--noinput", verbosity=0)

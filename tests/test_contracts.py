@@ -1,4 +1,4 @@
-"""Private Celery/billiard behaviour VokaFlow relies on: these fail loudly when an upgrade changes it."""
+"""Private Celery, kombu and billiard behaviour VokaFlow relies on: these fail loudly when an upgrade changes it."""
 
 import inspect
 
@@ -8,8 +8,12 @@ from celery.app import autoretry
 from celery.backends.base import KeyValueStoreBackend
 from celery.backends.redis import RedisBackend
 from celery.concurrency.thread import TaskPool as ThreadPool
+from celery.worker import state as worker_state
+from celery.worker.consumer.consumer import Consumer
 from celery.worker.request import Request
+from kombu.transport import redis as kombu_redis
 
+from vokaflow.core import keys
 from vokaflow.result_store import FINAL_STATES, STORE_UNLESS_FINAL
 
 
@@ -71,3 +75,25 @@ def test_our_transport_shows_its_uri_as_redis_for_flower():
     assert isinstance(Broker(uri, broker_options={"priority_steps": [0]}), Redis)
     # A clone (kombu's pools, Celery's producers) still resolves our transport, not kombu's.
     assert "_info(resolve=False)" in inspect.getsource(Connection.clone)
+
+
+def test_running_requests_are_celerys_active_requests_with_the_attributes_heartbeats_read():
+    # workers.heartbeat.running_tasks reads these off each request a worker is running.
+    assert hasattr(worker_state.active_requests, "__iter__") and hasattr(worker_state.active_requests, "add")
+    assert {"argsrepr", "kwargsrepr", "delivery_info", "time_start"} <= set(dir(Request))
+    init = inspect.getsource(Request.__init__)
+    assert "self.id = " in init and "self.name = " in init
+
+
+def test_held_eta_messages_wait_in_kombus_unacked_hash():
+    # tasks.scheduled reads countdown/ETA tasks from there, as [message, exchange, routing key].
+    assert kombu_redis.Channel.unacked_key == keys.UNACKED
+    source = inspect.getsource(kombu_redis.QoS.append)
+    assert "dumps([message._raw, EX, RK])" in source  # vokaflow.transport's fetch script writes the same
+
+
+def test_pausing_uses_celerys_queue_remote_control():
+    # workers.queues pauses with cancel_consumer / add_consumer, which deselect and select_add the
+    # queue in app.amqp.queues (the heartbeat and a restarted consumer read that list).
+    assert "queues.deselect(queue)" in inspect.getsource(Consumer.cancel_task_queue)
+    assert "select_add" in inspect.getsource(Consumer.add_task_queue)

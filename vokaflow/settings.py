@@ -50,6 +50,7 @@ INSTALLED_APPS = [
     "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from our static files: the docs work offline
     "tasks",
     "workers",
+    "console",
 ]
 if VOKAFLOW_TASK_PROCESS:
     INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "tasks", "workers"]

@@ -60,6 +60,17 @@ def throughput_per_second() -> float:
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
+def outcome_history(bucket: int, count: int) -> list[dict]:
+    """Tasks completed and failed in each of the last `count` buckets of `bucket` seconds (60 or
+    900), oldest first: the workers' once-a-second flush adds to these buckets, kept 25 h."""
+    first = int(time.time()) // bucket - count + 1
+    span = range(first, first + count)
+    values = get_redis().mget([keys.HISTORY.format(bucket, outcome, n) for n in span for outcome in ("completed",
+                                                                                                    "failed")])
+    return [{"start": n * bucket, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
+            for i, n in enumerate(span)]
+
+
 def redis_nodes() -> list[dict]:
     info = get_redis().info()
     return [{"url": redacted_url(settings.REDIS_URL), "role": info.get("role"), "version": info.get("redis_version"),
@@ -109,6 +120,7 @@ def workers_status() -> dict:
 def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
     """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
     from tasks.dlq import dead_letter_counts
+    from workers.queues import paused_levels
 
     depths = queue_depths() if depths is None else depths
     workers = live_workers() if workers is None else workers
@@ -127,6 +139,7 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
         "partitions": settings.VOKAFLOW_PARTITIONS,
         "queue_distribution": by_priority,
         "queues": {q: d for q, d in depths.items() if d},
+        "paused_levels": paused_levels(),  # levels whose queues workers do not consume (workers.queues)
         "system_resources": system_resources(),
         "memory_mode": {
             # Counters are kept in each worker's memory and added to Redis once a second.
