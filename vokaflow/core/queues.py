@@ -17,7 +17,6 @@ from kombu.utils.scheduling import round_robin_cycle
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
 
-
 _QUEUE_RE = re.compile(r"^(?P<type>[a-z]+)\.(?P<priority>[a-z]+)\.p(?P<partition>\d+)$")
 _round_robin = itertools.count()
 
