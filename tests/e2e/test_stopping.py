@@ -4,7 +4,6 @@ import signal
 import time
 
 import pytest
-from rest_framework.test import APIClient
 
 import tests.e2e.worker_tasks  # noqa: F401  (registers the test tasks here too, to submit them)
 from tasks.models import DeadLetter
@@ -15,13 +14,6 @@ BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
-@pytest.fixture
-def client(django_user_model):
-    client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("stopper"))
-    return client
-
-
 def nothing_left_to_run(redis_client) -> bool:
     """Not queued again, not waiting for redelivery."""
     queued = [q for q in redis_client.scan_iter(match="cpu.*") if redis_client.llen(q)]
@@ -30,7 +22,7 @@ def nothing_left_to_run(redis_client) -> bool:
 
 
 @pytest.mark.slow
-def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, client, redis_client):
+def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, api, redis_client):
     worker = start_worker("cpu", pool="prefork", concurrency=1)
     task_id = submit_task("tests.sleep_then_mark", args=[4, "terminated"], lock={"key": "held", "timeout": 60})
     wait_for_state(task_id, ("STARTED",))
@@ -38,7 +30,7 @@ def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, client, re
     wait_for(lambda: redis_client.exists("vokaflow:lock:held"), 10, message="the task to hold its lock")
     started = time.monotonic()
 
-    response = client.delete(f"{BASE}/tasks/{task_id}/")
+    response = api.delete(f"{BASE}/tasks/{task_id}/")
     assert response.status_code == 200, response.json()
     assert response.json()["state"] == "REVOKED" and response.json()["stopping"] is False
 
@@ -56,31 +48,31 @@ def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, client, re
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["vokaflow.sleep", "tests.stoppable_retrying"])
-def test_a_thread_pool_task_is_asked_to_stop_and_ends_revoked(start_worker, client, redis_client, task):
+def test_a_thread_pool_task_is_asked_to_stop_and_ends_revoked(start_worker, api, redis_client, task):
     start_worker("io", pool="threads", concurrency=2)
     task_id = submit_task(task, args=[5], worker_type="io")
     wait_for_state(task_id, ("STARTED",))
     started = time.monotonic()
 
-    response = client.delete(f"{BASE}/tasks/{task_id}/")
+    response = api.delete(f"{BASE}/tasks/{task_id}/")
     assert response.status_code == 202, response.json()
     assert response.json()["state"] == "STARTED" and response.json()["stopping"] is True
 
     wait_for_state(task_id, ("REVOKED",), timeout=5)
-    assert client.get(f"{BASE}/tasks/{task_id}/").json()["stopping"] is False
+    assert api.get(f"{BASE}/tasks/{task_id}/").json()["stopping"] is False
     time.sleep(max(0.0, 5 + 1 - (time.monotonic() - started)))  # past the moment it would have finished
     meta = task_meta(task_id)
     assert meta["status"] == "REVOKED" and not meta.get("retries")
-    assert client.delete(f"{BASE}/tasks/{task_id}/").status_code == 409
+    assert api.delete(f"{BASE}/tasks/{task_id}/").status_code == 409
     assert not DeadLetter.objects.filter(task_id=task_id).exists()
     assert nothing_left_to_run(redis_client)
 
 
-def test_a_late_revoke_of_a_finished_task_is_409_and_changes_nothing(start_worker, client):
+def test_a_late_revoke_of_a_finished_task_is_409_and_changes_nothing(start_worker, api):
     start_worker("general")
     task_id = submit_task("vokaflow.echo", args=["kept"])
     before = wait_for_state(task_id)
-    response = client.delete(f"{BASE}/tasks/{task_id}/")
+    response = api.delete(f"{BASE}/tasks/{task_id}/")
     assert response.status_code == 409 and "SUCCESS" in response.json()["detail"]
     after = task_meta(task_id)
     assert (after["status"], after["result"], after["date_done"]) == ("SUCCESS", before["result"], before["date_done"])

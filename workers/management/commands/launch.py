@@ -49,7 +49,7 @@ class Command(BaseCommand):
             return self._write_units(chosen, options)
         if options["setup"]:
             self._setup()
-        specs = [spec for spec in self._specs() if spec.name in chosen]
+        specs = [spec for spec in self._specs(task_events="flower" in chosen) if spec.name in chosen]
         try:
             check_ports(specs, settings.VOKAFLOW_HOST)
         except PortTaken as exc:
@@ -122,7 +122,7 @@ class Command(BaseCommand):
             self.stderr.write("[vokaflow] no admin user yet: run `make run VOKAFLOW_ADMIN_PASSWORD=...` "
                               "or `.venv/bin/python manage.py createsuperuser`")
 
-    def _specs(self, python: str | None = None, systemd: bool = False):
+    def _specs(self, python: str | None = None, systemd: bool = False, task_events: bool = False):
         host, port = settings.VOKAFLOW_HOST, settings.VOKAFLOW_PORT
 
         def python_command(*args):
@@ -137,7 +137,9 @@ class Command(BaseCommand):
             port=port, ready={"http": f"{web}/api/health/"})]
         for worker_type in WorkerType:
             # No banner: it lists the worker's 64 queues; the worker logs one line about them instead.
-            argv = worker_argv(worker_type, banner=False)
+            # Beside Flower, task events are on from the start: Flower would turn them on within 5 s
+            # anyway, and each worker would log that below the ready block.
+            argv = worker_argv(worker_type, banner=False, extra=["--task-events"] if task_events else None)
             name = f"{worker_type.short}@{socket.gethostname()}"
             specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
                                      ready={"heartbeats": [name]}))
