@@ -48,6 +48,12 @@ class FleetCollector:
         yield busy
         yield GaugeMetricFamily("vokaflow_active_workers", "Live workers.", value=len(workers))
 
+        paused = GaugeMetricFamily("vokaflow_paused_level", "1 for a paused (worker type, priority) level.",
+                                   labels=["worker_type", "priority"])
+        for level in metrics["paused_levels"]:
+            paused.add_metric([level["worker_type"], level["priority"]], 1)
+        yield paused
+
         dead = GaugeMetricFamily("vokaflow_dead_letters", "Dead letters by status.", labels=["status"])
         for dead_status, n in metrics["dead_letters"].items():
             dead.add_metric([dead_status], n)
