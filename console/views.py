@@ -9,12 +9,13 @@ from django.contrib import messages
 from django.contrib.admin.views.decorators import staff_member_required
 from django.core.exceptions import PermissionDenied, ValidationError
 from django.http import Http404, HttpResponseRedirect
+from django.middleware.csrf import get_token
 from django.shortcuts import redirect, render
 from django.urls import reverse
 from django.utils.http import url_has_allowed_host_and_scheme
 from django.views.decorators.http import require_POST
 
-from console import selectors
+from console import rows, selectors
 from console.forms import SubmitForm
 from tasks import catalog, dlq
 from tasks.state import TaskAlreadyFinished, TaskNotFound, revoke_task
@@ -54,6 +55,7 @@ def overview(request):
 def queue_list(request):
     worker_type, priority = request.GET.get("worker_type") or None, request.GET.get("priority") or None
     context = selectors.queue_page(worker_type, priority)
+    context["queue_rows"] = rows.queue_rows(context["queues"], reverse("console:queues"))
     return _live(request, "queues", "Queues", {**context, "worker_type": worker_type, "priority": priority})
 
 
@@ -87,15 +89,18 @@ def queue_purge(request, name: str):
 
 @staff_member_required
 def running(request):
-    return _live(request, "running", "Running", {"tasks": selectors.running_tasks()})
+    tasks = selectors.running_tasks()
+    return _live(request, "running", "Running", {
+        "tasks": tasks, "rows": rows.running_rows(tasks, reverse("console:lookup"), get_token(request))})
 
 
 @staff_member_required
 def scheduled(request):
     from tasks.scheduled import scheduled_tasks
 
-    return _live(request, "scheduled", "Scheduled", {"tasks": scheduled_tasks(limit=SCHEDULED_SHOWN),
-                                                     "limit": SCHEDULED_SHOWN})
+    tasks = scheduled_tasks(limit=SCHEDULED_SHOWN)
+    return _live(request, "scheduled", "Scheduled", {
+        "tasks": tasks, "limit": SCHEDULED_SHOWN, "rows": rows.scheduled_rows(tasks, reverse("console:lookup"))})
 
 
 @staff_member_required

@@ -51,6 +51,12 @@ class FleetCollector:
         yield GaugeMetricFamily("vokaflow_busy_workers", "Live workers running at least one task.",
                                 value=metrics["busy_workers"])
 
+        paused = GaugeMetricFamily("vokaflow_paused_level", "1 for a paused (worker type, priority) level.",
+                                   labels=["worker_type", "priority"])
+        for level in metrics["paused_levels"]:
+            paused.add_metric([level["worker_type"], level["priority"]], 1)
+        yield paused
+
         dead = GaugeMetricFamily("vokaflow_dead_letters", "Dead letters by status.", labels=["status"])
         for dead_status, n in metrics["dead_letters"].items():
             dead.add_metric([dead_status], n)

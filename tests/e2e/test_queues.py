@@ -78,6 +78,8 @@ def test_a_paused_level_stays_queued_on_live_and_new_workers_until_resumed(staff
     assert body["paused_levels"] == [{"worker_type": "GENERAL_PURPOSE", "priority": "LOW"}]
     assert body["queues"][0]["paused"] is True
     assert staff.get(f"{BASE}/metrics").json()["paused_levels"] == body["paused_levels"]
+    assert 'vokaflow_paused_level{priority="LOW",worker_type="GENERAL_PURPOSE"} 1.0' in \
+        staff.get("/metrics").content.decode()
 
     # A worker started while the level is paused leaves it alone too.
     live.stop()
