@@ -128,6 +128,10 @@ VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
+# --- Limits (README "Limits") -------------------------------------------------------------
+# Seconds a lock's fencing counter outlives its last acquire or extend (vokaflow.locks).
+VOKAFLOW_FENCE_TTL = env.int("VOKAFLOW_FENCE_TTL", default=7 * 24 * 3600)
+
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
