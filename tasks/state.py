@@ -12,6 +12,7 @@ from vokaflow.celery import app
 from vokaflow.core import keys
 from vokaflow.core.errors import Conflict, NotFound
 from vokaflow.redis import get_redis
+from vokaflow.results import NOTICE
 
 DEAD = "DEAD"  # failed for good and recorded in the dead-letter table
 FINISHED_STATES = states.READY_STATES | {DEAD}
@@ -52,6 +53,10 @@ def task_status(task_id: str) -> dict:
     })
     if state == states.RETRY:
         info["error"] = _error_text(result)
+    dropped = meta.get(NOTICE)
+    if dropped and state == states.SUCCESS:
+        info["error"] = (f"the result ({dropped['bytes']} bytes) was over the limit of {dropped['limit']} bytes "
+                         "(VOKAFLOW_MAX_RESULT_BYTES) and was not stored")
     if record is None:
         info["queue"] = meta.get("queue")
     return info

@@ -8,16 +8,19 @@ import os
 
 import click
 from celery import Celery
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from kombu import Exchange, Queue
+
+from vokaflow.results import BoundedResults
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 
 app = Celery("vokaflow")
 
 
-class SubmitOnlyRedisBackend(RedisBackend):
-    """Redis result backend that does not subscribe to a task's result when it is sent.
+class SubmitOnlyRedisBackend(BoundedResults, RedisBackend):
+    """Redis result backend that does not subscribe to a task's result when it is sent, and
+    stores results bounded and without their arguments (vokaflow.results).
 
     Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
     case the caller waits on it: one extra round trip per task, which breaks pipelined batch
@@ -29,13 +32,21 @@ class SubmitOnlyRedisBackend(RedisBackend):
         pass
 
 
+class BoundedSentinelBackend(BoundedResults, SentinelBackend):
+    """Celery's Sentinel result backend, with results bounded and without their arguments."""
+
+
 def _plain_redis(redis_url: str) -> bool:
     return redis_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def result_backend_url(redis_url: str) -> str:
-    """Our backend for redis:// URLs; sentinel:// keeps Celery's own."""
-    return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}" if _plain_redis(redis_url) else redis_url
+    """Our backends: redis:// and rediss:// directly, sentinel:// through Celery's Sentinel backend."""
+    if _plain_redis(redis_url):
+        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
+    if redis_url.startswith("sentinel://"):
+        return f"vokaflow.celery:BoundedSentinelBackend+{redis_url}"
+    return redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:
@@ -91,6 +102,7 @@ def celery_config(settings) -> dict:
         "redis_socket_timeout": max(timeout, 10),
         "redis_backend_health_check_interval": 30,
         "result_expires": settings.VOKAFLOW_RESULT_TTL,
+        # name, worker, retries and queue for the API; the arguments are left out (vokaflow.results).
         "result_extended": True,
         # Publishing gives up quickly when the broker is gone, so the API can answer 503.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,

@@ -129,6 +129,8 @@ VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=360
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
 # --- Limits (README "Limits") -------------------------------------------------------------
+# Largest stored result (JSON bytes); a larger one is replaced by a notice (vokaflow.results).
+VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
 # Seconds a lock's fencing counter outlives its last acquire or extend (vokaflow.locks).
 VOKAFLOW_FENCE_TTL = env.int("VOKAFLOW_FENCE_TTL", default=7 * 24 * 3600)
 
