@@ -35,7 +35,7 @@ ENQUEUE = {
     "vokaflow": "import django; django.setup()\nfrom tasks.submit import enqueue, prepare\n"
                 "for i in range(N):\n"
                 "    req = prepare('vokaflow.echo', args=['x' * A], idempotency_key=f'{i:0200d}')\n"
-                "    print(enqueue([req])[0].task_id)\n",
+                "    print(enqueue([req], owner='bench')[0].task_id)\n",
     "celery": "from bench.plain_celery import echo\nfor _ in range(N):\n    print(echo.delay('x' * A).id)\n",
 }
 WORKER = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],

@@ -69,3 +69,12 @@ class BoundedResults:
                 value = self.encode({k: meta.get(k) for k in ("status", "task_id", "date_done", NOTICE)}
                                     | {"result": None, "traceback": None})
         return super()._set_with_state(key, value, state)
+
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        stored = super()._store_result(task_id, result, state, traceback=traceback, request=request, **kwargs)
+        owner = getattr(request, "vokaflow_owner", None) if request is not None else None
+        if owner and state in states.READY_STATES:
+            from tasks.counters import counters
+
+            counters.finished(owner, task_id)  # its place in the owner's pending quota is free again
+        return stored

@@ -129,6 +129,8 @@ VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=360
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
 # --- Limits (README "Limits") -------------------------------------------------------------
+# Tasks one API user may have submitted and not yet finished (0: no quota); 429 above it.
+VOKAFLOW_USER_PENDING_QUOTA = env.int("VOKAFLOW_USER_PENDING_QUOTA", default=10_000)
 # Largest stored result (JSON bytes); a larger one is replaced by a notice (vokaflow.results).
 VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
 # Seconds a lock's fencing counter outlives its last acquire or extend (vokaflow.locks).

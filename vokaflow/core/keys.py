@@ -7,6 +7,7 @@ TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), ex
 IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
+PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it stops counting (the quota)
 
 # Broker
 BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
