@@ -17,6 +17,7 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
 from tasks import catalog
+from tasks.arguments import check_arguments
 from tasks.messages import encode_json
 from vokaflow.celery import app
 from vokaflow.core.errors import BadRequest
@@ -87,6 +88,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("kwargs", f"must be an object, got {type(kwargs).__name__}")
     if not all(isinstance(k, str) for k in kwargs):
         raise error("kwargs", "keys must be strings")
+    check_arguments(task, args, kwargs, error)
     try:
         args_json = encode_json(list(args))
     except (TypeError, ValueError) as exc:

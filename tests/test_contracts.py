@@ -25,3 +25,17 @@ def test_the_extended_result_carries_the_arguments_we_drop():
     source = inspect.getsource(KeyValueStoreBackend._get_result_meta)
     assert "'args'" in source and "'kwargs'" in source
     assert app.conf.result_extended
+
+
+def test_the_worker_state_the_time_limit_watchdog_reads():
+    # workers.watchdog: the running requests, when each started, its limits and its task; and the
+    # worker's own limits, which the pool step reads when it creates the pool.
+    from celery.worker import components, state
+    from celery.worker.request import Request
+
+    assert hasattr(state.active_requests, "__iter__") and hasattr(state.active_requests, "add")
+    assert "time_start" in Request.__slots__ or hasattr(Request, "time_start")
+    assert "time_limits" in Request.__slots__ or hasattr(Request, "time_limits")
+    assert "self.time_start = " in inspect.getsource(Request.on_accepted)
+    source = inspect.getsource(components.Pool.create)
+    assert "timeout=w.time_limit" in source and "soft_timeout=w.soft_time_limit" in source

@@ -162,5 +162,6 @@ app.steps["worker"].update({
     "workers.bootsteps:ConsumeWorkerTypeQueues",
     "workers.bootsteps:WorkerSignals",
     "workers.bootsteps:LoadRevoked",
+    "workers.watchdog:TimeLimits",
     "workers.heartbeat:Heartbeat",
 })

@@ -97,6 +97,8 @@ class Heartbeat(bootsteps.StartStopStep):
             "pool": _POOL_NAMES.get(pool.rsplit(".", 1)[-1].split(":")[0], pool), "concurrency": worker.concurrency,
             "busy": len(state.active_requests), "processed": sum(state.total_count.values()),
             "started_at": self.started_at, "last_seen": now,
+            # slots whose task runs past its hard time limit (thread pools: workers.watchdog)
+            "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))

@@ -6,6 +6,7 @@ PREFIX = "vokaflow:"
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
 IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
+CANCEL = PREFIX + "cancel:{}"  # task id → a running task was told to stop (checked by the task)
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
 PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it stops counting (the quota)
 
