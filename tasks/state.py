@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import asdict
+from datetime import datetime
 
 from celery import states
 
@@ -71,7 +72,9 @@ def revoke_task(task_id: str) -> dict:
         raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
     from django.conf import settings
 
-    get_redis().zadd(keys.REVOKED, {task_id: time.time() + settings.VOKAFLOW_RESULT_TTL})
+    # A task still waiting for its eta (tasks.scheduled) must find its revoke when it comes due.
+    due = datetime.fromisoformat(status["eta"]).timestamp() if status.get("eta") else 0
+    get_redis().zadd(keys.REVOKED, {task_id: max(time.time(), due) + settings.VOKAFLOW_RESULT_TTL})
     app.control.revoke(task_id)
     app.backend.mark_as_revoked(task_id, reason="revoked through the API")
     return task_status(task_id)

@@ -6,6 +6,7 @@ tasks.idempotency; this module publishes: one atomic, pipelined round trip per b
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -19,6 +20,7 @@ from tasks.idempotency import claim_idempotency_keys, release_idempotency_keys
 from tasks.messages import encode_json, task_message
 from tasks.quota import release_pending, reserve_pending
 from tasks.records import Submission, load_records, store_records
+from tasks.scheduled import is_delayed, schedule
 from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payload
 from vokaflow.celery import app
 from vokaflow.core.errors import Unavailable
@@ -93,21 +95,30 @@ def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Su
 
 
 def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: str | None = None) -> None:
-    """LPUSH each queue's messages (FIFO for BRPOP) and SET each task's record, in one MULTI."""
+    """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
+    set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
         return
+    now = time.time()
     origin = anon_nodename()
     parent = app.current_worker_task
     parent_id = parent.request.id if parent else None
     root_id = (parent.request.root_id or parent_id) if parent else None
     by_queue: dict[str, list[str]] = {}
+    delayed: dict[str, dict[str, float]] = {}
     for req in requests:
-        by_queue.setdefault(req.route.queue, []).append(task_message(
+        message = task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock, retried_from=req.retried_from, owner=owner))
+            lock=req.lock, retried_from=req.retried_from, owner=owner)
+        if is_delayed(req.eta, now):
+            delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
+        else:
+            by_queue.setdefault(req.route.queue, []).append(message)
     with r.pipeline(transaction=True) as pipe:
-        publish(pipe, by_queue)
+        if by_queue:
+            publish(pipe, by_queue)
+        schedule(pipe, delayed)
         store_records(pipe, list(submissions.values()), settings.VOKAFLOW_RESULT_TTL)
         pipe.execute()
 

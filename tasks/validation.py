@@ -7,6 +7,7 @@ idempotency key) or raises SubmissionError naming the field; nothing is enqueued
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -111,8 +112,14 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("countdown", "give countdown or eta, not both")
     countdown = _check_countdown(countdown, error)
     eta = _check_eta(eta, error)
+    max_delay = settings.VOKAFLOW_MAX_DELAY
+    if countdown is not None and countdown > max_delay:
+        raise error("countdown", f"at most {max_delay} seconds (VOKAFLOW_MAX_DELAY, {max_delay / 86400 / 365:g} years)")
     if countdown:
         eta = datetime.now(UTC) + timedelta(seconds=countdown)
+    elif eta is not None and eta.timestamp() > time.time() + max_delay:
+        raise error("eta", f"at most {max_delay} seconds from now (VOKAFLOW_MAX_DELAY, "
+                           f"{max_delay / 86400 / 365:g} years)")
     lock = _check_lock(lock, error)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):

@@ -163,5 +163,6 @@ app.steps["worker"].update({
     "workers.bootsteps:WorkerSignals",
     "workers.bootsteps:LoadRevoked",
     "workers.watchdog:TimeLimits",
+    "workers.scheduler:ScheduledPoller",
     "workers.heartbeat:Heartbeat",
 })

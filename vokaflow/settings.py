@@ -142,6 +142,8 @@ VOKAFLOW_TIME_LIMITS = {
             env.float(f"VOKAFLOW_TIME_LIMIT_{short.upper()}", default=VOKAFLOW_TIME_LIMIT))
     for short in ("cpu", "io", "memory", "network", "general")
 }
+# Longest countdown/eta accepted (seconds; 400 beyond). Delayed tasks wait in vokaflow:scheduled:<type>.
+VOKAFLOW_MAX_DELAY = env.int("VOKAFLOW_MAX_DELAY", default=10 * 365 * 24 * 3600)
 # Largest stored result (JSON bytes); a larger one is replaced by a notice (vokaflow.results).
 VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
 # Seconds a lock's fencing counter outlives its last acquire or extend (vokaflow.locks).

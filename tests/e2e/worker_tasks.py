@@ -41,3 +41,9 @@ def record(self, seconds: float = 0.01):
     """An idempotent task that records its id (a set: running it twice counts once)."""
     time.sleep(seconds)
     get_redis().sadd("vokaflow:test:seen", self.request.id)
+
+
+@platform_task("tests.stamp", max_retries=0, track_started=False)
+def stamp(key: str):
+    """Appends when it ran to a list: how many times, and when, a task ran."""
+    get_redis().rpush(f"vokaflow:test:{key}", time.time())

@@ -12,6 +12,7 @@ PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it sto
 
 # Broker
 BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
+SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: message → due (epoch s)
 
 # Dead letters waiting for the database
 DLQ_PENDING = PREFIX + "dlq:pending"
