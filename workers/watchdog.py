@@ -17,18 +17,19 @@ import logging
 import threading
 import time
 
-from celery import bootsteps
-
 from tasks.time_limits import default_limits, effective_limits, request_stop
 from vokaflow.core.workers import WorkerType
+from workers.polling import PollingStep
 
 logger = logging.getLogger(__name__)
 
 INTERVAL = 0.25  # seconds between looks: a limit is acted on at most this late
 
 
-class TimeLimits(bootsteps.StartStopStep):
+class TimeLimits(PollingStep):
     """Default limits for the worker's type; on thread pools, the watchdog."""
+
+    thread_name = "vokaflow-time-limits"
 
     def __init__(self, worker, vokaflow_type=None, **kwargs):
         super().__init__(worker, **kwargs)
@@ -43,28 +44,17 @@ class TimeLimits(bootsteps.StartStopStep):
         self.told: set[str] = set()
         self.stuck: dict[str, dict] = {}
         self._stuck_lock = threading.Lock()  # the heartbeat thread reads `stuck`
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
         worker.vokaflow_time_limits = self
 
-    def start(self, worker):
+    def wanted(self, worker) -> bool:
         pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
-        if "prefork" in pool:
-            return  # billiard enforces limits itself
-        self._thread = threading.Thread(target=self._run, name="vokaflow-time-limits", daemon=True)
-        self._thread.start()
+        return "prefork" not in pool  # billiard enforces limits itself
 
-    def stop(self, worker):
-        self._stop.set()
-        if self._thread:
-            self._thread.join(2)
+    def interval(self) -> float:
+        return INTERVAL
 
-    def _run(self):
-        while not self._stop.wait(INTERVAL):
-            try:
-                self.check(time.time())
-            except Exception as exc:  # Redis away: the next look tries again
-                logger.warning("time-limit watchdog: %s", exc)
+    def tick(self) -> None:
+        self.check(time.time())
 
     def check(self, now: float) -> None:
         from celery.worker import state
