@@ -15,13 +15,9 @@ import json
 import os
 import random
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, percentile, python  # noqa: E402
+from common import ROOT, percentile, python
 
 REDIS_DB = 11
 PG_URL = "postgres://postgres@127.0.0.1:5432/vokaflow_console_bench"

@@ -34,12 +34,19 @@ class TaskCounters:
         self.interval = interval
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
+        self._finished: list[tuple[str, str]] = []  # (owner, task id): places to free in tasks.quota
         self._owner_pid: int | None = None
 
     def add(self, queue: str | None, outcome: str) -> None:
         with self._lock:
             self._counts[(queue or "", outcome)] += 1
         if self._owner_pid != os.getpid():  # first count in this process (or after a fork)
+            self._start_flusher()
+
+    def finished(self, owner: str, task_id: str) -> None:
+        with self._lock:
+            self._finished.append((owner, task_id))
+        if self._owner_pid != os.getpid():
             self._start_flusher()
 
     def _start_flusher(self) -> None:
@@ -57,7 +64,8 @@ class TaskCounters:
     def flush(self) -> None:
         with self._lock:
             counts, self._counts = self._counts, Counter()
-        if not counts:
+            finished, self._finished = self._finished, []
+        if not counts and not finished:
             return
         from vokaflow.redis import get_redis
 
@@ -80,11 +88,14 @@ class TaskCounters:
                         key = keys.HISTORY.format(bucket, outcome, second // bucket)
                         pipe.incrby(key, per_outcome[outcome])
                         pipe.expire(key, HISTORY_TTL)
+                for owner, task_id in finished:
+                    pipe.zrem(keys.PENDING.format(owner), task_id)
                 pipe.execute()
         except Exception as exc:  # Redis away: keep the counts for the next flush
             logger.warning("could not write task counters: %s", exc)
             with self._lock:
                 self._counts.update(counts)
+                self._finished.extend(finished)
 
 
 counters = TaskCounters()

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import asdict
+from datetime import datetime
 
 from celery import states
 
+from tasks.backends import NOTICE
 from tasks.cancellation import cancel_requested, request_cancel
 from tasks.records import task_record
 from vokaflow.celery import app
@@ -55,6 +57,10 @@ def task_status(task_id: str) -> dict:
     })
     if state == states.RETRY:
         info["error"] = _error_text(result)
+    dropped = meta.get(NOTICE)
+    if dropped and state == states.SUCCESS:
+        info["error"] = (f"the result ({dropped['bytes']} bytes) was over the limit of {dropped['limit']} bytes "
+                         "(VOKAFLOW_MAX_RESULT_BYTES) and was not stored")
     if record is None:
         info["queue"] = meta.get("queue")
     info["stopping"] = state == states.STARTED and cancel_requested(task_id)
@@ -79,7 +85,9 @@ def revoke_task(task_id: str) -> dict:
     status = task_status(task_id)
     _raise_if_finished(status)
     ttl = settings.VOKAFLOW_RESULT_TTL
-    get_redis().zadd(keys.REVOKED, {task_id: time.time() + ttl})
+    # A task still waiting for its eta (tasks.scheduled) must find its revoke when it comes due.
+    due = datetime.fromisoformat(status["eta"]).timestamp() if status.get("eta") else 0
+    get_redis().zadd(keys.REVOKED, {task_id: max(time.time(), due) + ttl})
     worker, pool = status["worker"], _running_pool(status)
     if pool is not None and pool != "prefork":
         request_cancel(task_id, ttl)

@@ -6,19 +6,21 @@ from billiard import common as billiard_common
 from celery import states
 from celery.app import autoretry
 from celery.backends.base import KeyValueStoreBackend
-from celery.backends.redis import RedisBackend
+from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.worker import state as worker_state
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.request import Request
 from kombu.transport import redis as kombu_redis
 
+from tasks.backends import BoundedSentinelBackend, SubmitOnlyRedisBackend
+from vokaflow.celery import app
 from vokaflow.core import keys
 from vokaflow.result_store import FINAL_STATES, STORE_UNLESS_FINAL
 
 
 def test_task_metas_are_written_through_set_with_state():
-    # vokaflow.celery.KeepFinalStates overrides _set_with_state(key, value, state).
+    # tasks.backends.KeepFinalStates overrides _set_with_state(key, value, state).
     assert "self._set_with_state(self.get_key_for_task(task_id)" in inspect.getsource(
         KeyValueStoreBackend._store_result)
     assert list(inspect.signature(RedisBackend._set_with_state).parameters) == ["self", "key", "value", "state"]
@@ -97,3 +99,36 @@ def test_pausing_uses_celerys_queue_remote_control():
     # queue in app.amqp.queues (the heartbeat and a restarted consumer read that list).
     assert "queues.deselect(queue)" in inspect.getsource(Consumer.cancel_task_queue)
     assert "select_add" in inspect.getsource(Consumer.add_task_queue)
+
+
+def test_result_backends_store_through_the_hooks_tasks_backends_overrides():
+    # tasks.backends: _get_result_meta builds the stored dict (args/kwargs are dropped from it),
+    # _store_result passes the encoded dict to _set_with_state (where its size is bounded).
+    meta_params = inspect.signature(KeyValueStoreBackend._get_result_meta).parameters
+    assert list(meta_params)[:5] == ["self", "result", "state", "traceback", "request"]
+    store = inspect.getsource(KeyValueStoreBackend._store_result)
+    assert "self._get_result_meta(" in store and "self._set_with_state(" in store
+    assert list(inspect.signature(RedisBackend._set_with_state).parameters) == ["self", "key", "value", "state"]
+    for backend in (SubmitOnlyRedisBackend, BoundedSentinelBackend):
+        assert backend._set_with_state is not RedisBackend._set_with_state
+    assert issubclass(BoundedSentinelBackend, SentinelBackend)
+
+
+def test_the_extended_result_carries_the_arguments_we_drop():
+    source = inspect.getsource(KeyValueStoreBackend._get_result_meta)
+    assert "'args'" in source and "'kwargs'" in source
+    assert app.conf.result_extended
+
+
+def test_the_worker_state_the_time_limit_watchdog_reads():
+    # workers.watchdog: the running requests, when each started, its limits and its task; and the
+    # worker's own limits, which the pool step reads when it creates the pool.
+    from celery.worker import components, state
+    from celery.worker.request import Request
+
+    assert hasattr(state.active_requests, "__iter__") and hasattr(state.active_requests, "add")
+    assert "time_start" in Request.__slots__ or hasattr(Request, "time_start")
+    assert "time_limits" in Request.__slots__ or hasattr(Request, "time_limits")
+    assert "self.time_start = " in inspect.getsource(Request.on_accepted)
+    source = inspect.getsource(components.Pool.create)
+    assert "timeout=w.time_limit" in source and "soft_timeout=w.soft_time_limit" in source

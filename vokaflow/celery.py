@@ -7,9 +7,7 @@ partitions 0-3, highest priority first (see vokaflow.core.queues.PriorityFairCyc
 import os
 
 import click
-from celery import Celery, states
-from celery.backends.redis import RedisBackend, SentinelBackend
-from celery.exceptions import BackendStoreError
+from celery import Celery
 from kombu import Exchange, Queue
 from kombu import connection as kombu_connection
 
@@ -22,50 +20,17 @@ os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 app = Celery("vokaflow")
 
 
-class KeepFinalStates:
-    """A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store).
-
-    Celery's KeyValueStoreBackend._store_result (and _save_group) write through
-    _set_with_state(key, value, state), a private hook: tests/test_contracts.py checks it is
-    still called, and tests/test_result_store.py that the rule holds."""
-
-    def _set_with_state(self, key, value, state):
-        from vokaflow.result_store import store_unless_final
-
-        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
-            raise BackendStoreError("value too large for Redis backend")
-        expires = self.failure_expires if state == states.FAILURE else self.expires
-        return self.ensure(store_unless_final, (self.client, key, value, expires))
-
-
-class SubmitOnlyRedisBackend(KeepFinalStates, RedisBackend):
-    """Redis result backend that keeps final states and does not subscribe to a task's
-    result when it is sent.
-
-    Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
-    case the caller waits on it: one extra round trip per task, which breaks pipelined batch
-    submission and piles up subscriptions in the API. `AsyncResult.get()` still subscribes
-    when someone actually waits (celery.backends.asynchronous.add_pending_result).
-    """
-
-    def on_task_call(self, producer, task_id):
-        pass
-
-
-class FinalStateSentinelBackend(KeepFinalStates, SentinelBackend):
-    """Celery's Sentinel result backend, keeping final states."""
-
-
 def _plain_redis(redis_url: str) -> bool:
     return redis_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def result_backend_url(redis_url: str) -> str:
-    """Our backends: for redis:// URLs, and for sentinel:// Celery's own with the final-state rule."""
+    """Our backends (tasks.backends, named by string: they use the task services): redis:// and
+    rediss:// directly, sentinel:// through Celery's Sentinel backend."""
     if _plain_redis(redis_url):
-        return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}"
+        return f"tasks.backends:SubmitOnlyRedisBackend+{redis_url}"
     if redis_url.startswith("sentinel://"):
-        return f"vokaflow.celery:FinalStateSentinelBackend+{redis_url}"
+        return f"tasks.backends:BoundedSentinelBackend+{redis_url}"
     return redis_url
 
 
@@ -134,6 +99,7 @@ def celery_config(settings) -> dict:
         "redis_socket_timeout": max(timeout, 10),
         "redis_backend_health_check_interval": 30,
         "result_expires": settings.VOKAFLOW_RESULT_TTL,
+        # name, worker, retries and queue for the API; the arguments are left out (tasks.backends).
         "result_extended": True,
         # Publishing gives up quickly when the broker is gone, so the API can answer 503.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
@@ -193,5 +159,7 @@ app.steps["worker"].update({
     "workers.bootsteps:ConsumeWorkerTypeQueues",
     "workers.bootsteps:WorkerSignals",
     "workers.bootsteps:LoadRevoked",
+    "workers.watchdog:TimeLimits",
+    "workers.scheduler:ScheduledPoller",
     "workers.heartbeat:Heartbeat",
 })

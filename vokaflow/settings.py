@@ -145,6 +145,27 @@ VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
+# --- Limits (README "Limits") -------------------------------------------------------------
+# Tasks one API user may have submitted and not yet finished (0: no quota); 429 above it.
+VOKAFLOW_USER_PENDING_QUOTA = env.int("VOKAFLOW_USER_PENDING_QUOTA", default=10_000)
+# Default time limits (seconds) of every task that declares none, per worker type:
+# VOKAFLOW_SOFT_TIME_LIMIT_<TYPE> / VOKAFLOW_TIME_LIMIT_<TYPE> (CPU, IO, MEMORY, NETWORK, GENERAL),
+# else VOKAFLOW_SOFT_TIME_LIMIT / VOKAFLOW_TIME_LIMIT. At the soft limit a task is told to stop
+# (SoftTimeLimitExceeded); at the hard one a process is killed, a thread reported stuck.
+VOKAFLOW_SOFT_TIME_LIMIT = env.float("VOKAFLOW_SOFT_TIME_LIMIT", default=300)
+VOKAFLOW_TIME_LIMIT = env.float("VOKAFLOW_TIME_LIMIT", default=360)
+VOKAFLOW_TIME_LIMITS = {
+    short: (env.float(f"VOKAFLOW_SOFT_TIME_LIMIT_{short.upper()}", default=VOKAFLOW_SOFT_TIME_LIMIT),
+            env.float(f"VOKAFLOW_TIME_LIMIT_{short.upper()}", default=VOKAFLOW_TIME_LIMIT))
+    for short in ("cpu", "io", "memory", "network", "general")
+}
+# Longest countdown/eta accepted (seconds; 400 beyond). Delayed tasks wait in vokaflow:scheduled:<type>.
+VOKAFLOW_MAX_DELAY = env.int("VOKAFLOW_MAX_DELAY", default=10 * 365 * 24 * 3600)
+# Largest stored result (JSON bytes); a larger one is replaced by a notice (tasks.backends).
+VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
+# VOKAFLOW_FENCE_TTL (seconds a lock's fencing counter outlives its last use) is read by
+# vokaflow.locks itself, which needs no Django.
+
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",

@@ -111,6 +111,8 @@ class Heartbeat(bootsteps.StartStopStep):
             "busy": len(state.active_requests), "processed": sum(state.total_count.values()),
             "active": running_tasks(state.active_requests),
             "started_at": self.started_at, "last_seen": now,
+            # slots whose task runs past its hard time limit (thread pools: workers.watchdog)
+            "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))

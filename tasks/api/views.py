@@ -32,7 +32,7 @@ class TaskSubmitView(APIView):
 
     @extend_schema(request=TaskSubmitSerializer, responses={202: SubmissionSerializer})
     def post(self, request):
-        submission = enqueue([prepare_payload(request.data)])[0]
+        submission = enqueue([prepare_payload(request.data)], owner=str(request.user.pk))[0]
         return Response(_submission_bodies(request, [submission])[0], status=202)
 
 
@@ -41,7 +41,8 @@ class TaskBatchView(APIView):
 
     @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
     def post(self, request):
-        submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None)
+        submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None,
+                                      owner=str(request.user.pk))
         return Response({"count": len(submissions),
                          "tasks": _submission_bodies(request, submissions)}, status=202)
 

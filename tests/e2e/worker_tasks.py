@@ -3,6 +3,8 @@
 import os
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from tasks.base import platform_task
 from tasks.cancellation import check_cancelled
 from vokaflow.core.workers import WorkerType
@@ -18,8 +20,13 @@ def crash(counter_key: str):
 
 @platform_task("tests.hang", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0, time_limit=1)
 def hang(seconds: float = 30):
-    """Runs past its hard time limit of 1 s."""
-    time.sleep(seconds)
+    """Runs past its hard time limit of 1 s: it ignores the soft one (and any request to stop)."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(remaining)
+        except SoftTimeLimitExceeded:
+            pass
 
 
 @platform_task("tests.fail_once", max_retries=0)
@@ -54,3 +61,9 @@ def stoppable_retrying(seconds: float):
         check_cancelled()
         time.sleep(0.01)
     return "finished"
+
+
+@platform_task("tests.stamp", max_retries=0, track_started=False)
+def stamp(key: str):
+    """Appends when it ran to a list: how many times, and when, a task ran."""
+    get_redis().rpush(f"vokaflow:test:{key}", time.time())

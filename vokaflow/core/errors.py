@@ -33,6 +33,16 @@ class Conflict(VokaFlowError):
     status = 409
 
 
+class TooManyRequests(VokaFlowError):
+    """A limit of the caller's was reached; `retry_after` seconds is when trying again makes sense."""
+
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any):
+        super().__init__(detail, **extra)
+        self.headers = {"Retry-After": str(retry_after)}
+
+
 class Unavailable(VokaFlowError):
     """A service VokaFlow depends on (Redis, the database) did not answer."""
 

@@ -6,14 +6,17 @@ PREFIX = "vokaflow:"
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
 IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
+CANCEL = PREFIX + "cancel:{}"  # task id → a running task was told to stop (checked by the task)
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
 CANCEL = PREFIX + "cancel:{}"  # task id → set when a running thread-pool task is asked to stop
 
 # kombu's Redis transport: messages taken but not yet acknowledged (delivery tag → message)
 UNACKED = "unacked"
+PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it stops counting (the quota)
 
 # Broker
 BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
+SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: message → due (epoch s)
 
 # Dead letters waiting for the database
 DLQ_PENDING = PREFIX + "dlq:pending"
