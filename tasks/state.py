@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
 
 from celery import states
 
+from tasks.ownership import may_see
 from tasks.records import task_record
 from vokaflow.celery import app
 from vokaflow.core import keys
@@ -28,9 +28,12 @@ class TaskAlreadyFinished(Conflict):
     pass
 
 
-def task_status(task_id: str) -> dict:
-    """State, result or error, retries, route and timestamps of one task."""
+def task_status(task_id: str, *, user=None) -> dict:
+    """State, result or error, retries, route and timestamps of one task. With a `user`, a task
+    that user may not see (tasks.ownership) answers exactly like an unknown id."""
     record = task_record(task_id)
+    if not may_see(user, record):
+        raise TaskNotFound(task_id)  # the same answer as an unknown id: ids cannot be probed
     meta = app.backend.get_task_meta(task_id)
     state = meta.get("status", states.PENDING)
     if record is None and state == states.PENDING:
@@ -39,7 +42,7 @@ def task_status(task_id: str) -> dict:
         state = DEAD
     failed = state in (*states.PROPAGATE_STATES, DEAD)
     result = meta.get("result")
-    info = asdict(record) if record else {"task_id": task_id, "task": meta.get("name")}
+    info = record.public() if record else {"task_id": task_id, "task": meta.get("name")}
     info.pop("duplicate", None)
     info.update({
         "state": state,
@@ -57,11 +60,12 @@ def task_status(task_id: str) -> dict:
     return info
 
 
-def revoke_task(task_id: str) -> dict:
+def revoke_task(task_id: str, *, user=None) -> dict:
     """Stop a task that has not finished: broadcast to live workers and remember it in Redis
     for workers that start later (they load it at start, so running tasks pay nothing).
-    A task already running is left to finish (no termination)."""
-    status = task_status(task_id)
+    A task already running is left to finish (no termination). With a `user`, only a task
+    that user may see (tasks.ownership)."""
+    status = task_status(task_id, user=user)
     if status["state"] in FINISHED_STATES:
         raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
     from django.conf import settings

@@ -33,41 +33,44 @@ class BrokerUnavailable(Unavailable):
 def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None, priority: Any = None,
                 worker_type: Any = None, partition_key: str | None = None, countdown: float | None = None,
                 eta: datetime | str | None = None, lock: dict | None = None,
-                idempotency_key: str | None = None) -> str:
+                idempotency_key: str | None = None, owner: int | None = None) -> str:
     """Validate, route and enqueue one task; returns its task id.
 
-    Raises SubmissionError for bad input and BrokerUnavailable when Redis is down; in both
-    cases nothing is enqueued. Needs no web server, only Django settings.
+    `owner` is the id of the user the task belongs to (None: the system, visible to staff);
+    idempotency keys are scoped to it. Raises SubmissionError for bad input and
+    BrokerUnavailable when Redis is down; in both cases nothing is enqueued. Needs no web
+    server, only Django settings.
     """
     request = prepare(task_or_name, args=args, kwargs=kwargs, priority=priority,
                       worker_type=worker_type, partition_key=partition_key,
                       countdown=countdown, eta=eta, lock=lock, idempotency_key=idempotency_key)
-    return enqueue([request])[0].task_id
+    return enqueue([request], owner=owner)[0].task_id
 
 
-def submit_payloads(items: Any) -> list[Submission]:
+def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]:
     """A REST batch: 1 to VOKAFLOW_BATCH_LIMIT task objects, all validated before any is enqueued."""
     if not isinstance(items, list) or not items:
         raise SubmissionError("tasks", "required: a non-empty list of task objects")
     limit = settings.VOKAFLOW_BATCH_LIMIT
     if len(items) > limit:
         raise SubmissionError("tasks", f"{len(items)} tasks is over the limit of {limit} per batch")
-    return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)])
+    return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
-def enqueue(requests: list[TaskRequest]) -> list[Submission]:
+def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
-    A request whose idempotency key was seen within 24 h returns the first task instead."""
+    A request whose idempotency key the same owner used within 24 h returns the first task
+    instead. The records name `owner` (a user id; None: the system)."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
-        duplicates = claim_idempotency_keys(r, requests)
+        duplicates = claim_idempotency_keys(r, requests, owner)
         fresh = [req for req in requests if req.task_id not in duplicates]
-        submissions = {req.task_id: _submission(req, now) for req in fresh}
+        submissions = {req.task_id: _submission(req, now, owner) for req in fresh}
         try:
             _push(r, fresh, submissions)
         except BaseException:
-            release_idempotency_keys(r, fresh)
+            release_idempotency_keys(r, fresh, owner)
             raise
         firsts = load_records(r, set(duplicates.values()) - submissions.keys())
     except (redis.RedisError, OSError) as exc:
@@ -78,7 +81,7 @@ def enqueue(requests: list[TaskRequest]) -> list[Submission]:
     for req in requests:
         if req.task_id in duplicates:
             first_id = duplicates[req.task_id]
-            first = firsts.get(first_id) or replace(_submission(req, now), task_id=first_id)
+            first = firsts.get(first_id) or replace(_submission(req, now, owner), task_id=first_id)
             answers.append(replace(first, duplicate=True))
         else:
             answers.append(submissions[req.task_id])
@@ -105,11 +108,11 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) ->
         pipe.execute()
 
 
-def _submission(req: TaskRequest, now: str) -> Submission:
+def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,
-                      eta=req.eta.isoformat() if req.eta else None)
+                      eta=req.eta.isoformat() if req.eta else None, owner=owner)
 
 
 def requeue_running(task: Task, delay: float) -> None:

@@ -4,7 +4,7 @@ PREFIX = "vokaflow:"
 
 # Submission
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
-IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
+IDEMPOTENCY = PREFIX + "idem:{}:{}"  # (owner: user id or "system", key) → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
 
