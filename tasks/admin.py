@@ -5,6 +5,7 @@ from django.utils.html import format_html
 
 from tasks import dlq
 from tasks.models import DeadLetter
+from tasks.permissions import CHANGE_DEAD_LETTERS
 from vokaflow.celery import app
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
@@ -89,8 +90,12 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return False
 
     def has_retry_permission(self, request, obj=None):
-        """Retrying and discarding change a dead letter's status: Django's change permission."""
-        return request.user.has_perm("tasks.change_deadletter")
+        """Retrying changes a dead letter's status: Django's change permission (the view one is not enough)."""
+        return request.user.has_perm(CHANGE_DEAD_LETTERS)
+
+    def has_discard_permission(self, request, obj=None):
+        """Discarding changes a dead letter's status too: the same change permission."""
+        return request.user.has_perm(CHANGE_DEAD_LETTERS)
 
     def has_delete_permission(self, request, obj=None):
         return False  # discard instead: the row stays for audit; retention prunes
@@ -108,7 +113,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             self.message_user(request, f"{outcome.failed} were not retried: already retried, resolved or "
                                        "their task no longer exists.", messages.WARNING)
 
-    @admin.action(description="Discard selected", permissions=["retry"])
+    @admin.action(description="Discard selected", permissions=["discard"])
     def discard_selected(self, request, queryset):
         count = dlq.dead_letter_discard_many(list(queryset.values_list("task_id", flat=True)))
         self.message_user(request, f"Discarded {count} dead letters (kept for audit).", messages.SUCCESS)
