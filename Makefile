@@ -14,12 +14,13 @@ PYTEST_ARGS ?=
 check-python:
 	@test -n "$(PY)" || { echo "Python '$(PYTHON)' was not found; install Python 3.11+ or pass PYTHON=python3.12"; exit 1; }
 
-$(BIN)/.installed: requirements.txt requirements-dev.txt | check-python
+$(BIN)/.installed: requirements.txt requirements-dev.txt pyproject.toml | check-python
 	@echo "[vokaflow] creating $(VENV) with $(PY) and installing requirements-dev.txt"
 	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	@$(BIN)/python -m pip install -q --upgrade pip 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@$(BIN)/python -m pip install -q -r requirements-dev.txt 2>&1 | { grep -v '^WARNING: Location' || true; }; \
 		$(BIN)/python -c 'import django, celery, rest_framework, pytest' || { echo "[vokaflow] installing requirements failed"; exit 1; }
+	@$(BIN)/python -m pip install -q --no-deps -e . 2>&1 | { grep -v '^WARNING: Location' || true; }
 	@touch $@
 
 .env:
@@ -35,8 +36,11 @@ test: $(BIN)/.installed
 bench: $(BIN)/.installed
 	@$(BIN)/python scripts/services.py run -- $(BIN)/python bench/throughput.py
 
+# Style (ruff), types (mypy over vokaflow/, tasks/, workers/) and the import contracts (one-way layers).
 lint: $(BIN)/.installed
 	@$(BIN)/ruff check .
+	@$(BIN)/mypy
+	@$(BIN)/lint-imports --no-cache
 
 clean:
 	rm -rf .venv .venv-* .run staticfiles test-db.sqlite3

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import signal
 import statistics
@@ -14,6 +15,17 @@ import redis
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = 12
+
+
+def _load_services():
+    """scripts/services.py (finds or starts Redis) is a standalone script, not a package: load it by path."""
+    spec = importlib.util.spec_from_file_location("vokaflow_services", ROOT / "scripts" / "services.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+services = _load_services()
 
 
 def bench_redis_url() -> str:

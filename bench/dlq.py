@@ -14,14 +14,10 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, bench_redis_url, clear, python, start, stop  # noqa: E402
+from common import ROOT, bench_env, bench_redis_url, clear, python, start, stop
 
 PG_URL = "postgres://postgres@127.0.0.1:5432/vokaflow_bench"
 
@@ -46,7 +42,7 @@ print((n - base) / (time.perf_counter() - started))
 
 PLAIN_FAILURES = """
 import sys, time
-from bench.plain_celery import app
+from plain_celery import app
 import redis
 n = int(sys.argv[1])
 r = redis.Redis.from_url(sys.argv[2])

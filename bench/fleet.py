@@ -13,13 +13,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, python  # noqa: E402
-from bench.throughput import LAYOUTS, drain  # noqa: E402
+from common import ROOT, bench_env, python
+from throughput import LAYOUTS, drain
 
 ENDPOINTS = """
 import json, statistics, sys, time, django

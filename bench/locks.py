@@ -12,13 +12,9 @@ from __future__ import annotations
 import argparse
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, bench_redis_url, percentile, python  # noqa: E402
+from common import ROOT, bench_env, bench_redis_url, percentile, python
 
 
 def uncontended(kind: str, pairs: int) -> tuple[float, float]:

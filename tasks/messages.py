@@ -29,7 +29,7 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
                  retried_from: str | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
-    headers = {
+    headers: dict[str, object] = {
         "lang": "py", "task": name, "id": task_id, "shadow": None,
         "eta": eta.isoformat() if eta else None, "expires": None, "group": None, "group_index": None,
         "retries": retries, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,

@@ -12,6 +12,7 @@ from vokaflow.celery import app
 from vokaflow.core import keys
 from vokaflow.core.errors import Conflict, NotFound
 from vokaflow.redis import get_redis
+from vokaflow.redis_connect import as_text
 
 DEAD = "DEAD"  # failed for good and recorded in the dead-letter table
 FINISHED_STATES = states.READY_STATES | {DEAD}
@@ -86,7 +87,7 @@ def revoked_task_ids() -> list[str]:
     """Ids revoked within the result TTL; a starting worker merges them into its revoked set."""
     r = get_redis()
     r.zremrangebyscore(keys.REVOKED, "-inf", time.time())
-    return [task_id.decode() for task_id in r.zrange(keys.REVOKED, 0, -1)]
+    return [as_text(task_id) for task_id in r.zrange(keys.REVOKED, 0, -1)]
 
 
 def _error_text(result) -> str | None:

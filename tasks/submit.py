@@ -22,7 +22,8 @@ from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payl
 from vokaflow.celery import app
 from vokaflow.core.errors import Unavailable
 from vokaflow.core.queues import Route, partition_for
-from vokaflow.redis import get_redis, redacted_url
+from vokaflow.redis import get_redis
+from vokaflow.redis_connect import redacted_url
 from vokaflow.transport import publish
 
 

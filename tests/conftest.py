@@ -261,8 +261,7 @@ def run_python(code: str, env: dict, timeout: float = 60) -> subprocess.Complete
 
 
 def redis_server_binary() -> str:
-    sys.path.insert(0, str(ROOT / "scripts"))
-    from services import redis_server_binary as find
+    from scripts.services import redis_server_binary as find
 
     binary = find()
     if binary is None:

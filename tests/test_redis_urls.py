@@ -3,7 +3,7 @@
 import pytest
 
 from vokaflow.celery import _transport_for, result_backend_url
-from vokaflow.redis import client_from_url, redacted_url
+from vokaflow.redis_connect import client_from_url, redacted_url
 
 
 def test_plain_and_tls_urls_keep_host_port_db_and_password():

@@ -3,7 +3,7 @@
 from django.conf import settings
 from django_redis.pool import ConnectionFactory
 
-from vokaflow.redis import client_from_url
+from vokaflow.redis_connect import client_from_url
 
 
 class CacheConnectionFactory(ConnectionFactory):

@@ -12,6 +12,10 @@ from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
+# Celery's Django fix-up runs Django's system checks in every worker, which imports the URL
+# configuration and with it the whole API, admin and schema (22 MB per process, measured). The
+# checks belong to deployment (`manage.py check`), not to each worker start.
+os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 
 app = Celery("vokaflow")
 

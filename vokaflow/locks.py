@@ -34,6 +34,7 @@ import redis
 
 from vokaflow.core import keys
 from vokaflow.core.errors import Conflict, NotFound
+from vokaflow.redis_connect import client_from_url
 
 POLL_START, POLL_MAX = 0.001, 0.016  # seconds between tries while a wait is young
 POLL_PHASE = 0.1  # seconds of polling before a waiter subscribes to the release message
@@ -137,8 +138,6 @@ def default_owner() -> str:
 
 @functools.cache
 def _default_client(url: str, sentinel_master: str | None) -> redis.Redis:
-    from vokaflow.redis import client_from_url
-
     return client_from_url(url, sentinel_master=sentinel_master)
 
 
@@ -267,7 +266,8 @@ def holder(key: str, *, client: redis.Redis | None = None) -> dict | None:
 
 def _record(value: bytes | str) -> dict:
     """The stored record without the token in front of it (a holder's token is its secret)."""
-    return json.loads(value.split(b" " if isinstance(value, bytes) else " ", 1)[1])
+    text = value.decode() if isinstance(value, bytes) else value
+    return json.loads(text.split(" ", 1)[1])
 
 
 class RedisLock:
@@ -309,8 +309,11 @@ class RedisLock:
 
     def _keep_alive(self) -> None:
         while not self._stop.wait(self.ttl / 3):
+            lease = self.lease
+            if lease is None:  # released meanwhile
+                return
             try:
-                extend(self.lease, self.ttl, client=self.client)
+                extend(lease, self.ttl, client=self.client)
             except LockLost:
                 self.lost.set()
                 return

@@ -11,7 +11,7 @@ def _timed(check) -> dict:
     started = time.perf_counter()
     try:
         value = check()
-        result = {"ok": True} if value is None else {"ok": True, "count": value}
+        result: dict[str, object] = {"ok": True} if value is None else {"ok": True, "count": value}
     except Exception as exc:  # any failure is the answer, not an error of the endpoint
         result = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
     result["ms"] = round((time.perf_counter() - started) * 1000, 1)

@@ -14,7 +14,8 @@ from vokaflow.core import keys
 from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import all_queues, parse_queue
 from vokaflow.core.workers import WorkerType
-from vokaflow.redis import get_redis, redacted_url
+from vokaflow.redis import get_redis
+from vokaflow.redis_connect import as_text, redacted_url
 
 THROUGHPUT_WINDOW = 60
 
@@ -22,7 +23,7 @@ THROUGHPUT_WINDOW = 60
 def live_workers() -> list[dict]:
     """Heartbeats that have not expired, newest first."""
     r = get_redis()
-    names = [n.decode() for n in r.zrangebyscore(keys.WORKERS, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
+    names = [as_text(n) for n in r.zrangebyscore(keys.WORKERS, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
     if not names:
         return []
     beats = r.mget([keys.WORKER.format(n) for n in names])
@@ -40,13 +41,13 @@ def queue_depths() -> dict[str, int]:
 
 def task_counts() -> dict[str, dict[str, dict[str, int]]]:
     """{worker type: {priority: {outcome: count}}} since the counters began."""
-    keys = [(t.value, p.name) for t in WorkerType for p in Priority]
+    levels = [(t.value, p.name) for t in WorkerType for p in Priority]
     with get_redis().pipeline(transaction=False) as pipe:
-        for worker_type, priority in keys:
+        for worker_type, priority in levels:
             pipe.hgetall(keys.STATS.format(worker_type, priority))
         rows = pipe.execute()
     counts: dict = defaultdict(dict)
-    for (worker_type, priority), row in zip(keys, rows):
+    for (worker_type, priority), row in zip(levels, rows):
         if row:
             counts[worker_type][priority] = {o: int(row.get(o.encode(), 0)) for o in OUTCOMES}
     return dict(counts)
@@ -107,7 +108,9 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
     workers = live_workers() if workers is None else workers
     by_priority = {p.name: 0 for p in Priority}
     for queue, depth in depths.items():
-        by_priority[parse_queue(queue).priority.name] += depth
+        route = parse_queue(queue)
+        if route:
+            by_priority[route.priority.name] += depth
     counts = task_counts()
     totals = {o: sum(c[o] for per_type in counts.values() for c in per_type.values()) for o in OUTCOMES}
     return {
@@ -137,14 +140,6 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
 LAUNCHER_STALE_SECONDS = 30
 
 
-def report_processes(table: dict) -> None:
-    """The launcher's process table for this host; health reads it."""
-    import socket
-
-    get_redis().hset(keys.LAUNCHERS, socket.gethostname(), json.dumps({"reported_at": time.time(),
-                                                                       "processes": table}))
-
-
 def given_up_processes() -> dict[str, list[str]]:
     """{host: [process names its launcher gave up on]}, from launchers that reported recently."""
     found = {}
@@ -154,5 +149,5 @@ def given_up_processes() -> dict[str, list[str]]:
             continue
         dead = sorted(name for name, p in report["processes"].items() if p["state"] == "given_up")
         if dead:
-            found[host.decode()] = dead
+            found[as_text(host)] = dead
     return found

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 
@@ -69,7 +70,7 @@ def concurrency_env_var(worker_type: WorkerType) -> str:
 
 
 def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
-                   environ: dict | None = None) -> WorkerProfile:
+                   environ: Mapping[str, str] | None = None) -> WorkerProfile:
     """Pool and concurrency for a type on this host; VOKAFLOW_CONCURRENCY_<TYPE> overrides."""
     worker_type = WorkerType.parse(worker_type)
     environ = os.environ if environ is None else environ

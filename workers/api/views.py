@@ -21,8 +21,8 @@ class HealthView(APIView):
     """200 when the database, the broker and at least one worker answer; 503 with the failing checks."""
 
     permission_classes = [AllowAny]
-    authentication_classes = []
-    throttle_classes = []
+    authentication_classes: list[type] = []
+    throttle_classes: list[type] = []
 
     @extend_schema(responses={200: dict, 503: dict})
     def get(self, request):
@@ -71,7 +71,7 @@ class PrometheusView(APIView):
     """The same figures in Prometheus text format (metrics token, JWT or session)."""
 
     authentication_classes = [MetricsTokenAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
-    throttle_classes = []
+    throttle_classes: list[type] = []
 
     @extend_schema(responses={200: str})
     def get(self, request):

@@ -1,9 +1,11 @@
 """`python manage.py launch`: the whole platform on one host (what `make run` starts)."""
 
+import json
 import logging
 import os
 import secrets
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 from django.conf import settings
@@ -12,8 +14,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 
 from vokaflow.core.workers import WorkerType, worker_argv
-from workers.launcher import SYSTEMD_TARGET, Launcher, PortTaken, ProcessSpec, check_ports, systemd_unit
-from workers.status import report_processes
+from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports, systemd_unit
 
 logger = logging.getLogger("vokaflow.launcher")
 
@@ -51,8 +52,17 @@ class Command(BaseCommand):
         except PortTaken as exc:
             raise CommandError(str(exc)) from None
         health = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}/api/health/" if "web" in chosen else None
-        Launcher(specs, health_url=health, grace_seconds=options["grace"], backoff_seconds=options["backoff"],
-                 report=report_processes).run()
+        plan = {"processes": [asdict(spec) for spec in specs], "health_url": health,
+                "grace_seconds": options["grace"], "backoff_seconds": options["backoff"],
+                "redis_url": settings.REDIS_URL, "sentinel_master": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
+        plan_path = settings.BASE_DIR / ".run" / "launch-plan.json"
+        plan_path.write_text(json.dumps(plan))
+        plan_path.chmod(0o600)  # it holds the Redis URL, with its password if any
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The supervisor runs for the fleet's whole life: replace this Django process with one that
+        # imports neither Django nor the task code (same pid, so signals and make still reach it).
+        os.execv(sys.executable, [sys.executable, "-m", "workers.launcher", str(plan_path)])
 
     def _write_units(self, chosen, options):
         root = options["root"] or str(settings.BASE_DIR)
@@ -105,7 +115,9 @@ class Command(BaseCommand):
 
         specs = [ProcessSpec("web", python_command(
             "-m", "gunicorn", "vokaflow.wsgi", "--bind", f"{host}:{port}",
-            "--workers", str(settings.VOKAFLOW_WEB_WORKERS), "--threads", "4", "--access-logfile", "-"),
+            "--workers", str(settings.VOKAFLOW_WEB_WORKERS), "--threads", "4", "--access-logfile", "-",
+            # Load the app once in the master: the web workers share its pages.
+            "--preload"),
             port=port, address=f"http://{host}:{port}/  (admin /admin/, API docs /api/docs/)")]
         for worker_type in WorkerType:
             argv = worker_argv(worker_type)
