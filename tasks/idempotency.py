@@ -20,19 +20,19 @@ def idempotency_key(owner: int | None, key: str) -> str:
 
 def claim_idempotency_keys(r, requests: list[TaskRequest], owner: int | None) -> dict[str, str]:
     """Claim each request's key; returns {task id of a repeat: task id of the first submission}."""
-    keyed = [req for req in requests if req.idempotency_key]
+    keyed = [(req, idempotency_key(owner, req.idempotency_key)) for req in requests if req.idempotency_key]
     if not keyed:
         return {}
     ttl = settings.VOKAFLOW_IDEMPOTENCY_TTL
     with r.pipeline(transaction=False) as pipe:
-        for req in keyed:
-            pipe.set(idempotency_key(owner, req.idempotency_key), req.task_id, nx=True, ex=ttl)
+        for req, key in keyed:
+            pipe.set(key, req.task_id, nx=True, ex=ttl)
         claimed = pipe.execute()
-    repeats = [req for req, won in zip(keyed, claimed, strict=False) if not won]
+    repeats = [(req, key) for (req, key), won in zip(keyed, claimed, strict=False) if not won]
     if not repeats:
         return {}
-    firsts = r.mget([idempotency_key(owner, req.idempotency_key) for req in repeats])
-    return {req.task_id: first.decode() for req, first in zip(repeats, firsts, strict=False) if first}
+    firsts = r.mget([key for _, key in repeats])
+    return {req.task_id: first.decode() for (req, _), first in zip(repeats, firsts, strict=False) if first}
 
 
 def release_idempotency_keys(r, requests: list[TaskRequest], owner: int | None) -> None:
