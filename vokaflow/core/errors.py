@@ -38,3 +38,13 @@ class Unavailable(VokaFlowError):
 
     status = 503
     headers = {"Retry-After": "5"}
+
+
+class TooManyRequests(VokaFlowError):
+    """Over a limit: try again after `retry_after` seconds (sent as Retry-After)."""
+
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int, **extra: Any):
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(retry_after)}

@@ -26,5 +26,9 @@ STATS = PREFIX + "stats:{}:{}"  # (worker type, priority) → hash of outcome �
 DONE = PREFIX + "done:{}"  # epoch second → tasks finished in it
 LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
 
+# Failed logins in the current window (vokaflow.login_limit)
+LOGIN_FAILURES_USER = PREFIX + "login-failures:user:{}"  # digest of the user name → count
+LOGIN_FAILURES_ADDRESS = PREFIX + "login-failures:addr:{}"  # client address → count
+
 # Django's cache (throttling)
 CACHE_PREFIX = PREFIX + "cache"
