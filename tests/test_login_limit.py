@@ -1,11 +1,16 @@
 """Failed logins are limited per user name and per client address, before any password is hashed."""
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 from django.contrib.auth import authenticate
+from django.http import HttpResponse
 from django.test import Client, RequestFactory
 
 from tests.conftest import wait_for
 from tests.hashers import CountingPBKDF2Hasher
+from vokaflow import login_limit
 
 pytestmark = pytest.mark.django_db
 TOKEN = "/api/auth/token/"
@@ -17,6 +22,9 @@ def counting_hasher(settings):
     settings.VOKAFLOW_LOGIN_LIMIT_PER_USER = 10
     settings.VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS = 10
     settings.VOKAFLOW_LOGIN_WINDOW = 60
+    login_limit.forget_over_limit()
+    yield
+    login_limit.forget_over_limit()  # the next tests log in as alice from 127.0.0.1
 
 
 @pytest.fixture
@@ -66,6 +74,18 @@ def test_the_limit_per_user_name_covers_many_addresses(alice, redis_client):
 def test_successful_logins_do_not_count(alice, redis_client):
     for _ in range(15):
         assert token("alice", "alice-password").status_code == 200
+    for _ in range(9):
+        assert token("alice", "wrong").status_code == 401
+    assert token("alice", "alice-password").status_code == 200
+    assert token("alice", "wrong").status_code == 401  # the 10th failure
+    assert token("alice", "alice-password").status_code == 429
+
+
+def test_attempts_arriving_at_once_never_pass_the_limit(redis_client):
+    # Each attempt takes its place atomically: 32 at once still let exactly 10 through to the hasher.
+    with ThreadPoolExecutor(32) as pool:
+        waits = list(pool.map(lambda _: login_limit.take_place("mallory", "10.9.0.1"), range(32)))
+    assert waits.count(None) == 10 and all(1 <= w <= 60 for w in waits if w is not None)
 
 
 def test_the_admin_login_form_counts_and_is_refused_with_429(alice, redis_client, settings):
@@ -82,13 +102,18 @@ def test_the_admin_login_form_counts_and_is_refused_with_429(alice, redis_client
     assert CountingPBKDF2Hasher.calls == hashed
 
 
-def test_any_other_password_login_is_refused_before_hashing(alice, redis_client):
+def test_any_other_password_login_counts_and_is_refused_before_hashing(alice, redis_client):
+    def elsewhere(password: str):
+        request = RequestFactory().post("/console/elsewhere/", REMOTE_ADDR="10.3.0.1")
+        return authenticate(request, username="alice", password=password)
+
+    assert elsewhere("alice-password") is not None
     for _ in range(10):
-        token("alice", "wrong")
+        assert elsewhere("wrong") is None
     hashed = CountingPBKDF2Hasher.calls
-    request = RequestFactory().post("/console/elsewhere/", REMOTE_ADDR="10.3.0.1")
-    assert authenticate(request, username="alice", password="alice-password") is None
+    assert elsewhere("alice-password") is None
     assert CountingPBKDF2Hasher.calls == hashed
+    assert token("alice", "alice-password", address="10.3.0.2").status_code == 429
 
 
 def test_the_limits_are_settings_and_the_window_ends(alice, redis_client, settings):
@@ -106,3 +131,30 @@ def test_a_limit_of_zero_turns_it_off(alice, redis_client, settings):
     for _ in range(12):
         assert token("alice", "wrong").status_code == 401
     assert not list(redis_client.scan_iter(match="vokaflow:login-failures:*"))
+
+
+def test_one_password_check_at_a_time_per_process_the_others_are_told_to_retry(redis_client, settings):
+    settings.VOKAFLOW_LOGIN_CONCURRENCY = 1
+    checking, finish = threading.Event(), threading.Event()
+
+    def slow_view(request):
+        checking.set()
+        finish.wait(10)
+        return HttpResponse(status=401)
+
+    middleware = login_limit.LoginLimitMiddleware(slow_view)
+    factory = RequestFactory()
+
+    def attempt(address: str):
+        return middleware(factory.post(TOKEN, {"username": "carol", "password": "x"},
+                                       content_type="application/json", REMOTE_ADDR=address))
+
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(attempt, "10.4.0.1")
+        assert checking.wait(10)
+        busy = attempt("10.4.0.2")
+        assert busy.status_code == 429 and busy["Retry-After"] == "1"
+        finish.set()
+        assert first.result(10).status_code == 401
+    assert not redis_client.exists("vokaflow:login-failures:addr:10.4.0.2")  # a busy refusal does not count
+    assert attempt("10.4.0.2").status_code == 401

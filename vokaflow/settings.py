@@ -112,6 +112,8 @@ AUTHENTICATION_BACKENDS = [
 VOKAFLOW_LOGIN_LIMIT_PER_USER = env.int("VOKAFLOW_LOGIN_LIMIT_PER_USER", default=10)
 VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS = env.int("VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS", default=10)
 VOKAFLOW_LOGIN_WINDOW = env.float("VOKAFLOW_LOGIN_WINDOW", default=60)
+# Logins that check a password at once in one web process; others are answered 429 at once.
+VOKAFLOW_LOGIN_CONCURRENCY = env.int("VOKAFLOW_LOGIN_CONCURRENCY", default=1)
 # Where passwords are posted: answered 429 there while a limit holds.
 VOKAFLOW_LOGIN_PATHS = env.list("VOKAFLOW_LOGIN_PATHS",
                                 default=["/api/auth/token/", "/admin/login/", "/api-auth/login/", "/console/login/"])
