@@ -158,3 +158,11 @@ def test_one_password_check_at_a_time_per_process_the_others_are_told_to_retry(r
         assert first.result(10).status_code == 401
     assert not redis_client.exists("vokaflow:login-failures:addr:10.4.0.2")  # a busy refusal does not count
     assert attempt("10.4.0.2").status_code == 401
+
+
+def test_a_staff_user_still_logs_in_to_the_admin_with_a_session(django_user_model, redis_client):
+    django_user_model.objects.create_user("ops", password="ops-password", is_staff=True)
+    client = Client(REMOTE_ADDR="10.5.0.1")
+    response = client.post("/admin/login/?next=/admin/", {"username": "ops", "password": "ops-password"})
+    assert response.status_code == 302 and response["Location"] == "/admin/"
+    assert client.get("/admin/").status_code == 200

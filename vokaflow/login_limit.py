@@ -191,8 +191,8 @@ class LoginLimitBackend:
             setattr(http_request, _BACKEND_PLACE, (name, address))
         return None
 
-    def get_user(self, user_id):
-        return None
+    # No get_user(): sessions are never this backend's (and Django's test client, which picks the
+    # first backend that has one for force_login, picks the model backend).
 
 
 def _posted_username(request: HttpRequest) -> str | None:
