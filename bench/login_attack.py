@@ -19,7 +19,6 @@ import argparse
 import http.client
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -28,16 +27,10 @@ from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from common import ROOT, bench_env, bench_redis_url, clear, percentile, python, start, stop
+from common import ROOT, bench_redis_url, clear, free_port, percentile, python, start, stop, web_env
 
 ATTACKERS = 32
 _local = threading.local()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def request(port: int, method: str, path: str, body: str | None = None) -> int:
@@ -146,14 +139,7 @@ def main() -> None:
     if args.attack:
         attack(args.attack, args.seconds)
         return
-    results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
-    env = bench_env(DATABASE_URL=f"sqlite:///{results / 'bench-login.sqlite3'}", ALLOWED_HOSTS="127.0.0.1",
-                    LOG_LEVEL="WARNING", VOKAFLOW_THROTTLE_RATE="1000000/min")
-    subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([python(), "-c", "import django; django.setup()\nfrom django.contrib.auth.models import User\n"
-                    "User.objects.filter(username='bench').delete()\n"
-                    "User.objects.create_user('bench', password='bench-password')"], cwd=ROOT, env=env, check=True)
+    env = web_env("bench-login.sqlite3")
     run("without the login limit", {"VOKAFLOW_LOGIN_LIMIT_PER_USER": 0, "VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS": 0,
                                     "VOKAFLOW_LOGIN_CONCURRENCY": 64}, args, env)
     run("with the login limit (defaults)", {}, args, env)
