@@ -43,6 +43,28 @@ def bench_env(**extra) -> dict:
     return env
 
 
+def web_env(database: str) -> dict:
+    """The environment of a benchmarked gunicorn: SQLite `database` under bench/results/, migrated,
+    with the user bench / bench-password, and no request throttle."""
+    results = ROOT / "bench" / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    env = bench_env(DATABASE_URL=f"sqlite:///{results / database}", VOKAFLOW_THROTTLE_RATE="1000000/min",
+                    ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING")
+    subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
+    subprocess.run([python(), "-c", "import django; django.setup()\nfrom django.contrib.auth.models import User\n"
+                    "User.objects.filter(username='bench').delete()\n"
+                    "User.objects.create_user('bench', password='bench-password')"], cwd=ROOT, env=env, check=True)
+    return env
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def clear(client: redis.Redis) -> None:
     """Delete every key of the benchmark's own database (never another database)."""
     client.flushdb()

@@ -13,21 +13,14 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
-import socket
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from common import ROOT, bench_env, bench_redis_url, clear, percentile, python, start, stop
+from common import ROOT, bench_redis_url, clear, free_port, percentile, python, start, stop, web_env
 
 _local = threading.local()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def connection(port: int) -> http.client.HTTPConnection:
@@ -57,16 +50,8 @@ def main() -> None:
     parser.add_argument("--batches", type=int, default=20)
     args = parser.parse_args()
     results = ROOT / "bench" / "results"
-    results.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = bench_env(DATABASE_URL=f"sqlite:///{results / 'bench.sqlite3'}", VOKAFLOW_THROTTLE_RATE="1000000/min",
-                    ALLOWED_HOSTS="127.0.0.1", LOG_LEVEL="WARNING")
-    import subprocess
-
-    subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
-    subprocess.run([python(), "-c", "import django; django.setup()\nfrom django.contrib.auth.models import User\n"
-                    "User.objects.filter(username='bench').delete()\n"
-                    "User.objects.create_user('bench', password='bench-password')"], cwd=ROOT, env=env, check=True)
+    env = web_env("bench.sqlite3")
     client = redis.Redis.from_url(bench_redis_url())
     clear(client)
     server = start([python(), "-m", "gunicorn", "vokaflow.wsgi", "--bind", f"127.0.0.1:{port}", "--workers", "2",

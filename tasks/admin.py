@@ -12,6 +12,7 @@ from django.views.decorators.http import require_POST
 
 from tasks import dlq
 from tasks.models import DeadLetter
+from tasks.permissions import CHANGE_DEAD_LETTERS
 from vokaflow.celery import app
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
@@ -65,7 +66,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
     actions = ["retry_selected", "discard_selected"]
     change_form_template = "admin/tasks/deadletter/change_form.html"
     change_list_template = "admin/tasks/deadletter/change_list.html"
-    RETRY_PERMISSION = "tasks.change_deadletter"
+    RETRY_PERMISSION = CHANGE_DEAD_LETTERS
 
     class Media:
         css = {"all": ["console/admin.css"]}
@@ -172,7 +173,11 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return False
 
     def has_retry_permission(self, request, obj=None):
-        """The permission the Retry and Discard actions ask for (Django's admin convention)."""
+        """Retrying changes a dead letter's status: Django's change permission (the view one is not enough)."""
+        return self.may_retry(request)
+
+    def has_discard_permission(self, request, obj=None):
+        """Discarding changes a dead letter's status too: the same change permission."""
         return self.may_retry(request)
 
     def has_delete_permission(self, request, obj=None):
@@ -194,7 +199,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
             self.message_user(request, f"{outcome.failed} were not retried: already retried, resolved or "
                                        "their task no longer exists.", messages.WARNING)
 
-    @admin.action(description="Discard selected", permissions=["retry"])
+    @admin.action(description="Discard selected", permissions=["discard"])
     def discard_selected(self, request, queryset):
         count = dlq.dead_letter_discard_many(list(queryset.values_list("task_id", flat=True)))
         self.message_user(request, f"Discarded {count} dead letters (kept for audit).", messages.SUCCESS)

@@ -89,3 +89,15 @@ class DeadLetter(models.Model):
     def error_summary(self) -> str:
         first = (self.error or "").splitlines()[0] if self.error else ""
         return first[:120] + ("…" if len(first) > 120 else "")
+
+
+class Lock(models.Model):
+    """No table (locks live in Redis, vokaflow.locks): this model carries the lock API's permissions."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("view_locks", "Can see who holds a distributed lock"),
+            ("use_locks", "Can acquire, extend and release distributed locks"),
+        ]

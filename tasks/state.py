@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
 from datetime import datetime
 
 from celery import states
 
 from tasks.backends import NOTICE
 from tasks.cancellation import cancel_requested, request_cancel
+from tasks.ownership import may_see
 from tasks.records import task_record
 from vokaflow.celery import app
 from vokaflow.core import keys
@@ -33,9 +33,12 @@ class TaskAlreadyFinished(Conflict):
     pass
 
 
-def task_status(task_id: str) -> dict:
-    """State, result or error, retries, route and timestamps of one task."""
+def task_status(task_id: str, *, user=None) -> dict:
+    """State, result or error, retries, route and timestamps of one task. With a `user`, a task
+    that user may not see (tasks.ownership) answers exactly like an unknown id."""
     record = task_record(task_id)
+    if not may_see(user, record):
+        raise TaskNotFound(task_id)  # the same answer as an unknown id: ids cannot be probed
     meta = app.backend.get_task_meta(task_id)
     state = meta.get("status", states.PENDING)
     if record is None and state == states.PENDING:
@@ -44,7 +47,7 @@ def task_status(task_id: str) -> dict:
         state = DEAD
     failed = state in (*states.PROPAGATE_STATES, DEAD)
     result = meta.get("result")
-    info = asdict(record) if record else {"task_id": task_id, "task": meta.get("name")}
+    info = record.public() if record else {"task_id": task_id, "task": meta.get("name")}
     info.pop("duplicate", None)
     info.update({
         "state": state,
@@ -67,7 +70,7 @@ def task_status(task_id: str) -> dict:
     return info
 
 
-def revoke_task(task_id: str) -> dict:
+def revoke_task(task_id: str, *, user=None) -> dict:
     """Stop a task that has not finished; the answer's `stopping` is True while it is being stopped.
 
     Every revoked id is broadcast to live workers and kept in Redis for workers that start
@@ -78,11 +81,12 @@ def revoke_task(task_id: str) -> dict:
     REVOKED and acknowledges it (no failure handler: no dead letter, no retry). A thread
     cannot be killed: the task is asked to stop (tasks.cancellation) and becomes REVOKED when
     it does. The result backend never overwrites a final state (vokaflow.result_store), so a
-    late SUCCESS cannot undo the revoke, nor a late revoke a SUCCESS.
+    late SUCCESS cannot undo the revoke, nor a late revoke a SUCCESS. With a `user`, only a
+    task that user may see (tasks.ownership).
     """
     from django.conf import settings
 
-    status = task_status(task_id)
+    status = task_status(task_id, user=user)
     _raise_if_finished(status)
     ttl = settings.VOKAFLOW_RESULT_TTL
     # A task still waiting for its eta (tasks.scheduled) must find its revoke when it comes due.

@@ -37,19 +37,21 @@ class BrokerUnavailable(Unavailable):
 def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None, priority: Any = None,
                 worker_type: Any = None, partition_key: str | None = None, countdown: float | None = None,
                 eta: datetime | str | None = None, lock: dict | None = None,
-                idempotency_key: str | None = None) -> str:
+                idempotency_key: str | None = None, owner: int | None = None) -> str:
     """Validate, route and enqueue one task; returns its task id.
 
-    Raises SubmissionError for bad input and BrokerUnavailable when Redis is down; in both
-    cases nothing is enqueued. Needs no web server, only Django settings.
+    `owner` is the id of the user the task belongs to (None: the system, visible to staff);
+    idempotency keys are scoped to it. Raises SubmissionError for bad input and
+    BrokerUnavailable when Redis is down; in both cases nothing is enqueued. Needs no web
+    server, only Django settings.
     """
     request = prepare(task_or_name, args=args, kwargs=kwargs, priority=priority,
                       worker_type=worker_type, partition_key=partition_key,
                       countdown=countdown, eta=eta, lock=lock, idempotency_key=idempotency_key)
-    return enqueue([request])[0].task_id
+    return enqueue([request], owner=owner)[0].task_id
 
 
-def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]:
+def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]:
     """A REST batch: 1 to VOKAFLOW_BATCH_LIMIT task objects, all validated before any is enqueued."""
     if not isinstance(items, list) or not items:
         raise SubmissionError("tasks", "required: a non-empty list of task objects")
@@ -59,23 +61,24 @@ def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]
     return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
-def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Submission]:
+def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
-    A request whose idempotency key was seen within 24 h returns the first task instead.
-    `owner` (the API user's id) counts the new tasks against that user's pending quota
-    (tasks.quota: QuotaExceeded, 429, and nothing enqueued when it is full); None = no quota."""
+    A request whose idempotency key the same owner used within 24 h returns the first task
+    instead. The records name `owner` (a user id; None: the system, the Python API), and the new
+    tasks count against that user's pending quota (tasks.quota: QuotaExceeded, 429, and nothing
+    enqueued when it is full)."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
-        duplicates = claim_idempotency_keys(r, requests)
+        duplicates = claim_idempotency_keys(r, requests, owner)
         fresh = [req for req in requests if req.task_id not in duplicates]
-        submissions = {req.task_id: _submission(req, now) for req in fresh}
+        submissions = {req.task_id: _submission(req, now, owner) for req in fresh}
         reserved = False
         try:
             reserved = reserve_pending(r, owner, fresh)
             _push(r, fresh, submissions, owner)
         except BaseException:
-            release_idempotency_keys(r, fresh)
+            release_idempotency_keys(r, fresh, owner)
             if reserved:
                 release_pending(r, owner, list(submissions))
             raise
@@ -88,14 +91,14 @@ def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Su
     for req in requests:
         if req.task_id in duplicates:
             first_id = duplicates[req.task_id]
-            first = firsts.get(first_id) or replace(_submission(req, now), task_id=first_id)
+            first = firsts.get(first_id) or replace(_submission(req, now, owner), task_id=first_id)
             answers.append(replace(first, duplicate=True))
         else:
             answers.append(submissions[req.task_id])
     return answers
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: str | None = None) -> None:
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: int | None = None) -> None:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
@@ -124,11 +127,11 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         pipe.execute()
 
 
-def _submission(req: TaskRequest, now: str) -> Submission:
+def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,
-                      eta=req.eta.isoformat() if req.eta else None)
+                      eta=req.eta.isoformat() if req.eta else None, owner=owner)
 
 
 def requeue_running(task: Task, delay: float) -> None:

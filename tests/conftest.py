@@ -216,6 +216,27 @@ def api(user):
     return client
 
 
+def user_with_perms(username: str, *perms: str, **flags):
+    """A user (staff etc. by `flags`) holding the permissions named "app.codename"."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.models import Permission
+
+    user = get_user_model().objects.create_user(username, password=None, **flags)  # no hashing: tests log in by force
+    for perm in perms:
+        app_label, codename = perm.split(".")
+        user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+    return get_user_model().objects.get(pk=user.pk)  # a fresh object: no cached permissions
+
+
+def client_as(user):
+    """An APIClient authenticated as `user`."""
+    from rest_framework.test import APIClient
+
+    client = APIClient()
+    client.force_authenticate(user)
+    return client
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

@@ -10,7 +10,7 @@ import time
 import pytest
 from rest_framework.test import APIClient
 
-from tests.conftest import ROOT, wait_for, worker_env
+from tests.conftest import ROOT, client_as, user_with_perms, wait_for, worker_env
 from vokaflow import locks
 
 BASE = "/api/high-scale-tasks"
@@ -148,10 +148,8 @@ def test_execute_with_lock_runs_the_function_and_releases(client):
 
 
 @pytest.fixture
-def staff(db, django_user_model):
-    client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("ops", is_staff=True))
-    return client
+def staff(db):
+    return client_as(user_with_perms("ops", "tasks.use_locks", is_staff=True))
 
 
 def test_lock_api_acquire_conflict_release_and_inspect(staff, redis_client):
@@ -174,7 +172,7 @@ def test_lock_api_acquire_conflict_release_and_inspect(staff, redis_client):
     assert staff.get(f"{BASE}/lock/nightly/").json() == {"key": "nightly", "held": False}
 
 
-def test_lock_api_validates_and_is_staff_only(staff, api):
+def test_lock_api_validates_and_needs_the_lock_permission(staff, api):
     assert staff.post(f"{BASE}/lock/k/acquire", {"timeout": -1}, format="json").status_code == 400
     assert staff.delete(f"{BASE}/lock/k/release").status_code == 400
     assert api.post(f"{BASE}/lock/k/acquire", {"timeout": 5}, format="json").status_code == 403

@@ -56,7 +56,7 @@ def test_an_idempotency_key_returns_the_first_task_and_enqueues_nothing_more(red
     again = submit_task("vokaflow.echo", args=[1], idempotency_key="order-7")
     assert again == first
     assert sum(queued(redis_client).values()) == 1
-    assert 0 < redis_client.ttl("vokaflow:idem:order-7") <= 24 * 3600
+    assert 0 < redis_client.ttl("vokaflow:idem:system:order-7") <= 24 * 3600
 
 
 def test_countdown_and_eta_are_carried_in_the_message(redis_client):

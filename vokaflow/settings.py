@@ -19,7 +19,8 @@ if not SECRET_KEY:
     raise environ.ImproperlyConfigured("Set SECRET_KEY in the environment or in .env (make run writes one).")
 ALLOWED_HOSTS = env.list("ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"])
 CSRF_TRUSTED_ORIGINS = env.list("CSRF_TRUSTED_ORIGINS", default=[])
-if env.bool("VOKAFLOW_BEHIND_PROXY", default=False):
+VOKAFLOW_BEHIND_PROXY = env.bool("VOKAFLOW_BEHIND_PROXY", default=False)
+if VOKAFLOW_BEHIND_PROXY:
     # nginx (deploy/nginx.conf) says which scheme and host the client used.
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
     USE_X_FORWARDED_HOST = True
@@ -57,6 +58,7 @@ if VOKAFLOW_TASK_PROCESS:
 
 MIDDLEWARE = [
     "vokaflow.middleware.RequestSizeLimitMiddleware",
+    "vokaflow.login_limit.LoginLimitMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "corsheaders.middleware.CorsMiddleware",
@@ -101,6 +103,22 @@ elif DATABASES["default"]["ENGINE"].endswith("sqlite3"):
     # Workers in other processes share the test database, so tests use a file, not memory.
     DATABASES["default"]["TEST"] = {"NAME": str(BASE_DIR / "test-db.sqlite3")}
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+# The login limit refuses before the model backend hashes a password (vokaflow/login_limit.py).
+AUTHENTICATION_BACKENDS = [
+    "vokaflow.login_limit.LoginLimitBackend",
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Failed logins per user name and per client address within VOKAFLOW_LOGIN_WINDOW seconds before
+# further attempts are answered 429 (0 turns a limit off); checked before any password is hashed.
+VOKAFLOW_LOGIN_LIMIT_PER_USER = env.int("VOKAFLOW_LOGIN_LIMIT_PER_USER", default=10)
+VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS = env.int("VOKAFLOW_LOGIN_LIMIT_PER_ADDRESS", default=10)
+VOKAFLOW_LOGIN_WINDOW = env.float("VOKAFLOW_LOGIN_WINDOW", default=60)
+# Logins that check a password at once in one web process; others are answered 429 at once.
+VOKAFLOW_LOGIN_CONCURRENCY = env.int("VOKAFLOW_LOGIN_CONCURRENCY", default=1)
+# Where passwords are posted: answered 429 there while a limit holds.
+VOKAFLOW_LOGIN_PATHS = env.list("VOKAFLOW_LOGIN_PATHS",
+                                default=["/api/auth/token/", "/admin/login/", "/api-auth/login/", "/console/login/"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -213,6 +231,8 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    # The schema and its docs are open: they describe the API (as this repository does) and hold no data.
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
 
 # CORS is closed unless origins are configured.

@@ -117,6 +117,30 @@ def workers_status() -> dict:
     }
 
 
+# What only staff see: where Redis and the workers run (addresses, host names in worker names, pids).
+STAFF_ONLY_REDIS_FIELDS = ("url", "version")
+STAFF_ONLY_WORKER_FIELDS = ("name", "host", "pid")
+STAFF_ONLY_POOL_FIELDS = ("hosts", "workers")
+
+
+def redacted(report: dict) -> dict:
+    """A status or metrics report as a non-staff user sees it: the same figures without the
+    Redis URL and version, host names, worker names and pids."""
+    report = dict(report)
+    if "redis_nodes" in report:
+        report["redis_nodes"] = [_without(node, STAFF_ONLY_REDIS_FIELDS) for node in report["redis_nodes"]]
+    if "workers" in report:
+        report["workers"] = [_without(w, STAFF_ONLY_WORKER_FIELDS) for w in report["workers"]]
+    if "worker_pools" in report:
+        report["worker_pools"] = {worker_type: _without(pool, STAFF_ONLY_POOL_FIELDS)
+                                  for worker_type, pool in report["worker_pools"].items()}
+    return report
+
+
+def _without(entry: dict, fields: tuple[str, ...]) -> dict:
+    return {k: v for k, v in entry.items() if k not in fields}
+
+
 def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
     """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
     from tasks.dlq import dead_letter_counts

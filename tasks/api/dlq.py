@@ -1,4 +1,6 @@
-"""Dead-letter API (staff only): list, detail, retry, bulk retry, discard. Thin: tasks.dlq works."""
+"""Dead-letter API: list, detail, retry, bulk retry, discard. Thin: tasks.dlq works.
+
+Viewing needs tasks.view_deadletter, retrying and discarding tasks.change_deadletter."""
 
 from __future__ import annotations
 
@@ -7,13 +9,13 @@ from dataclasses import asdict
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import dlq
 from tasks.api.serializers import validated
 from tasks.models import DeadLetter
+from tasks.permissions import DeadLetterPermission
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
 
@@ -56,7 +58,7 @@ class DeadLetterPagination(PageNumberPagination):
 
 
 class DLQView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [DeadLetterPermission]
 
 
 class DeadLetterListView(DLQView):

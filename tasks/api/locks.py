@@ -1,15 +1,17 @@
-"""Lock API (staff only): acquire, extend, release and inspect vokaflow.locks over HTTP."""
+"""Lock API: acquire, extend, release and inspect vokaflow.locks over HTTP.
+
+Inspecting needs tasks.view_locks, acquiring, extending and releasing tasks.use_locks."""
 
 from __future__ import annotations
 
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
-from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks.api.serializers import validated
+from tasks.permissions import LockPermission
 from vokaflow import locks
 from vokaflow.redis import get_redis
 
@@ -38,7 +40,7 @@ class LeaseSerializer(serializers.Serializer):
 
 
 class LockView(APIView):
-    permission_classes = [IsAdminUser]
+    permission_classes = [LockPermission]
 
 
 class LockAcquireView(LockView):

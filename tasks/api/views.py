@@ -16,6 +16,7 @@ from tasks.api.serializers import (
     TaskStatusSerializer,
     TaskSubmitSerializer,
 )
+from tasks.ownership import owner_id
 from tasks.state import revoke_task, task_status
 from tasks.submit import enqueue, prepare_payload, submit_payloads
 
@@ -24,7 +25,7 @@ def _submission_bodies(request, submissions) -> list[dict]:
     # One reverse() for the whole batch: the URL differs only by the id.
     template = request.build_absolute_uri(reverse("task-detail", kwargs={"task_id": "ID"}) + "/")
     prefix, suffix = template.rsplit("ID", 1)
-    return [{**vars(s), "status_url": f"{prefix}{s.task_id}{suffix}"} for s in submissions]
+    return [{**s.public(), "status_url": f"{prefix}{s.task_id}{suffix}"} for s in submissions]
 
 
 class TaskSubmitView(APIView):
@@ -32,7 +33,7 @@ class TaskSubmitView(APIView):
 
     @extend_schema(request=TaskSubmitSerializer, responses={202: SubmissionSerializer})
     def post(self, request):
-        submission = enqueue([prepare_payload(request.data)], owner=str(request.user.pk))[0]
+        submission = enqueue([prepare_payload(request.data)], owner=owner_id(request.user))[0]
         return Response(_submission_bodies(request, [submission])[0], status=202)
 
 
@@ -42,7 +43,7 @@ class TaskBatchView(APIView):
     @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
     def post(self, request):
         submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None,
-                                      owner=str(request.user.pk))
+                                      owner=owner_id(request.user))
         return Response({"count": len(submissions),
                          "tasks": _submission_bodies(request, submissions)}, status=202)
 
@@ -52,7 +53,7 @@ class TaskDetailView(APIView):
 
     @extend_schema(responses={200: TaskStatusSerializer})
     def get(self, request, task_id):
-        return Response(task_status(task_id))
+        return Response(task_status(task_id, user=request.user))
 
     @extend_schema(responses={
         200: OpenApiResponse(TaskStatusSerializer, "Revoked: it had not started, or it ran in a prefork "
@@ -64,7 +65,7 @@ class TaskDetailView(APIView):
                              "its state is left as it is."),
     })
     def delete(self, request, task_id):
-        status = revoke_task(task_id)
+        status = revoke_task(task_id, user=request.user)
         return Response(status, status=202 if status["stopping"] else 200)
 
 

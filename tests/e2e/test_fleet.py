@@ -54,8 +54,9 @@ class TestWithOneWorkerPerType:
 
     def test_a_revoked_task_never_runs(self, module_workers, db, django_user_model):
         client = APIClient()
-        client.force_authenticate(django_user_model.objects.create_user("dave"))
-        task_id = submit_task("vokaflow.echo", args=["no"], countdown=2)
+        dave = django_user_model.objects.create_user("dave")
+        client.force_authenticate(dave)
+        task_id = submit_task("vokaflow.echo", args=["no"], countdown=2, owner=dave.pk)  # dave's own task
         assert client.delete(f"{BASE}/tasks/{task_id}/").json()["state"] == "REVOKED"
         follow_up = submit_task("vokaflow.echo", countdown=3)
         wait_for_state(follow_up)

@@ -33,9 +33,34 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 @pytest.fixture
 def client(django_user_model):
+    """Staff: sees where everything runs (hosts, worker names, pids, the Redis URL)."""
     client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("watcher"))
+    client.force_authenticate(django_user_model.objects.create_user("watcher", is_staff=True))
     return client
+
+
+def test_plain_users_see_the_fleet_without_hosts_pids_or_the_redis_address(start_worker, client, django_user_model):
+    start_worker("io", concurrency=2)
+    plain = APIClient()
+    plain.force_authenticate(django_user_model.objects.create_user("viewer"))
+    full = wait_for(lambda: (b := client.get(f"{BASE}/workers/status").json())["total_workers"] == 1 and b)
+    assert {"name", "host", "pid"} <= set(full["workers"][0]) and full["worker_pools"]["IO_INTENSIVE"]["hosts"]
+    assert {"url", "version"} <= set(full["redis_nodes"][0])
+
+    public = plain.get(f"{BASE}/workers/status").json()
+    assert public["total_workers"] == 1 and public["worker_pools"]["IO_INTENSIVE"]["max_workers"] == 2
+    worker = public["workers"][0]
+    assert not {"name", "host", "pid"} & set(worker) and worker["concurrency"] == 2
+    assert not {"hosts", "workers"} & set(public["worker_pools"]["IO_INTENSIVE"])
+    assert not {"url", "version"} & set(public["redis_nodes"][0]) and public["redis_nodes"][0]["role"] == "master"
+    text = json.dumps(public)
+    assert full["workers"][0]["host"] not in text and full["workers"][0]["name"] not in text
+    assert str(full["workers"][0]["pid"]) not in json.dumps(public["workers"])
+    assert full["redis_nodes"][0]["version"] not in json.dumps(public["redis_nodes"])
+
+    metrics = plain.get(f"{BASE}/metrics").json()
+    assert not {"url", "version"} & set(metrics["redis_nodes"][0])
+    assert {"url", "version"} <= set(client.get(f"{BASE}/metrics").json()["redis_nodes"][0])
 
 
 def test_status_shows_each_type_and_drops_a_killed_worker(start_worker, client, redis_client):

@@ -4,7 +4,7 @@ PREFIX = "vokaflow:"
 
 # Submission
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
-IDEMPOTENCY = PREFIX + "idem:{}"  # idempotency key → the first submission's task id
+IDEMPOTENCY = PREFIX + "idem:{}:{}"  # (owner: user id or "system", key) → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
 CANCEL = PREFIX + "cancel:{}"  # task id → a running task was told to stop (checked by the task)
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
@@ -34,6 +34,10 @@ DONE = PREFIX + "done:{}"  # epoch second → tasks finished in it
 HISTORY = PREFIX + "history:{}:{}:{}"  # (bucket seconds, completed|failed, epoch // bucket) → count
 PAUSED = PREFIX + "paused"  # set of paused levels, "GENERAL_PURPOSE:LOW": their queues are not consumed
 LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
+
+# Failed logins in the current window (vokaflow.login_limit)
+LOGIN_FAILURES_USER = PREFIX + "login-failures:user:{}"  # digest of the user name → count
+LOGIN_FAILURES_ADDRESS = PREFIX + "login-failures:addr:{}"  # client address → count
 
 # Django's cache (throttling)
 CACHE_PREFIX = PREFIX + "cache"

@@ -30,12 +30,17 @@ class HealthView(APIView):
         return Response(report, status=200 if report["status"] == "ok" else 503)
 
 
+def for_user(report: dict, user) -> dict:
+    """Staff see where things run (Redis URL and version, hosts, worker names, pids); others do not."""
+    return report if user.is_staff or user.is_superuser else status.redacted(report)
+
+
 class WorkersStatusView(APIView):
     """Live workers per type (from heartbeats), Redis, partitions and this host's resources."""
 
     @extend_schema(responses={200: dict})
     def get(self, request):
-        return Response(status.workers_status())
+        return Response(for_user(status.workers_status(), request.user))
 
 
 class MetricsView(APIView):
@@ -43,7 +48,7 @@ class MetricsView(APIView):
 
     @extend_schema(responses={200: dict})
     def get(self, request):
-        return Response(status.fleet_metrics())
+        return Response(for_user(status.fleet_metrics(), request.user))
 
 
 class MetricsScraper:
