@@ -127,6 +127,9 @@ VOKAFLOW_FLEET_REPORTING = env.bool("VOKAFLOW_FLEET_REPORTING", default=True)
 VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
+# Deepest nesting of a JSON body and of a task's args/kwargs (deeper is a 400): a document
+# ~900 deep reaches Python's recursion limit wherever it is read or rendered later.
+VOKAFLOW_MAX_JSON_DEPTH = env.int("VOKAFLOW_MAX_JSON_DEPTH", default=64)
 
 CACHES = {
     "default": {
@@ -151,7 +154,7 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["vokaflow.json_input.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",

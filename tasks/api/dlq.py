@@ -12,7 +12,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import dlq
-from tasks.api.serializers import validated
+from tasks.api.serializers import json_object, validated
 from tasks.models import DeadLetter
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
@@ -88,7 +88,7 @@ class DeadLetterRetryView(DLQView):
 
     @extend_schema(request=RetrySerializer, responses={202: dict, 409: dict})
     def post(self, request, task_id):
-        overrides = validated(RetrySerializer, request.data or {})
+        overrides = validated(RetrySerializer, request.data)
         letter = dlq.dead_letter_retry(task_id=task_id, **overrides)
         return Response({"task_id": letter.retried_task_id, "retried_from": letter.task_id,
                          "status": letter.status}, status=202)
@@ -99,5 +99,5 @@ class DeadLetterBulkRetryView(DLQView):
 
     @extend_schema(parameters=FILTER_PARAMETERS, request=FilterSerializer, responses={202: dict})
     def post(self, request):
-        filters = validated(FilterSerializer, {**request.query_params.dict(), **(request.data or {})})
+        filters = validated(FilterSerializer, {**request.query_params.dict(), **json_object(request.data)})
         return Response(asdict(dlq.dead_letter_retry_many(**filters)), status=202)

@@ -9,7 +9,7 @@ from rest_framework.permissions import IsAdminUser
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from tasks.api.serializers import validated
+from tasks.api.serializers import json_object, validated
 from vokaflow import locks
 from vokaflow.redis import get_redis
 
@@ -68,10 +68,9 @@ class LockReleaseView(LockView):
     @extend_schema(parameters=[OpenApiParameter("token", str, required=False)], request=ExtendSerializer,
                    responses={200: dict, 404: dict, 409: dict})
     def delete(self, request, key):
-        body = request.data if isinstance(request.data, dict) else {}
-        token = body.get("token") or request.query_params.get("token")
-        if not token:
-            raise ValidationError({"token": ["required, in the body or as ?token="]})
+        token = json_object(request.data).get("token") or request.query_params.get("token")
+        if not isinstance(token, str) or not token:
+            raise ValidationError({"token": ["required: a string, in the body or as ?token="]})
         locks.release_by_token(key, str(token), client=get_redis())
         return Response({"key": key, "released": True})
 

@@ -6,6 +6,7 @@ of 1,000), not by these classes."""
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from vokaflow.core.errors import BadRequest
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
 
@@ -76,9 +77,17 @@ class CatalogEntrySerializer(serializers.Serializer):
     arguments = serializers.ListField(child=serializers.DictField())
 
 
+def json_object(data) -> dict:
+    """A request body that must be a JSON object (or empty): anything else is a 400 naming `body`."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"body: must be a JSON object, got {type(data).__name__}",
+                         errors={"body": [f"must be a JSON object, got {type(data).__name__}"]})
+    return data
+
+
 def validated(serializer_class, data) -> dict:
     """The validated data, or a 400 naming each bad field."""
-    serializer = serializer_class(data=data)
+    serializer = serializer_class(data=json_object(data))
     if not serializer.is_valid():
         raise ValidationError(serializer.errors)
     return dict(serializer.validated_data)
