@@ -27,6 +27,8 @@ from vokaflow.core.workers import WorkerType
 from vokaflow.json_input import valid_unicode, value_problem
 
 MAX_KEY_LENGTH = 200
+# Beyond ~2.5e11 s a countdown is past year 9999, the last date there is; this bound leaves room.
+MAX_COUNTDOWN_SECONDS = 1e11
 NOT_UNICODE = "not valid Unicode (it holds a lone surrogate such as \\ud800)"
 
 
@@ -107,11 +109,11 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         if problem:
             raise error(name, problem)
     try:
-        chosen_priority = Priority.parse(priority) if priority is not None else task.default_priority
+        chosen_priority = task.default_priority if priority is None else Priority.parse(priority, strict=not trusted)
     except ValueError as exc:
         raise error("priority", str(exc)) from None
     try:
-        chosen_type = WorkerType.parse(worker_type) if worker_type is not None else task.worker_type
+        chosen_type = WorkerType.parse(worker_type, strict=not trusted) if worker_type is not None else task.worker_type
     except ValueError as exc:
         raise error("worker_type", str(exc)) from None
     if partition_key is not None and (not isinstance(partition_key, str) or len(partition_key) > MAX_KEY_LENGTH):
@@ -123,10 +125,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     countdown = _check_countdown(countdown, error)
     eta = _check_eta(eta, error)
     if countdown:
-        try:
-            eta = datetime.now(UTC) + timedelta(seconds=countdown)
-        except OverflowError:
-            raise error("countdown", f"{countdown:g} seconds is past the latest date there is (year 9999)") from None
+        eta = datetime.now(UTC) + timedelta(seconds=countdown)  # bounded by MAX_COUNTDOWN_SECONDS
     lock = _check_lock(lock, error)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):
@@ -158,7 +157,7 @@ def _resolve_task(task_or_name, trusted, error) -> Task:
 
 
 LOCK_FIELDS = {"key", "timeout", "skip_if_locked"}
-LOCK_KEY_PATTERN = r"[A-Za-z0-9_.:-]{1,200}"
+LOCK_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
 LOCK_TIMEOUT_DEFAULT = 60.0
 LOCK_TIMEOUT_MIN, LOCK_TIMEOUT_MAX = 0.001, 86400.0
 
@@ -192,6 +191,9 @@ def _check_countdown(countdown, error) -> float | None:
         seconds = math.inf
     if not math.isfinite(seconds):
         raise error("countdown", "must be a finite number of seconds")
+    if seconds > MAX_COUNTDOWN_SECONDS:
+        raise error("countdown", f"{seconds:g} seconds is past the latest date there is (year 9999); "
+                                 f"at most {MAX_COUNTDOWN_SECONDS:g}")
     return seconds
 
 

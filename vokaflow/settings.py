@@ -161,7 +161,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env("VOKAFLOW_THROTTLE_RATE", default="20000/min")},
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "vokaflow.schema.VokaFlowAutoSchema",
     "EXCEPTION_HANDLER": "vokaflow.api_errors.exception_handler",
 }
 SIMPLE_JWT = {
@@ -173,6 +173,7 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit Celery tasks by priority and worker type, follow them, retry failures.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "ENUM_NAME_OVERRIDES": {"DeadLetterStatusEnum": "tasks.models.DeadLetter.Status"},
 }
 
 # CORS is closed unless origins are configured.

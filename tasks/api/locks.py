@@ -12,6 +12,7 @@ from rest_framework.views import APIView
 from tasks.api.serializers import json_object, validated
 from vokaflow import locks
 from vokaflow.redis import get_redis
+from vokaflow.schema import ErrorSerializer
 
 MAX_WAIT_SECONDS = 30  # a web worker slot is not a place to wait for long
 
@@ -26,6 +27,20 @@ class AcquireSerializer(serializers.Serializer):
 class ExtendSerializer(serializers.Serializer):
     token = serializers.CharField(max_length=64)
     timeout = serializers.FloatField(min_value=0.001, max_value=86400)
+
+
+class ReleasedSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    released = serializers.BooleanField()
+
+
+class HolderSerializer(serializers.Serializer):
+    key = serializers.CharField()
+    held = serializers.BooleanField()
+    owner = serializers.CharField(required=False)
+    acquired_at = serializers.FloatField(required=False)
+    expires_at = serializers.FloatField(required=False)
+    fencing_token = serializers.IntegerField(required=False)
 
 
 class LeaseSerializer(serializers.Serializer):
@@ -44,7 +59,7 @@ class LockView(APIView):
 class LockAcquireView(LockView):
     """Acquire a lock: 200 with its token and fencing token, 409 with the holder when it is taken."""
 
-    @extend_schema(request=AcquireSerializer, responses={200: LeaseSerializer, 409: dict})
+    @extend_schema(request=AcquireSerializer, responses={200: LeaseSerializer, 409: ErrorSerializer})
     def post(self, request, key):
         data = validated(AcquireSerializer, request.data)
         lease = locks.acquire(key, data["timeout"], wait=data["wait"],
@@ -55,7 +70,7 @@ class LockAcquireView(LockView):
 class LockExtendView(LockView):
     """Extend a lock held with `token`: 200, or 409 when the token no longer holds it."""
 
-    @extend_schema(request=ExtendSerializer, responses={200: LeaseSerializer, 409: dict})
+    @extend_schema(request=ExtendSerializer, responses={200: LeaseSerializer, 409: ErrorSerializer})
     def post(self, request, key):
         data = validated(ExtendSerializer, request.data)
         lease = locks.extend_by_token(key, data["token"], data["timeout"], client=get_redis())
@@ -65,8 +80,8 @@ class LockExtendView(LockView):
 class LockReleaseView(LockView):
     """Release a lock: token in the body or ?token=. 200 released, 409 held by another, 404 free."""
 
-    @extend_schema(parameters=[OpenApiParameter("token", str, required=False)], request=ExtendSerializer,
-                   responses={200: dict, 404: dict, 409: dict})
+    @extend_schema(parameters=[OpenApiParameter("token", str, required=False, description="or in the body")],
+                   responses={200: ReleasedSerializer, 404: ErrorSerializer, 409: ErrorSerializer})
     def delete(self, request, key):
         token = json_object(request.data).get("token") or request.query_params.get("token")
         if not isinstance(token, str) or not token:
@@ -78,7 +93,7 @@ class LockReleaseView(LockView):
 class LockDetailView(LockView):
     """Who holds a lock and until when (epoch seconds); `held` is false when it is free."""
 
-    @extend_schema(responses={200: dict})
+    @extend_schema(responses={200: HolderSerializer})
     def get(self, request, key):
         holder = locks.holder(key, client=get_redis())
         return Response({"key": key, "held": holder is not None, **(holder or {})})

@@ -9,6 +9,7 @@ from rest_framework.views import APIView
 
 from tasks import catalog
 from tasks.api.serializers import (
+    BatchSubmissionSerializer,
     CatalogEntrySerializer,
     SubmissionSerializer,
     TaskBatchSerializer,
@@ -17,6 +18,7 @@ from tasks.api.serializers import (
 )
 from tasks.state import revoke_task, task_status
 from tasks.submit import enqueue, prepare_payload, submit_payloads
+from vokaflow.schema import ErrorSerializer
 
 
 def _submission_bodies(request, submissions) -> list[dict]:
@@ -38,7 +40,7 @@ class TaskSubmitView(APIView):
 class TaskBatchView(APIView):
     """Submit up to 1,000 tasks; all are validated before any is enqueued."""
 
-    @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
+    @extend_schema(request=TaskBatchSerializer, responses={202: BatchSubmissionSerializer})
     def post(self, request):
         submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None)
         return Response({"count": len(submissions),
@@ -52,7 +54,7 @@ class TaskDetailView(APIView):
     def get(self, request, task_id):
         return Response(task_status(task_id))
 
-    @extend_schema(responses={200: TaskStatusSerializer})
+    @extend_schema(responses={200: TaskStatusSerializer, 409: ErrorSerializer})
     def delete(self, request, task_id):
         return Response(revoke_task(task_id))
 
