@@ -212,7 +212,9 @@ def _check_eta(eta, error) -> datetime | None:
         raise error("eta", "must be an ISO-8601 date-time")
     try:
         return eta.astimezone(UTC) if eta.tzinfo else eta.replace(tzinfo=UTC)
-    except OverflowError:  # e.g. 0001-01-01T00:00:00+05:00 is before the first UTC date there is
-        raise error("eta", f"{eta.isoformat()} is outside the dates that exist in UTC") from None
+    except OverflowError:
+        if eta.year == 1:  # e.g. 0001-01-01T00:00:00+05:00: before the first UTC date, long past: run now
+            return datetime.min.replace(tzinfo=UTC)
+        raise error("eta", f"{eta.isoformat()} is after the last date there is in UTC (year 9999)") from None
 
 

@@ -7,6 +7,7 @@ one place that turns it, and DRF's own errors, into a response.
 from django.core.exceptions import RequestDataTooBig
 from django.http import JsonResponse
 from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -44,6 +45,7 @@ def _flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
     return flat
 
 
+@csrf_exempt  # a POST to a path that names nothing is a 404, not a CSRF failure
 def api_not_found(request, exception=None, *args, **kwargs):
     """JSON 404 for every path under /api/ that names nothing (a catch-all route and handler404)."""
     return JsonResponse({"detail": f"no such API endpoint or id: {request.path}"}, status=404)

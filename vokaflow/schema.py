@@ -16,6 +16,7 @@ from drf_spectacular.openapi import AutoSchema
 from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
 from rest_framework import serializers
 from rest_framework.permissions import AllowAny
+from rest_framework_simplejwt.views import TokenViewBase
 
 
 class ErrorSerializer(serializers.Serializer):
@@ -41,11 +42,27 @@ ERRORS = {
 RETRY_AFTER = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds to wait before retrying."}}
 
 
+def drf_string_pattern(field: serializers.Field) -> str | None:
+    """What a DRF CharField accepts, as a pattern: no NUL character, and unless blank is allowed,
+    something left after trimming whitespace."""
+    if not isinstance(field, serializers.CharField):
+        return None
+    if field.allow_blank:
+        return "^[^\\x00]*$"
+    return "^[^\\x00]*[^\\s\\x00][^\\x00]*$" if field.trim_whitespace else "^[^\\x00]+$"
+
+
 class VokaFlowAutoSchema(AutoSchema):
     def _map_basic_serializer(self, serializer, direction):
         schema = super()._map_basic_serializer(serializer, direction)
-        if getattr(serializer, "closed", False):  # its validation refuses unknown fields
-            schema["additionalProperties"] = False
+        extra = getattr(serializer, "openapi_extra", None)
+        if extra is not None:  # validated by tasks.validation: its own rules, stated by the serializer
+            return {**schema, **extra}
+        for name, field in serializer.fields.items():  # DRF validates: say what its CharField refuses
+            prop = schema.get("properties", {}).get(name)
+            pattern = drf_string_pattern(field)
+            if pattern and prop and prop.get("type") == "string" and "pattern" not in prop and "format" not in prop:
+                prop["pattern"] = pattern
         return schema
 
     def _get_response_bodies(self, direction="response"):
@@ -72,8 +89,8 @@ class VokaFlowAutoSchema(AutoSchema):
             codes.add("400")
         if "{" in self.path:
             codes.add("404")
-        if view.get_authenticators():
-            codes.add("401")  # a bad token is refused even where none is needed
+        if view.get_authenticators() or isinstance(view, TokenViewBase):
+            codes.add("401")  # a bad token is refused even where none is needed; so are bad passwords
         if not all(issubclass(p, AllowAny) for p in view.permission_classes):
             codes |= {"401", "403"}
         if view.get_throttles():

@@ -40,13 +40,13 @@ def queue_depths() -> dict[str, int]:
 
 def task_counts() -> dict[str, dict[str, dict[str, int]]]:
     """{worker type: {priority: {outcome: count}}} since the counters began."""
-    keys = [(t.value, p.name) for t in WorkerType for p in Priority]
+    pairs = [(t.value, p.name) for t in WorkerType for p in Priority]
     with get_redis().pipeline(transaction=False) as pipe:
-        for worker_type, priority in keys:
+        for worker_type, priority in pairs:
             pipe.hgetall(keys.STATS.format(worker_type, priority))
         rows = pipe.execute()
     counts: dict = defaultdict(dict)
-    for (worker_type, priority), row in zip(keys, rows):
+    for (worker_type, priority), row in zip(pairs, rows):
         if row:
             counts[worker_type][priority] = {o: int(row.get(o.encode(), 0)) for o in OUTCOMES}
     return dict(counts)

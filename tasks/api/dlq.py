@@ -13,10 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import dlq
-from tasks.api.serializers import PRIORITY_NAMES, WORKER_TYPE_NAMES, json_object, validated
+from tasks.api.serializers import PRIORITY_NAMES, WORKER_TYPE_NAMES, validated
 from tasks.models import DeadLetter
 from tasks.validation import MAX_KEY_LENGTH
-from vokaflow.schema import ErrorSerializer
+from vokaflow.schema import ErrorSerializer, drf_string_pattern
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):
@@ -72,9 +72,10 @@ class DeadLetterPageSerializer(serializers.Serializer):
 # The filters as query parameters, typed (enums, date-times) exactly as FilterSerializer checks them.
 FILTER_PARAMETERS = [OpenApiParameter(name, OpenApiTypes.DATETIME if name in ("since", "until") else str,
                                       enum=getattr(field, "choices", None) and list(field.choices),
+                                      pattern=drf_string_pattern(field),
                                       required=False, description=field.help_text or "")
                      for name, field in FilterSerializer().fields.items()]
-PAGE_PARAMETERS = [OpenApiParameter("page", int, required=False, description="1 and up"),
+PAGE_PARAMETERS = [OpenApiParameter("page", int, required=False, description="1 and up; 404 past the last page"),
                    OpenApiParameter("page_size", int, required=False, description="1 to 500 (default 50)")]
 
 
@@ -91,8 +92,8 @@ class DLQView(APIView):
 class DeadLetterListView(DLQView):
     """Dead letters, newest first, filtered by task, worker_type, priority, status, since, until, q."""
 
-    @extend_schema(parameters=FILTER_PARAMETERS + PAGE_PARAMETERS, responses={200: DeadLetterPageSerializer},
-                   operation_id="dlq_list")
+    @extend_schema(parameters=FILTER_PARAMETERS + PAGE_PARAMETERS, operation_id="dlq_list",
+                   responses={200: DeadLetterPageSerializer, 404: ErrorSerializer})
     def get(self, request):
         filters = validated(FilterSerializer, request.query_params)
         paginator = DeadLetterPagination()
@@ -130,5 +131,5 @@ class DeadLetterBulkRetryView(DLQView):
     @extend_schema(parameters=FILTER_PARAMETERS, request=FilterSerializer, responses={202: BulkRetriedSerializer},
                    operation_id="dlq_retry_matching")
     def post(self, request):
-        filters = validated(FilterSerializer, {**request.query_params.dict(), **json_object(request.data)})
+        filters = {**validated(FilterSerializer, request.query_params), **validated(FilterSerializer, request.data)}
         return Response(asdict(dlq.dead_letter_retry_many(**filters)), status=202)

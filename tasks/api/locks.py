@@ -80,7 +80,8 @@ class LockExtendView(LockView):
 class LockReleaseView(LockView):
     """Release a lock: token in the body or ?token=. 200 released, 409 held by another, 404 free."""
 
-    @extend_schema(parameters=[OpenApiParameter("token", str, required=False, description="or in the body")],
+    @extend_schema(parameters=[OpenApiParameter("token", str, required=True,
+                                                   description='the lease token (or in a JSON body {"token": ...})')],
                    responses={200: ReleasedSerializer, 404: ErrorSerializer, 409: ErrorSerializer})
     def delete(self, request, key):
         token = json_object(request.data).get("token") or request.query_params.get("token")

@@ -6,6 +6,7 @@ bounds, patterns and enums), and tests/test_schemathesis.py holds the two togeth
 the schema allows is accepted, every body it forbids is refused."""
 
 from django.conf import settings
+from django.http import QueryDict
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -18,8 +19,13 @@ PRIORITY_NAMES = [p.name for p in Priority]
 WORKER_TYPE_NAMES = [w.value for w in WorkerType]
 
 
+# Shapes validated by tasks.validation, not by DRF: unknown fields are refused, strings are taken
+# as they are (vokaflow.schema reads `openapi_extra`).
+CLOSED = {"additionalProperties": False}
+
+
 class LockSerializer(serializers.Serializer):
-    closed = True  # unknown fields are refused (additionalProperties: false in the schema)
+    openapi_extra = CLOSED
 
     key = serializers.RegexField(validation.LOCK_KEY_PATTERN, max_length=validation.MAX_KEY_LENGTH)
     timeout = serializers.FloatField(required=False, default=validation.LOCK_TIMEOUT_DEFAULT,
@@ -30,7 +36,8 @@ class LockSerializer(serializers.Serializer):
 
 
 class TaskSubmitSerializer(serializers.Serializer):
-    closed = True
+    openapi_extra = {**CLOSED, "not": {"required": ["countdown", "eta"], "description": "countdown or eta, not both",
+                                       "properties": {"countdown": {"type": "number"}, "eta": {"type": "string"}}}}
 
     task = serializers.ChoiceField(choices=[], help_text="Name of a submittable task (see tasks/catalog/).")
     args = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True,
@@ -116,9 +123,36 @@ def json_object(data) -> dict:
     return data
 
 
+# DRF coerces ("5" for a number, 5 for a string, "yes" for true); a JSON body must carry the type
+# the schema says. Query strings are text by nature and keep DRF's parsing.
+JSON_TYPES = [(serializers.BooleanField, (bool,), "a JSON boolean"),
+              ((serializers.FloatField, serializers.IntegerField), (int, float), "a JSON number"),
+              ((serializers.CharField, serializers.ChoiceField, serializers.DateTimeField), (str,), "a JSON string")]
+
+
+def json_type_errors(serializer, data: dict) -> dict[str, list[str]]:
+    errors = {}
+    for name, field in serializer.fields.items():
+        value = data.get(name)
+        if value is None:
+            continue  # absent, or null: DRF answers for null
+        for kinds, types, label in JSON_TYPES:
+            if isinstance(field, kinds):
+                if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                    errors[name] = [f"must be {label}"]
+                break
+    return errors
+
+
 def validated(serializer_class, data) -> dict:
     """The validated data, or a 400 naming each bad field."""
     serializer = serializer_class(data=json_object(data))
+    if isinstance(data, QueryDict):  # DRF would take `?status=` as no filter at all: say it is empty
+        errors = {name: ["must not be empty"] for name in serializer.fields if data.get(name) == ""}
+    else:
+        errors = json_type_errors(serializer, data)
+    if errors:
+        raise ValidationError(errors)
     if not serializer.is_valid():
         raise ValidationError(serializer.errors)
     return dict(serializer.validated_data)
