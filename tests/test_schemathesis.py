@@ -21,7 +21,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
 # Per operation and role: 19 operations x 2 roles x 2 modes (valid, invalid) x this.
-MAX_EXAMPLES = int(os.environ.get("VOKAFLOW_SCHEMATHESIS_EXAMPLES", "25"))
+MAX_EXAMPLES = int(os.environ.get("VOKAFLOW_SCHEMATHESIS_EXAMPLES", "20"))
 
 load_all_checks()
 # Every check a single request can be judged by. (The stateful ones, use_after_free and

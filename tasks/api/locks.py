@@ -80,7 +80,7 @@ class LockExtendView(LockView):
 class LockReleaseView(LockView):
     """Release a lock: token in the body or ?token=. 200 released, 409 held by another, 404 free."""
 
-    @extend_schema(parameters=[OpenApiParameter("token", str, required=True,
+    @extend_schema(parameters=[OpenApiParameter("token", str, required=True, allow_blank=False,
                                                    description='the lease token (or in a JSON body {"token": ...})')],
                    responses={200: ReleasedSerializer, 404: ErrorSerializer, 409: ErrorSerializer})
     def delete(self, request, key):
