@@ -1,4 +1,5 @@
-"""Private Celery, kombu and billiard behaviour VokaFlow relies on: these fail loudly when an upgrade changes it."""
+"""Private Celery, kombu, billiard and drf-spectacular behaviour VokaFlow relies on: each check fails loudly
+when an upgrade changes it."""
 
 import inspect
 
@@ -11,6 +12,7 @@ from celery.concurrency.thread import TaskPool as ThreadPool
 from celery.worker import state as worker_state
 from celery.worker.consumer.consumer import Consumer
 from celery.worker.request import Request
+from drf_spectacular.openapi import AutoSchema
 from kombu.transport import redis as kombu_redis
 
 from tasks.backends import BoundedSentinelBackend, SubmitOnlyRedisBackend
@@ -132,3 +134,10 @@ def test_the_worker_state_the_time_limit_watchdog_reads():
     assert "self.time_start = " in inspect.getsource(Request.on_accepted)
     source = inspect.getsource(components.Pool.create)
     assert "timeout=w.time_limit" in source and "soft_timeout=w.soft_time_limit" in source
+
+
+def test_drf_spectacular_still_has_the_methods_our_schema_overrides():
+    # vokaflow.schema.VokaFlowAutoSchema overrides these underscore methods and calls
+    # _get_response_for_code; a rename would silently drop the error answers from the schema.
+    for name in ("_map_basic_serializer", "_get_response_bodies", "_get_response_for_code"):
+        assert callable(getattr(AutoSchema, name, None)), f"drf-spectacular AutoSchema.{name} is gone"
