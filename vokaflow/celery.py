@@ -220,6 +220,20 @@ def _load_revoked(**kwargs):
         logging.getLogger(__name__).warning("could not load revoked task ids: %s", exc)
 
 
+# Celery logs two INFO lines per task (received, succeeded): 140-180 µs of a no-op's ~670 µs
+# (measured). Fleet metrics and Flower show the same facts, so they are DEBUG lines here:
+# `-l DEBUG` prints them. Failures are still logged (ERROR); retries show in the metrics.
+PER_TASK_LOGGERS = ("celery.app.trace", "celery.worker.strategy")
+
+
+@signals.worker_init.connect
+def _per_task_lines_at_debug(**kwargs):
+    for name in PER_TASK_LOGGERS:
+        logger = logging.getLogger(name)
+        if not logger.isEnabledFor(logging.DEBUG):
+            logger.setLevel(logging.WARNING)
+
+
 @signals.task_postrun.connect
 def _close_old_db_connections(**kwargs):
     from django.db import close_old_connections

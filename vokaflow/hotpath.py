@@ -105,6 +105,8 @@ class TaskDurations:
 
     def cap_for(self, seconds: float) -> int:
         """k = clamp(bound / duration, 1, MAX_BATCH)."""
+        if self.bound <= 0:
+            return 1
         if seconds <= 0:
             return MAX_BATCH
         return max(1, min(MAX_BATCH, int(self.bound / seconds)))

@@ -34,3 +34,9 @@ def record(self, seconds: float = 0.01):
     """An idempotent task that records its id (a set: running it twice counts once)."""
     time.sleep(seconds)
     get_redis().sadd("vokaflow:test:seen", self.request.id)
+
+
+@platform_task("tests.quiet", ignore_result=True, max_retries=0, track_started=False)
+def quiet(key: str):
+    """Ignores its result: counts its run and stores nothing in the result backend."""
+    get_redis().incr(f"vokaflow:test:{key}")
