@@ -114,12 +114,13 @@ def test_celery_result_backend_internals_we_override():
     assert "pipe.publish(key, value)" in source(RedisBackend._set)
 
 
-def test_celery_per_task_log_lines_follow_their_loggers_level():
-    from vokaflow.celery import PER_TASK_LOGGERS
+def test_celery_per_task_log_lines_are_the_messages_we_filter():
+    from vokaflow.celery import PER_TASK_LINES
 
-    assert trace.logger.name in PER_TASK_LOGGERS and strategy.logger.name in PER_TASK_LOGGERS
-    assert "_does_info = logger.isEnabledFor(logging.INFO)" in source(trace.build_tracer)
-    assert "_does_info = logger.isEnabledFor(logging.INFO)" in source(strategy.default)
+    assert PER_TASK_LINES == {strategy.logger.name: trace.LOG_RECEIVED, trace.logger.name: trace.LOG_SUCCESS}
+    # Logged with the constant itself as the message (our filter compares identity).
+    assert "info(_app_trace.LOG_RECEIVED, context" in source(strategy.default)
+    assert "info(LOG_SUCCESS, {" in source(trace.build_tracer)
 
 
 def test_override_markers_are_in_place():
