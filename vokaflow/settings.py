@@ -142,6 +142,10 @@ VOKAFLOW_PARTITIONS = env.int("VOKAFLOW_PARTITIONS", default=8)
 VOKAFLOW_VISIBILITY_TIMEOUT = env.int("VOKAFLOW_VISIBILITY_TIMEOUT", default=3600)
 # How often a worker looks for such abandoned tasks (seconds).
 VOKAFLOW_RESTORE_INTERVAL = env.float("VOKAFLOW_RESTORE_INTERVAL", default=10)
+# An EMERGENCY task submitted while a worker holds a batch waits at most this long behind it
+# (ms): a worker takes several short tasks per fetch only as many as their measured duration
+# fits into this bound (at most 8); longer tasks come one per fetch.
+VOKAFLOW_PREFETCH_WAIT_MS = env.float("VOKAFLOW_PREFETCH_WAIT_MS", default=20)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)
