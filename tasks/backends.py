@@ -72,6 +72,9 @@ class PlatformResults:
     `_get_result_meta`, and `_set_with_state`, which `_save_group` writes through too.
     """
 
+    expires: int | None  # Celery's backend sets both (the result TTL)
+    failure_expires: int | None
+
     def _get_result_meta(self, *args, **kwargs):
         meta = super()._get_result_meta(*args, **kwargs)
         meta.pop("args", None)

@@ -31,6 +31,7 @@ import logging
 from collections import deque
 from queue import Empty
 from time import monotonic, time
+from typing import TYPE_CHECKING
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
@@ -194,10 +195,18 @@ class QoS(kombu_redis.QoS):
         try:
             return super().restore_unacked_once(stderr)
         except AttributeError as exc:
+            if exc.name != "hostname" or exc.obj is not None:  # only that failure, nothing else
+                raise
             logger.warning("prefetched messages left for redelivery after the visibility timeout: %s", exc)
 
 
-class ReliableFetch:
+if TYPE_CHECKING:  # the fetch is mixed into kombu's Redis channels: type it as one
+    _ChannelBase = kombu_redis.Channel
+else:
+    _ChannelBase = object
+
+
+class ReliableFetch(_ChannelBase):
     """The fetch above, in place of kombu's BRPOP (kombu's own is kept for priority steps and
     global key prefixes, which VokaFlow does not use).
 
@@ -209,6 +218,7 @@ class ReliableFetch:
     #: transport option: how long an urgent task may wait behind a fetched batch (ms).
     prefetch_wait_ms = 20
     _bells_seen: list[bytes] | None = None  # set after a fetch found every queue empty
+    _packed_keys: dict[str, bytes]
     _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
     _script_loaded = True
     _layout_for: tuple = (None, [], [])  # (active queues, their bells, encoded level sizes)
@@ -347,7 +357,7 @@ class ReliableFetch:
                 *self._packed(keys), *argv]
 
     def _wait_command(self, bells, timeout) -> list[bytes]:
-        seen = self._bells_seen
+        seen = self._bells_seen or []
         if len(seen) != len(bells):  # after an error, or the queues changed: wait for new entries
             seen = [b"$"] * len(bells)
         return [b"*%d\r\n$5\r\nXREAD\r\n$5\r\nBLOCK\r\n" % (len(bells) * 2 + 4),
@@ -437,11 +447,13 @@ class ReliableFetch:
 
 
 class Channel(ReliableFetch, kombu_redis.Channel):
-    from_transport_options = (*kombu_redis.Channel.from_transport_options, "prefetch_wait_ms")
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+                              "prefetch_wait_ms")
 
 
 class SentinelChannel(ReliableFetch, kombu_redis.SentinelChannel):
-    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options, "prefetch_wait_ms")
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,  # type: ignore[assignment]
+                              "prefetch_wait_ms")
 
 
 class Transport(kombu_redis.Transport):
