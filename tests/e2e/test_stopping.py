@@ -8,7 +8,7 @@ import pytest
 import tests.e2e.worker_tasks  # noqa: F401  (registers the test tasks here too, to submit them)
 from tasks.models import DeadLetter
 from tasks.submit import submit_task
-from tests.conftest import task_meta, wait_for_state
+from tests.conftest import task_meta, wait_for, wait_for_state
 
 BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -26,7 +26,8 @@ def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, api, redis
     worker = start_worker("cpu", pool="prefork", concurrency=1)
     task_id = submit_task("tests.sleep_then_mark", args=[4, "terminated"], lock={"key": "held", "timeout": 60})
     wait_for_state(task_id, ("STARTED",))
-    assert redis_client.exists("vokaflow:lock:held")
+    # STARTED is stored just before the task takes its lock.
+    wait_for(lambda: redis_client.exists("vokaflow:lock:held"), message="the task to hold its lock")
     started = time.monotonic()
 
     response = api.delete(f"{BASE}/tasks/{task_id}/")
