@@ -174,11 +174,34 @@ class Heartbeat(bootsteps.StartStopStep):
             "active": running_tasks(state.active_requests),
             "started_at": self.started_at, "last_seen": now,
         }
+        from workers.queues import PAUSED_KEY
+
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(WORKER_KEY.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))
             pipe.zadd(WORKERS_KEY, {worker.hostname: now})
             pipe.zremrangebyscore(WORKERS_KEY, "-inf", now - 24 * 3600)  # forget long-gone names
-            pipe.execute()
+            pipe.smembers(PAUSED_KEY)
+            *_, paused = pipe.execute()
+        self.follow_paused_levels({level.decode() for level in paused})
+
+    def follow_paused_levels(self, paused: set[str]) -> None:
+        """Consume exactly the unpaused queues of this worker's type. workers.queues tells live
+        workers at once (remote control); this catches a worker that was starting when a pause
+        or resume was broadcast, or missed it (Redis pub/sub keeps nothing for the absent).
+        The changes run in the consumer's own loop (Consumer.call_soon, as Celery's
+        add_consumer/cancel_consumer commands do; checked by tests/test_contracts.py)."""
+        queues = getattr(self.worker, "vokaflow_queues", None)
+        consumer = getattr(self.worker, "consumer", None)
+        if not queues or consumer is None or getattr(consumer, "task_consumer", None) is None:
+            return
+        consuming = set(self.worker.app.amqp.queues.consume_from or ())
+        for queue in queues:
+            route = parse_queue(queue)
+            is_paused = f"{route.worker_type.value}:{route.priority.name}" in paused
+            if is_paused and queue in consuming:
+                consumer.call_soon(consumer.cancel_task_queue, queue)
+            elif not is_paused and queue not in consuming:
+                consumer.call_soon(consumer.add_task_queue, queue)
 
 
 def running_tasks(requests) -> list[dict]:
