@@ -108,6 +108,8 @@ def test_pausing_uses_celerys_queue_remote_control():
     # queue in app.amqp.queues (the heartbeat and a restarted consumer read that list).
     assert "queues.deselect(queue)" in inspect.getsource(Consumer.cancel_task_queue)
     assert "select_add" in inspect.getsource(Consumer.add_task_queue)
+    # workers.heartbeat.Heartbeat.follow_paused_levels queues the same calls from its thread.
+    assert "_pending_operations.append" in inspect.getsource(Consumer.call_soon)
 
 
 def test_result_backends_store_through_the_hooks_tasks_backends_overrides():

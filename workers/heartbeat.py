@@ -21,6 +21,7 @@ from celery import bootsteps, signals
 from tasks.counters import counters
 from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
+from vokaflow.redis_connect import as_text
 
 logger = logging.getLogger(__name__)
 
@@ -114,11 +115,33 @@ class Heartbeat(bootsteps.StartStopStep):
             # slots whose task runs past its hard time limit (thread pools: workers.watchdog)
             "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
+
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))
             pipe.zadd(keys.WORKERS, {worker.hostname: now})
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 24 * 3600)  # forget long-gone names
-            pipe.execute()
+            pipe.smembers(keys.PAUSED)
+            *_, paused = pipe.execute()
+        self.follow_paused_levels({as_text(level) for level in paused})
+
+    def follow_paused_levels(self, paused: set[str]) -> None:
+        """Consume exactly the unpaused queues of this worker's type. workers.queues tells live
+        workers at once (remote control); this catches a worker that was starting when a pause
+        or resume was broadcast, or missed it (Redis pub/sub keeps nothing for the absent).
+        The changes run in the consumer's own loop (Consumer.call_soon, as Celery's
+        add_consumer/cancel_consumer commands do; checked by tests/test_contracts.py)."""
+        queues = getattr(self.worker, "vokaflow_queues", None)
+        consumer = getattr(self.worker, "consumer", None)
+        if not queues or consumer is None or getattr(consumer, "task_consumer", None) is None:
+            return
+        consuming = set(self.worker.app.amqp.queues.consume_from or ())
+        for queue in queues:
+            route = parse_queue(queue)
+            is_paused = f"{route.worker_type.value}:{route.priority.name}" in paused
+            if is_paused and queue in consuming:
+                consumer.call_soon(consumer.cancel_task_queue, queue)
+            elif not is_paused and queue not in consuming:
+                consumer.call_soon(consumer.add_task_queue, queue)
 
 
 def running_tasks(requests) -> list[dict]:

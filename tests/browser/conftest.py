@@ -127,7 +127,8 @@ class Browser:
         self.fill("#id_username", username)
         self.fill("#id_password", password)
         self.click("input[type=submit]")
-        wait_for(lambda: urlparse(self.driver.current_url).path == "/console/", 10, 0.1, "the console after login")
+        wait_for(lambda: urlparse(self.driver.current_url).path == "/console/", 30, 0.1,
+                 f"the console after login (at {self.driver.current_url})")
 
 
 @pytest.fixture
@@ -142,4 +143,6 @@ def browser(chrome, live_server, transactional_db, operator):
     session = Browser(chrome, live_server.url)
     session.log_in(operator.username)
     yield session
-    assert session.foreign_requests() == []
+    foreign = session.foreign_requests()
+    chrome.get("about:blank")  # the page's refresh stops with the test
+    assert foreign == []

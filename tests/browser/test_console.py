@@ -107,7 +107,14 @@ def test_pause_a_level_and_its_worker_leaves_it_alone_then_resume(browser, start
 ])
 def test_stop_a_running_task_from_the_running_page(browser, start_worker, redis_client, worker_type, pool, task,
                                                    args):
-    start_worker(worker_type, pool=pool, concurrency=1)
+    worker = start_worker(worker_type, pool=pool, concurrency=1)
+    try:
+        _stop_from_the_running_page(browser, redis_client, task, args)
+    finally:
+        worker.kill()  # a task that was not stopped would hold a core through a warm shutdown
+
+
+def _stop_from_the_running_page(browser, redis_client, task, args):
     task_id = submit(task, args=args)[0]
     browser.visit("/console/running/")
     browser.wait_text(f'tr[data-task="{task_id}"] td:nth-child(2)', task)

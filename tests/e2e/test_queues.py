@@ -93,3 +93,17 @@ def test_a_paused_level_stays_queued_on_live_and_new_workers_until_resumed(staff
         wait_for_state(task_id)
     assert "Started consuming from general.low.p5" in later.output()
     assert staff.get(f"{BASE}/queues/").json() == {"queues": [], "paused_levels": []}
+
+
+@pytest.mark.slow
+def test_a_worker_that_missed_the_broadcast_follows_the_paused_set(start_worker, redis_client):
+    worker = start_worker("general", concurrency=1)
+    # Written straight to the set, as if the worker had been starting when the pause was broadcast.
+    redis_client.sadd("vokaflow:paused", "GENERAL_PURPOSE:LOW")
+    wait_for(lambda: "Canceling queue general.low.p0" in worker.output(), 10, 0.1, "the heartbeat to pause it")
+    low = submit("LOW", 2)
+    wait_for_state(submit("BACKGROUND", 1)[0])
+    assert redis_client.llen("general.low.p5") == 2
+    redis_client.srem("vokaflow:paused", "GENERAL_PURPOSE:LOW")
+    for task_id in low:
+        wait_for_state(task_id)
