@@ -199,9 +199,16 @@ def dead_letter_discard_many(task_ids: list[str]) -> int:
 
 
 def dead_letter_resolve(*, retried_from: str) -> None:
-    """The retry of `retried_from` succeeded."""
-    DeadLetter.objects.filter(task_id=retried_from, status=DeadLetter.Status.RETRIED) \
-        .update(status=DeadLetter.Status.RESOLVED)
+    """The retry of `retried_from` succeeded.
+
+    The retry is enqueued inside dead_letter_retry's transaction, so a fast worker can finish
+    it before the row says `retried`: locking the row first waits for that commit (a plain
+    UPDATE … WHERE status = 'retried' would see the old status and change nothing)."""
+    with transaction.atomic():
+        letter = DeadLetter.objects.select_for_update().filter(task_id=retried_from).first()
+        if letter is not None and letter.status == DeadLetter.Status.RETRIED:
+            letter.status = DeadLetter.Status.RESOLVED
+            letter.save(update_fields=["status", "updated_at"])
 
 
 def dead_letter_prune(*, keep: int | None = None) -> int:

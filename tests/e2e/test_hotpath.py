@@ -56,7 +56,8 @@ def test_a_reversed_eight_level_backlog_drains_in_order_with_batches(start_worke
         submitted += [(int(priority), t) for t in submit_many("vokaflow.sleep", 24, args=[0.001],
                                                                priority=priority, worker_type="cpu")]
     ids = [t for _, t in submitted]
-    start_worker("cpu", concurrency=1, pool=pool)
+    # A bound well above the tasks' duration, so batches form even on a loaded machine.
+    start_worker("cpu", concurrency=1, pool=pool, env=worker_env(VOKAFLOW_PREFETCH_WAIT_MS=200))
     most = most_unacked_while(redis_client, lambda: task_meta(ids[-1])["status"] != "SUCCESS")
     results = {t: wait_for_state(t, timeout=60) for t in ids}
     level = dict((t, p) for p, t in submitted)
