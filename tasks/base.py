@@ -7,13 +7,16 @@ import random
 from collections.abc import Callable
 
 from celery import Task, shared_task, states
-from celery.exceptions import Ignore, TimeLimitExceeded
+from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
 
+from tasks.cancellation import TaskCancelled
 from vokaflow.core import keys
 from vokaflow.core.priorities import DEFAULT_PRIORITY, Priority
 from vokaflow.core.workers import DEFAULT_WORKER_TYPE, WorkerType
 
 logger = logging.getLogger(__name__)
+
+SOFT_FRACTION = 0.9  # soft time limit of a task that declares only a hard one, as a fraction of it
 
 
 
@@ -38,11 +41,13 @@ class PlatformTask(Task):
     default_priority: Priority = DEFAULT_PRIORITY
     submittable: bool = False
     description: str = ""
+    argument_bounds: dict[str, tuple[float, float]] = {}  # argument name → (min, max), checked at submission
     acks_late = True
     reject_on_worker_lost = True
     retry_backoff = 1
     retry_backoff_max = 600
     retry_jitter = False  # our own, in retry()
+    dont_autoretry_for = (TaskCancelled,)  # a stop that was asked for is not a failure to retry
     track_started = True
 
     def retry(self, *args, countdown=None, **kwargs):
@@ -85,6 +90,8 @@ class PlatformTask(Task):
                 from tasks.counters import counters
 
                 counters.add(self._queue_of(task_id), "failed")
+        elif isinstance(exc, SoftTimeLimitExceeded):
+            reason = "time_limit"
         elif self.autoretry_for and isinstance(exc, tuple(self.autoretry_for)):
             reason = "retries_exhausted"
         else:
@@ -135,9 +142,16 @@ class PlatformTask(Task):
 
     def __call__(self, *args, **kwargs):
         spec = getattr(self.request, "vokaflow_lock", None)
-        if not spec or self.request.is_eager:
+        if self.request.is_eager:
             return super().__call__(*args, **kwargs)
-        return self._call_under_lock(spec, args, kwargs)
+        try:
+            if not spec:
+                return super().__call__(*args, **kwargs)
+            return self._call_under_lock(spec, args, kwargs)
+        except TaskCancelled as exc:
+            # Stopped on request (tasks.cancellation): REVOKED, not a failure; no dead letter, no retry.
+            self.backend.mark_as_revoked(self.request.id, reason=f"stopped: {exc}", request=self.request)
+            raise Ignore() from None
 
     def _call_under_lock(self, spec: dict, args, kwargs):
         """Run while holding the submission's lock; a task that finds it taken is put back in
@@ -170,19 +184,27 @@ def platform_task(name: str, *, worker_type: WorkerType | str = DEFAULT_WORKER_T
                   priority: Priority | str = DEFAULT_PRIORITY, submittable: bool = False,
                   max_retries: int = 3, retry_for: tuple[type[BaseException], ...] = (),
                   soft_time_limit: float | None = None, time_limit: float | None = None,
+                  bounds: dict[str, tuple[float, float]] | None = None,
                   **options) -> Callable[[Callable], PlatformTask]:
     """Declare a task with its default worker type, priority, retry policy and time limits.
 
     ``retry_for`` lists the exceptions that are retried (with back-off); any other exception
     fails the task at once. ``submittable=True`` puts it on the allow-list the API runs by name.
+    ``bounds={"seconds": (0, 60)}`` makes a submission whose numeric argument is outside its
+    range a 400 naming it (tasks.arguments). Without time limits the worker type's defaults apply.
     """
+    if time_limit and not soft_time_limit:
+        # Otherwise the worker type's default soft limit would apply, and a soft limit later than
+        # the hard one postpones the hard one in Celery's prefork pool.
+        soft_time_limit = time_limit * SOFT_FRACTION
+
     def decorate(fun: Callable) -> PlatformTask:
         return shared_task(
             base=PlatformTask, name=name, bind=options.pop("bind", False),
             worker_type=WorkerType.parse(worker_type), default_priority=Priority.parse(priority),
             submittable=submittable, description=(fun.__doc__ or "").strip().split("\n")[0],
             max_retries=max_retries, autoretry_for=tuple(retry_for),
-            soft_time_limit=soft_time_limit, time_limit=time_limit, **options,
+            soft_time_limit=soft_time_limit, time_limit=time_limit, argument_bounds=dict(bounds or {}), **options,
         )(fun)
 
     return decorate

@@ -54,11 +54,11 @@ def _entry(task: Task) -> CatalogEntry:
         name=task.name, description=task.description,
         worker_type=task.worker_type.value, priority=task.default_priority.name,
         max_retries=task.max_retries, soft_time_limit=task.soft_time_limit,
-        time_limit=task.time_limit, arguments=_argument_hints(task.run),
+        time_limit=task.time_limit, arguments=_argument_hints(task.run, getattr(task, "argument_bounds", {})),
     )
 
 
-def _argument_hints(fun) -> list[dict]:
+def _argument_hints(fun, bounds: dict) -> list[dict]:
     hints = []
     for param in inspect.signature(fun).parameters.values():
         if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
@@ -68,5 +68,7 @@ def _argument_hints(fun) -> list[dict]:
             hint["type"] = getattr(param.annotation, "__name__", str(param.annotation))
         if param.default is not param.empty:
             hint["default"] = param.default
+        if param.name in bounds:
+            hint["min"], hint["max"] = bounds[param.name]
         hints.append(hint)
     return hints

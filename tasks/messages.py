@@ -11,11 +11,15 @@ from __future__ import annotations
 
 import base64
 import json
+import time
 import uuid
 from datetime import datetime
 
 REPR_LIMIT = 1024  # Celery shows argsrepr/kwargsrepr in events and Flower; keep them short
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
+# Epoch seconds the message was queued: the console reads it off the next message of a queue
+# for the queue's oldest age. vokaflow.celery stamps Celery's own publishes (retries, .delay()).
+ENQUEUED_AT_HEADER = "vokaflow_enqueued_at"
 
 
 def encode_json(value) -> str:
@@ -26,7 +30,7 @@ def encode_json(value) -> str:
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
                  root_id: str | None = None, retries: int = 0, lock: dict | None = None,
-                 retried_from: str | None = None) -> str:
+                 retried_from: str | None = None, owner: str | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers: dict[str, object] = {
@@ -35,12 +39,15 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         "retries": retries, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
         "argsrepr": args_json[:REPR_LIMIT], "kwargsrepr": kwargs_json[:REPR_LIMIT], "origin": origin,
         "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+        ENQUEUED_AT_HEADER: round(time.time(), 3),
     }
     # Our own headers reach the task as attributes of self.request.
     if lock:
         headers["vokaflow_lock"] = lock
     if retried_from:
         headers["vokaflow_retried_from"] = retried_from
+    if owner:
+        headers["vokaflow_owner"] = owner  # whose pending quota the task counts against (tasks.quota)
     envelope = {
         "body": base64.b64encode(body.encode()).decode(),
         "content-encoding": "utf-8",
@@ -57,3 +64,10 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         },
     }
     return json.dumps(envelope)
+
+
+def stamp_enqueue_time(headers: dict | None = None, **kwargs) -> None:
+    """`before_task_publish`: messages Celery publishes itself (a retry, a plain .delay()) carry
+    their enqueue time too, as task_message writes it."""
+    if headers is not None:
+        headers.setdefault(ENQUEUED_AT_HEADER, round(time.time(), 3))

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import time
+from datetime import datetime
 
 from celery import states
 
+from tasks.backends import NOTICE
+from tasks.cancellation import cancel_requested, request_cancel
 from tasks.ownership import may_see
 from tasks.records import task_record
 from vokaflow.celery import app
@@ -56,25 +60,65 @@ def task_status(task_id: str, *, user=None) -> dict:
     })
     if state == states.RETRY:
         info["error"] = _error_text(result)
+    dropped = meta.get(NOTICE)
+    if dropped and state == states.SUCCESS:
+        info["error"] = (f"the result ({dropped['bytes']} bytes) was over the limit of {dropped['limit']} bytes "
+                         "(VOKAFLOW_MAX_RESULT_BYTES) and was not stored")
     if record is None:
         info["queue"] = meta.get("queue")
+    info["stopping"] = state == states.STARTED and cancel_requested(task_id)
     return info
 
 
 def revoke_task(task_id: str, *, user=None) -> dict:
-    """Stop a task that has not finished: broadcast to live workers and remember it in Redis
-    for workers that start later (they load it at start, so running tasks pay nothing).
-    A task already running is left to finish (no termination). With a `user`, only a task
-    that user may see (tasks.ownership)."""
-    status = task_status(task_id, user=user)
-    if status["state"] in FINISHED_STATES:
-        raise TaskAlreadyFinished(f"task {task_id} already finished with state {status['state']}")
+    """Stop a task that has not finished; the answer's `stopping` is True while it is being stopped.
+
+    Every revoked id is broadcast to live workers and kept in Redis for workers that start
+    later (they load it at start), so a delivery that has not run yet never runs.
+    A task running in a prefork child is terminated with SIGTERM: billiard turns it into
+    SystemExit inside the task, so its `finally` blocks run (a lock it holds is released;
+    SIGKILL would leave it held until its TTL), and Celery records a terminated job as
+    REVOKED and acknowledges it (no failure handler: no dead letter, no retry). A thread
+    cannot be killed: the task is asked to stop (tasks.cancellation) and becomes REVOKED when
+    it does. The result backend never overwrites a final state (vokaflow.result_store), so a
+    late SUCCESS cannot undo the revoke, nor a late revoke a SUCCESS. With a `user`, only a
+    task that user may see (tasks.ownership).
+    """
     from django.conf import settings
 
-    get_redis().zadd(keys.REVOKED, {task_id: time.time() + settings.VOKAFLOW_RESULT_TTL})
-    app.control.revoke(task_id)
-    app.backend.mark_as_revoked(task_id, reason="revoked through the API")
-    return task_status(task_id)
+    status = task_status(task_id, user=user)
+    _raise_if_finished(status)
+    ttl = settings.VOKAFLOW_RESULT_TTL
+    # A task still waiting for its eta (tasks.scheduled) must find its revoke when it comes due.
+    due = datetime.fromisoformat(status["eta"]).timestamp() if status.get("eta") else 0
+    get_redis().zadd(keys.REVOKED, {task_id: max(time.time(), due) + ttl})
+    worker, pool = status["worker"], _running_pool(status)
+    if pool is not None and pool != "prefork":
+        request_cancel(task_id, ttl)
+    else:
+        app.backend.mark_as_revoked(task_id, reason="revoked through the API")
+    status = task_status(task_id)
+    _raise_if_finished(status, unless=states.REVOKED)  # it finished before the revoke was stored
+    if pool == "prefork":
+        app.control.revoke(task_id, terminate=True, signal="SIGTERM", destination=[worker])
+    else:
+        app.control.revoke(task_id)
+    return status
+
+
+def _running_pool(status: dict) -> str | None:
+    """The pool of the live worker running the task ("prefork", "threads", …), from its
+    heartbeat; None when the task is not running or its worker is gone (then a redelivery
+    will find it revoked)."""
+    if status["state"] != states.STARTED or not status.get("worker"):
+        return None
+    raw = get_redis().get(keys.WORKER.format(status["worker"]))  # its heartbeat, gone with the worker
+    return json.loads(raw)["pool"] if raw else None
+
+
+def _raise_if_finished(status: dict, unless: str | None = None) -> None:
+    if status["state"] in FINISHED_STATES and status["state"] != unless:
+        raise TaskAlreadyFinished(f"task {status['task_id']} already finished with state {status['state']}")
 
 
 def _dead_lettered(task_id: str) -> bool:

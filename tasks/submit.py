@@ -6,6 +6,7 @@ tasks.idempotency; this module publishes: one atomic, pipelined round trip per b
 
 from __future__ import annotations
 
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +18,9 @@ from django.conf import settings
 
 from tasks.idempotency import claim_idempotency_keys, release_idempotency_keys
 from tasks.messages import encode_json, task_message
+from tasks.quota import release_pending, reserve_pending
 from tasks.records import Submission, load_records, store_records
+from tasks.scheduled import is_delayed, schedule
 from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payload
 from vokaflow.celery import app
 from vokaflow.core.errors import Unavailable
@@ -34,21 +37,21 @@ class BrokerUnavailable(Unavailable):
 def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None, priority: Any = None,
                 worker_type: Any = None, partition_key: str | None = None, countdown: float | None = None,
                 eta: datetime | str | None = None, lock: dict | None = None,
-                idempotency_key: str | None = None, owner: int | None = None) -> str:
+                idempotency_key: str | None = None, owner: str | int | None = None) -> str:
     """Validate, route and enqueue one task; returns its task id.
 
-    `owner` is the id of the user the task belongs to (None: the system, visible to staff);
-    idempotency keys are scoped to it. Raises SubmissionError for bad input and
-    BrokerUnavailable when Redis is down; in both cases nothing is enqueued. Needs no web
-    server, only Django settings.
+    `owner` is the id of the user the task belongs to (None: the system, visible to staff
+    only); idempotency keys and the pending quota are that user's. Raises SubmissionError for
+    bad input and BrokerUnavailable when Redis is down; in both cases nothing is enqueued.
+    Needs no web server, only Django settings.
     """
     request = prepare(task_or_name, args=args, kwargs=kwargs, priority=priority,
                       worker_type=worker_type, partition_key=partition_key,
                       countdown=countdown, eta=eta, lock=lock, idempotency_key=idempotency_key)
-    return enqueue([request], owner=owner)[0].task_id
+    return enqueue([request], owner=None if owner is None else str(owner))[0].task_id
 
 
-def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]:
+def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]:
     """A REST batch: 1 to VOKAFLOW_BATCH_LIMIT task objects, all validated before any is enqueued."""
     if not isinstance(items, list) or not items:
         raise SubmissionError("tasks", "required: a non-empty list of task objects")
@@ -58,20 +61,26 @@ def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]
     return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
-def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
+def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
     A request whose idempotency key the same owner used within 24 h returns the first task
-    instead. The records name `owner` (a user id; None: the system)."""
+    instead. `owner` (the API user's id) owns the new tasks (their records name it: tasks.ownership)
+    and counts them against that user's pending quota (tasks.quota: QuotaExceeded, 429, and
+    nothing enqueued when it is full); None = the system: no quota, visible to staff only."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
         duplicates = claim_idempotency_keys(r, requests, owner)
         fresh = [req for req in requests if req.task_id not in duplicates]
         submissions = {req.task_id: _submission(req, now, owner) for req in fresh}
+        reserved = False
         try:
-            _push(r, fresh, submissions)
+            reserved = reserve_pending(r, owner, fresh)
+            _push(r, fresh, submissions, owner)
         except BaseException:
             release_idempotency_keys(r, fresh, owner)
+            if reserved:
+                release_pending(r, owner, list(submissions))
             raise
         firsts = load_records(r, set(duplicates.values()) - submissions.keys())
     except (redis.RedisError, OSError) as exc:
@@ -89,27 +98,36 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     return answers
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) -> None:
-    """LPUSH each queue's messages (FIFO for BRPOP) and SET each task's record, in one MULTI."""
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: str | None = None) -> None:
+    """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
+    set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
         return
+    now = time.time()
     origin = anon_nodename()
     parent = app.current_worker_task
     parent_id = parent.request.id if parent else None
     root_id = (parent.request.root_id or parent_id) if parent else None
     by_queue: dict[str, list[str]] = {}
+    delayed: dict[str, dict[str, float]] = {}
     for req in requests:
-        by_queue.setdefault(req.route.queue, []).append(task_message(
+        message = task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock, retried_from=req.retried_from))
+            lock=req.lock, retried_from=req.retried_from, owner=owner)
+        if req.eta is not None and is_delayed(req.eta, now):
+            delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
+        else:
+            by_queue.setdefault(req.route.queue, []).append(message)
     with r.pipeline(transaction=True) as pipe:
-        publish(pipe, by_queue)
+        if by_queue:
+            publish(pipe, by_queue)
+        schedule(pipe, delayed)
         store_records(pipe, list(submissions.values()), settings.VOKAFLOW_RESULT_TTL)
         pipe.execute()
 
 
-def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
+def _submission(req: TaskRequest, now: str, owner: str | None) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,
@@ -127,7 +145,7 @@ def requeue_running(task: Task, delay: float) -> None:
         kwargs_json=encode_json(request.kwargs or {}), queue=queue,
         eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
         root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
-        retried_from=getattr(request, "vokaflow_retried_from", None))
+        retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None))
     with get_redis().pipeline(transaction=False) as pipe:
         publish(pipe, {queue: [message]})
         pipe.execute()

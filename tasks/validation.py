@@ -7,6 +7,7 @@ idempotency key) or raises SubmissionError naming the field; nothing is enqueued
 from __future__ import annotations
 
 import re
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -17,6 +18,7 @@ from django.conf import settings
 from django.utils.dateparse import parse_datetime
 
 from tasks import catalog
+from tasks.arguments import check_arguments
 from tasks.messages import encode_json
 from vokaflow.celery import app
 from vokaflow.core.errors import BadRequest
@@ -87,6 +89,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("kwargs", f"must be an object, got {type(kwargs).__name__}")
     if not all(isinstance(k, str) for k in kwargs):
         raise error("kwargs", "keys must be strings")
+    check_arguments(task, args, kwargs, error)
     try:
         args_json = encode_json(list(args))
     except (TypeError, ValueError) as exc:
@@ -109,8 +112,14 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("countdown", "give countdown or eta, not both")
     countdown = _check_countdown(countdown, error)
     eta = _check_eta(eta, error)
+    max_delay = settings.VOKAFLOW_MAX_DELAY
+    if countdown is not None and countdown > max_delay:
+        raise error("countdown", f"at most {max_delay} seconds (VOKAFLOW_MAX_DELAY, {max_delay / 86400 / 365:g} years)")
     if countdown:
         eta = datetime.now(UTC) + timedelta(seconds=countdown)
+    elif eta is not None and eta.timestamp() > time.time() + max_delay:
+        raise error("eta", f"at most {max_delay} seconds from now (VOKAFLOW_MAX_DELAY, "
+                           f"{max_delay / 86400 / 365:g} years)")
     lock = _check_lock(lock, error)
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):

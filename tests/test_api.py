@@ -70,7 +70,7 @@ def test_catalog_lists_submittable_tasks_with_defaults_and_arguments(api):
             "vokaflow.flaky"} <= set(entries)
     assert entries["vokaflow.cpu"]["worker_type"] == "CPU_INTENSIVE"
     assert entries["vokaflow.sleep"]["arguments"] == [{"name": "seconds", "required": False, "type": "float",
-                                                        "default": 1.0}]
+                                                        "default": 1.0, "min": 0, "max": 60}]
     assert entries["vokaflow.flaky"]["max_retries"] == 3
 
 

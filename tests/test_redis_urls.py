@@ -34,8 +34,8 @@ def test_celery_uses_our_transport_directly_and_through_sentinel():
     assert _transport_for("redis://h:6379/0") == "vokaflow.transport:Transport"
     assert _transport_for("rediss://h:6379/0") == "vokaflow.transport:Transport"
     assert _transport_for("sentinel://h:26379/0") == "vokaflow.transport:SentinelTransport"
-    assert result_backend_url("redis://h:6379/0").startswith("vokaflow.celery:SubmitOnlyRedisBackend+redis://")
-    assert result_backend_url("sentinel://h:26379/0") == "sentinel://h:26379/0"
+    assert result_backend_url("redis://h:6379/0").startswith("tasks.backends:SubmitOnlyRedisBackend+redis://")
+    assert result_backend_url("sentinel://h:26379/0") == "tasks.backends:BoundedSentinelBackend+sentinel://h:26379/0"
 
 
 def test_passwords_never_reach_messages():

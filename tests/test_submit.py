@@ -7,7 +7,8 @@ import pytest
 
 from tasks.builtin import echo
 from tasks.records import task_record
-from tasks.submit import SubmissionError, submit_task
+from tasks.submit import submit_task
+from tasks.validation import SubmissionError
 from tests.conftest import OUR_KEY_PATTERNS, run_python, worker_env
 
 QUEUE_PATTERNS = OUR_KEY_PATTERNS[:5]
@@ -59,7 +60,7 @@ def test_an_idempotency_key_returns_the_first_task_and_enqueues_nothing_more(red
 
 
 def test_countdown_and_eta_are_carried_in_the_message(redis_client):
-    task_id = submit_task("vokaflow.echo", countdown=30, partition_key="a")
+    task_id = submit_task("vokaflow.echo", countdown=0.5, partition_key="a")
     message = message_in(redis_client, "general.normal.p3")
     assert message["headers"]["id"] == task_id and message["headers"]["eta"]
     assert task_record(task_id).eta is not None

@@ -8,8 +8,8 @@ import os
 
 import click
 from celery import Celery
-from celery.backends.redis import RedisBackend
 from kombu import Exchange, Queue
+from kombu import connection as kombu_connection
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 # Celery's Django fix-up runs Django's system checks in every worker, which imports the URL
@@ -20,26 +20,18 @@ os.environ.setdefault("CELERY_SKIP_CHECKS", "1")
 app = Celery("vokaflow")
 
 
-class SubmitOnlyRedisBackend(RedisBackend):
-    """Redis result backend that does not subscribe to a task's result when it is sent.
-
-    Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
-    case the caller waits on it: one extra round trip per task, which breaks pipelined batch
-    submission and piles up subscriptions in the API. `AsyncResult.get()` still subscribes
-    when someone actually waits (celery.backends.asynchronous.add_pending_result).
-    """
-
-    def on_task_call(self, producer, task_id):
-        pass
-
-
 def _plain_redis(redis_url: str) -> bool:
     return redis_url.split("://", 1)[0] in ("redis", "rediss")
 
 
 def result_backend_url(redis_url: str) -> str:
-    """Our backend for redis:// URLs; sentinel:// keeps Celery's own."""
-    return f"vokaflow.celery:SubmitOnlyRedisBackend+{redis_url}" if _plain_redis(redis_url) else redis_url
+    """Our backends (tasks.backends, named by string: they use the task services): redis:// and
+    rediss:// directly, sentinel:// through Celery's Sentinel backend."""
+    if _plain_redis(redis_url):
+        return f"tasks.backends:SubmitOnlyRedisBackend+{redis_url}"
+    if redis_url.startswith("sentinel://"):
+        return f"tasks.backends:BoundedSentinelBackend+{redis_url}"
+    return redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:
@@ -49,6 +41,18 @@ def _transport_for(redis_url: str) -> str | None:
     if redis_url.startswith("sentinel://"):
         return "vokaflow.transport:SentinelTransport"
     return None
+
+
+# Flower picks its broker client (the Broker tab, /api/queues/length) from the scheme of
+# Connection.as_uri(), which kombu spells with the transport's name: "vokaflow.transport:Transport://…",
+# which Flower does not know ("'redis' broker is not supported"). kombu's resolve_aliases names a
+# transport in URIs (it shows pyamqp as amqp); ours are Redis lists, so they read redis:// and
+# sentinel://. Only the displayed URI changes: kombu's clone() and pools ignore these aliases.
+# Private kombu API: tests/test_contracts.py checks it.
+kombu_connection.resolve_aliases.update({
+    "vokaflow.transport:Transport": "redis",
+    "vokaflow.transport:SentinelTransport": "sentinel",
+})
 
 
 def _sentinel_options(settings) -> dict:
@@ -95,6 +99,7 @@ def celery_config(settings) -> dict:
         "redis_socket_timeout": max(timeout, 10),
         "redis_backend_health_check_interval": 30,
         "result_expires": settings.VOKAFLOW_RESULT_TTL,
+        # name, worker, retries and queue for the API; the arguments are left out (tasks.backends).
         "result_extended": True,
         # Publishing gives up quickly when the broker is gone, so the API can answer 503.
         "task_publish_retry_policy": {"max_retries": 2, "interval_start": 0,
@@ -154,5 +159,7 @@ app.steps["worker"].update({
     "workers.bootsteps:ConsumeWorkerTypeQueues",
     "workers.bootsteps:WorkerSignals",
     "workers.bootsteps:LoadRevoked",
+    "workers.watchdog:TimeLimits",
+    "workers.scheduler:ScheduledPoller",
     "workers.heartbeat:Heartbeat",
 })

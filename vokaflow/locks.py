@@ -14,7 +14,10 @@ Importable without Django: pass a redis client, or let it connect to REDIS_URL.
 
 Keys: ``vokaflow:lock:<key>`` holds ``<token> <JSON record>``, the record being {owner,
 acquired_at, expires_at, fencing_token} (epoch seconds, from the Redis server's clock): the token
-comes first so release compares a prefix without decoding JSON. ``vokaflow:fence:<key>`` counts.
+comes first so release compares a prefix without decoding JSON. ``vokaflow:fence:<key>`` counts;
+it expires VOKAFLOW_FENCE_TTL (7 days) after the last acquire or extend, or at the end of the
+lock's own TTL if that is later, so it keeps increasing for as long as any holder could still
+write with a token it was given, and is gone a week after a key was last used.
 """
 
 from __future__ import annotations
@@ -38,13 +41,17 @@ from vokaflow.redis_connect import client_from_url
 
 POLL_START, POLL_MAX = 0.001, 0.016  # seconds between tries while a wait is young
 POLL_PHASE = 0.1  # seconds of polling before a waiter subscribes to the release message
+DEFAULT_FENCE_TTL = 7 * 24 * 3600  # seconds; the environment's VOKAFLOW_FENCE_TTL overrides it
 
-# KEYS: lock, fence counter. ARGV: token, ttl ms, owner.
+# KEYS: lock, fence counter. ARGV: token, ttl ms, owner, fence ttl ms.
 # Returns {1, fencing token, acquired ms, expires ms} when acquired, {0, holder value, holder pttl ms} when held.
+# The counter's TTL is pushed out to max(lock ttl, fence ttl) on every acquire: a counter that
+# expired and restarted at 1 would hand out tokens a fenced store has already seen.
 _ACQUIRE = """
 local held = redis.call('GET', KEYS[1])
 if held then return {0, held, redis.call('PTTL', KEYS[1])} end
 local fence = redis.call('INCR', KEYS[2])
+redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[2]), tonumber(ARGV[4])))
 local now = redis.call('TIME')
 local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 local value = ARGV[1] .. ' ' .. cjson.encode({owner = ARGV[3], fencing_token = fence,
@@ -63,7 +70,9 @@ redis.call('PUBLISH', ARGV[2], '1')
 return 1
 """
 
-# KEYS: lock. ARGV: token, ttl ms. Returns {1, record} extended, {0} held by another, {-1} free.
+# KEYS: lock, fence counter. ARGV: token, ttl ms, fence ttl ms.
+# Returns {1, record} extended, {0} held by another, {-1} free.
+# An extended lock may outlive the counter's TTL, so the counter is kept at least as long.
 _EXTEND = """
 local held = redis.call('GET', KEYS[1])
 if not held then return {-1} end
@@ -74,6 +83,9 @@ local now_ms = tonumber(now[1]) * 1000 + math.floor(tonumber(now[2]) / 1000)
 lease.expires_at = (now_ms + tonumber(ARGV[2])) / 1000
 local value = cjson.encode(lease)
 redis.call('SET', KEYS[1], ARGV[1] .. ' ' .. value, 'PX', ARGV[2])
+if redis.call('PTTL', KEYS[2]) < math.max(tonumber(ARGV[2]), tonumber(ARGV[3])) then
+  redis.call('PEXPIRE', KEYS[2], math.max(tonumber(ARGV[2]), tonumber(ARGV[3])))
+end
 return {1, value}
 """
 
@@ -165,6 +177,12 @@ def _scripts_for(client: redis.Redis) -> _Scripts:
     return found
 
 
+def fence_ttl_ms() -> int:
+    """How long a fencing counter outlives its last use: VOKAFLOW_FENCE_TTL seconds from the
+    environment (this module needs no Django, like REDIS_URL above), 7 days by default."""
+    return int(float(os.environ.get("VOKAFLOW_FENCE_TTL") or DEFAULT_FENCE_TTL) * 1000)
+
+
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 200:
         raise ValueError("a lock key must be a non-empty string of at most 200 characters")
@@ -179,7 +197,7 @@ def try_acquire(key: str, ttl: float, *, owner: str | None = None,
     token = os.urandom(16).hex()
     owner = owner or default_owner()
     result = _scripts_for(client).acquire(keys=[keys.LOCK + _check_key(key), keys.FENCE + key],
-                                          args=[token, ttl_ms, owner])
+                                          args=[token, ttl_ms, owner, fence_ttl_ms()])
     if result[0] == 1:
         return Lease(key, token, owner, int(result[1]), result[2] / 1000, result[3] / 1000), None, 0.0
     return None, _record(result[1]), max(0, int(result[2])) / 1000
@@ -252,7 +270,8 @@ def extend(lease: Lease, ttl: float, *, client: redis.Redis | None = None) -> Le
 
 def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | None = None) -> Lease:
     client = client_for(client)
-    result = _scripts_for(client).extend(keys=[keys.LOCK + _check_key(key)], args=[token, max(1, int(ttl * 1000))])
+    result = _scripts_for(client).extend(keys=[keys.LOCK + _check_key(key), keys.FENCE + key],
+                                         args=[token, max(1, int(ttl * 1000)), fence_ttl_ms()])
     if result[0] != 1:
         raise LockLost(key, holder(key, client=client))
     return Lease.from_record(key, token, result[1])

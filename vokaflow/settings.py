@@ -48,8 +48,10 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework_simplejwt",
     "drf_spectacular",
+    "drf_spectacular_sidecar",  # Swagger UI and ReDoc served from our static files: the docs work offline
     "tasks",
     "workers",
+    "console",
 ]
 if VOKAFLOW_TASK_PROCESS:
     INSTALLED_APPS = ["django.contrib.contenttypes", "django.contrib.auth", "tasks", "workers"]
@@ -116,7 +118,7 @@ VOKAFLOW_LOGIN_WINDOW = env.float("VOKAFLOW_LOGIN_WINDOW", default=60)
 VOKAFLOW_LOGIN_CONCURRENCY = env.int("VOKAFLOW_LOGIN_CONCURRENCY", default=1)
 # Where passwords are posted: answered 429 there while a limit holds.
 VOKAFLOW_LOGIN_PATHS = env.list("VOKAFLOW_LOGIN_PATHS",
-                                default=["/api/auth/token/", "/admin/login/", "/api-auth/login/", "/console/login/"])
+                                default=["/api/auth/token/", "/admin/login/", "/api-auth/login/"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
@@ -161,6 +163,27 @@ VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
 
+# --- Limits (README "Limits") -------------------------------------------------------------
+# Tasks one API user may have submitted and not yet finished (0: no quota); 429 above it.
+VOKAFLOW_USER_PENDING_QUOTA = env.int("VOKAFLOW_USER_PENDING_QUOTA", default=10_000)
+# Default time limits (seconds) of every task that declares none, per worker type:
+# VOKAFLOW_SOFT_TIME_LIMIT_<TYPE> / VOKAFLOW_TIME_LIMIT_<TYPE> (CPU, IO, MEMORY, NETWORK, GENERAL),
+# else VOKAFLOW_SOFT_TIME_LIMIT / VOKAFLOW_TIME_LIMIT. At the soft limit a task is told to stop
+# (SoftTimeLimitExceeded); at the hard one a process is killed, a thread reported stuck.
+VOKAFLOW_SOFT_TIME_LIMIT = env.float("VOKAFLOW_SOFT_TIME_LIMIT", default=300)
+VOKAFLOW_TIME_LIMIT = env.float("VOKAFLOW_TIME_LIMIT", default=360)
+VOKAFLOW_TIME_LIMITS = {
+    short: (env.float(f"VOKAFLOW_SOFT_TIME_LIMIT_{short.upper()}", default=VOKAFLOW_SOFT_TIME_LIMIT),
+            env.float(f"VOKAFLOW_TIME_LIMIT_{short.upper()}", default=VOKAFLOW_TIME_LIMIT))
+    for short in ("cpu", "io", "memory", "network", "general")
+}
+# Longest countdown/eta accepted (seconds; 400 beyond). Delayed tasks wait in vokaflow:scheduled:<type>.
+VOKAFLOW_MAX_DELAY = env.int("VOKAFLOW_MAX_DELAY", default=10 * 365 * 24 * 3600)
+# Largest stored result (JSON bytes); a larger one is replaced by a notice (tasks.backends).
+VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
+# VOKAFLOW_FENCE_TTL (seconds a lock's fencing counter outlives its last use) is read by
+# vokaflow.locks itself, which needs no Django.
+
 CACHES = {
     "default": {
         "BACKEND": "django_redis.cache.RedisCache",
@@ -203,6 +226,11 @@ SPECTACULAR_SETTINGS = {
     "DESCRIPTION": "Submit Celery tasks by priority and worker type, follow them, retry failures.",
     "VERSION": "1.0.0",
     "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    # validatorUrl off: Swagger UI would otherwise load a badge from validator.swagger.io.
+    "SWAGGER_UI_SETTINGS": {"deepLinking": True, "validatorUrl": None},
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
     # The schema and its docs are open: they describe the API (as this repository does) and hold no data.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
 }
@@ -225,3 +253,6 @@ VOKAFLOW_PORT = env.int("VOKAFLOW_PORT", default=8000)
 FLOWER_PORT = env.int("FLOWER_PORT", default=5555)
 FLOWER_BASIC_AUTH = env("FLOWER_BASIC_AUTH", default="")
 VOKAFLOW_WEB_WORKERS = env.int("VOKAFLOW_WEB_WORKERS", default=2)
+# `make run` creates or updates this staff superuser when a password is given.
+VOKAFLOW_ADMIN_USER = env("VOKAFLOW_ADMIN_USER", default="admin")
+VOKAFLOW_ADMIN_PASSWORD = env("VOKAFLOW_ADMIN_PASSWORD", default="")

@@ -16,6 +16,7 @@ from tasks.state import revoked_task_ids
 from vokaflow.core.queues import parse_partitions, queues_for
 from vokaflow.core.workers import WorkerType
 from workers.heartbeat import on_process_shutdown, on_task_postrun
+from workers.queues import paused_queue_names
 
 logger = logging.getLogger(__name__)
 
@@ -34,7 +35,23 @@ class ConsumeWorkerTypeQueues(bootsteps.Step):
             partitions = parse_partitions(vokaflow_partitions, settings.VOKAFLOW_PARTITIONS)
         except ValueError as exc:
             raise click.UsageError(str(exc)) from None
-        worker.setup_queues(queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions))
+        queues = queues_for(worker_type, settings.VOKAFLOW_PARTITIONS, partitions)
+        worker.vokaflow_queues = queues  # every queue of its type, paused or not (the heartbeat reports them)
+        worker.setup_queues(queues, exclude=_paused_queues(queues))
+        # One line instead of Celery's banner (`--quiet`), which lists every queue.
+        logger.info("%s consumes %d %s queues, partitions %s, highest priority first: %s ... %s", worker.hostname,
+                    len(queues), worker_type.value, vokaflow_partitions or "all", queues[0], queues[-1])
+
+
+def _paused_queues(queues: list[str]) -> list[str]:
+    """The queues among `queues` whose level an operator paused (workers.queues); none when Redis
+    does not answer (the worker starts consuming, and a pause sent later reaches it)."""
+    try:
+        paused = paused_queue_names()
+    except RedisError as exc:
+        logger.warning("could not read the paused queues: %s", exc)
+        return []
+    return [q for q in queues if q in paused]
 
 
 class WorkerSignals(bootsteps.Step):

@@ -16,7 +16,7 @@ import socket
 import threading
 import time
 
-from celery import bootsteps
+from celery import bootsteps, signals
 
 from tasks.counters import counters
 from vokaflow.core import keys
@@ -24,6 +24,8 @@ from vokaflow.core.queues import parse_queue
 
 logger = logging.getLogger(__name__)
 
+ACTIVE_LIMIT = 50  # running tasks listed per heartbeat
+ARGS_LIMIT = 200  # characters of a running task's arguments in its heartbeat
 _POOL_NAMES = {"prefork": "prefork", "thread": "threads", "solo": "solo", "eventlet": "eventlet", "gevent": "gevent"}
 _POSTRUN_OUTCOMES = {"SUCCESS": "completed", "FAILURE": "failed", "RETRY": "retried"}
 
@@ -52,8 +54,15 @@ class Heartbeat(bootsteps.StartStopStep):
         super().__init__(worker, **kwargs)
         self.worker = worker
         self._stop = threading.Event()
+        self._ready = threading.Event()
         self._thread: threading.Thread | None = None
         self.started_at = time.time()
+        # The first beat waits for the worker to consume: a heartbeat means "takes tasks", which
+        # is what the fleet views, health and the launcher's ready block rely on.
+        signals.worker_ready.connect(self._on_ready, weak=False)
+
+    def _on_ready(self, **kwargs) -> None:
+        self._ready.set()
 
     def start(self, worker):
         self._thread = threading.Thread(target=self._run, name="vokaflow-heartbeat", daemon=True)
@@ -74,6 +83,7 @@ class Heartbeat(bootsteps.StartStopStep):
     def _run(self):
         from django.conf import settings
 
+        self._ready.wait(60)
         while not self._stop.is_set():
             try:
                 self.beat(settings.VOKAFLOW_HEARTBEAT_TTL)
@@ -87,7 +97,10 @@ class Heartbeat(bootsteps.StartStopStep):
         from vokaflow.redis import get_redis
 
         worker = self.worker
-        routes = [r for r in map(parse_queue, worker.app.amqp.queues.consume_from or {}) if r]
+        # The queues the worker was started for, paused ones included (vokaflow.celery sets them),
+        # so a worker whose every level is paused still shows under its type.
+        queues = getattr(worker, "vokaflow_queues", None) or worker.app.amqp.queues.consume_from or {}
+        routes = [r for r in map(parse_queue, queues) if r]
         pool = worker.pool_cls if isinstance(worker.pool_cls, str) else worker.pool_cls.__module__
         now = time.time()
         info = {
@@ -96,10 +109,28 @@ class Heartbeat(bootsteps.StartStopStep):
             "partitions": sorted({r.partition for r in routes}),
             "pool": _POOL_NAMES.get(pool.rsplit(".", 1)[-1].split(":")[0], pool), "concurrency": worker.concurrency,
             "busy": len(state.active_requests), "processed": sum(state.total_count.values()),
+            "active": running_tasks(state.active_requests),
             "started_at": self.started_at, "last_seen": now,
+            # slots whose task runs past its hard time limit (thread pools: workers.watchdog)
+            "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))
             pipe.zadd(keys.WORKERS, {worker.hostname: now})
             pipe.zremrangebyscore(keys.WORKERS, "-inf", now - 24 * 3600)  # forget long-gone names
             pipe.execute()
+
+
+def running_tasks(requests) -> list[dict]:
+    """What the console's Running page shows of each request a worker is running.
+    Reads Celery's Request attributes (id, name, time_start, argsrepr, kwargsrepr, delivery_info;
+    checked by tests/test_contracts.py)."""
+    running = []
+    for request in list(requests)[:ACTIVE_LIMIT]:  # a copy: the pool adds and removes as we read
+        arguments = f"{request.argsrepr or ''} {request.kwargsrepr or ''}".strip()
+        running.append({
+            "id": request.id, "name": request.name, "started_at": request.time_start,
+            "queue": (request.delivery_info or {}).get("routing_key"),
+            "args": arguments[:ARGS_LIMIT] + ("…" if len(arguments) > ARGS_LIMIT else ""),
+        })
+    return running

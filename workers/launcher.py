@@ -2,7 +2,8 @@
 
 `manage.py launch` decides what to start (it needs Django's settings), writes that plan to a
 file and replaces itself with `python -m workers.launcher PLAN`: the supervisor that stays up for
-the fleet's whole life imports no Django and no task code (15 MB instead of 80, bench/memory.py).
+the fleet's whole life imports no Django and no task code (20 MB instead of 73, bench/memory.py).
+The workers, beat and Flower are forked from one process of their own (workers.host).
 
 Starts each child in its own process group, restarts one that dies (at most 3 times, with
 growing back-off) and gives up on it loudly, and stops every child on SIGINT/SIGTERM:
@@ -19,9 +20,11 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any, Protocol
 
 import psutil
 
@@ -35,13 +38,16 @@ class ProcessSpec:
     name: str
     argv: list[str]
     port: int | None = None
-    address: str | None = None  # what to print for a person to open
+    env: dict[str, str] = field(default_factory=dict)  # added to the launcher's environment (secrets: not in `ps`)
+    # When it serves: {"http": URL answering 200, "heartbeats": [worker names with a fresh
+    # heartbeat]}, each optional; None: as soon as it runs. Data, so a plan file can carry it.
+    ready: dict[str, Any] | None = None
 
 
 @dataclass
 class Child:
     spec: ProcessSpec
-    proc: subprocess.Popen | None = None
+    proc: Process | None = None
     restarts: int = 0
     restart_at: float | None = None
     given_up: bool = False
@@ -77,12 +83,32 @@ def _port_holder(port: int) -> str:
     return "another process"
 
 
+class Process(Protocol):
+    """What the launcher needs of a child: subprocess.Popen, or workers.host.ForkedProcess."""
+
+    pid: int
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+
+def popen(spec: ProcessSpec, env: dict | None) -> Process:
+    """A child started from its command line, in a process group of its own."""
+    return subprocess.Popen(spec.argv, env=env, start_new_session=True)
+
+
 class Launcher:
-    def __init__(self, specs: list[ProcessSpec], health_url: str | None = None,
+    def __init__(self, specs: list[ProcessSpec], ready_message: str | None = "VokaFlow is ready",
                  grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
-                 report: Callable[[dict], None] | None = None):
+                 report: Callable[[dict], None] | None = None, ready_timeout: float = 90.0,
+                 spawn: Callable[[ProcessSpec, dict | None], Process] = popen,
+                 heartbeat: Callable[[str], bool] | None = None):
         self.children = [Child(spec) for spec in specs]
-        self.health_url = health_url
+        self.ready_message = ready_message  # printed once every process is ready: the last startup lines
+        self.ready_timeout = ready_timeout
+        self.spawn = spawn
+        self.heartbeat = heartbeat  # is this worker's heartbeat fresh? (readiness of workers)
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
         self.env = env
@@ -129,7 +155,8 @@ class Launcher:
 
     def _start(self, child: Child) -> None:
         logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
-        child.proc = subprocess.Popen(child.spec.argv, env=self.env, start_new_session=True)
+        env = {**(self.env or os.environ), **child.spec.env} if child.spec.env else self.env
+        child.proc = self.spawn(child.spec, env)
         child.started_at = time.monotonic()
         child.restart_at = None
 
@@ -157,25 +184,34 @@ class Launcher:
             logger.warning("%s exited with %s; restart %d of %d in %.1f s", child.spec.name, code,
                            child.restarts, MAX_RESTARTS, delay)
 
-    def _wait_ready(self, timeout: float = 60.0) -> None:
-        deadline = time.monotonic() + timeout
-        while self.health_url and time.monotonic() < deadline and not self.stopping:
+    def _wait_ready(self) -> None:
+        """Print the ready message once every process serves (the API's health passes, each worker's
+        heartbeat is fresh, Flower answers), so it comes after their startup output."""
+        if self.ready_message is None:
+            return
+        deadline = time.monotonic() + self.ready_timeout
+        while not self.stopping:
             self._watch()
-            try:
-                with urllib.request.urlopen(self.health_url, timeout=2) as response:
-                    if response.status == 200:
-                        break
-            except OSError:
-                pass
-            time.sleep(0.5)
-        else:
-            if self.health_url and not self.stopping:
-                logger.error("health check at %s did not pass within %.0f s", self.health_url, timeout)
+            waiting = [c.spec.name for c in self.children if not self._is_ready(c)]
+            if not waiting:
+                print(self.ready_message, flush=True)
                 return
-        if not self.stopping:
-            lines = [f"  {c.spec.name:<10} {c.spec.address or f'pid {c.proc.pid if c.proc else None}'}"
-                     for c in self.children]
-            print("VokaFlow is ready:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop.", flush=True)
+            if time.monotonic() > deadline:
+                logger.error("not ready within %.0f s: %s (see their output above)", self.ready_timeout,
+                             ", ".join(waiting))
+                return
+            time.sleep(0.5)
+
+    def _is_ready(self, child: Child) -> bool:
+        if child.given_up or child.proc is None or child.proc.poll() is not None:
+            return False
+        ready = child.spec.ready or {}
+        try:
+            if ready.get("http") and _answers(ready["http"]) != 200:
+                return False
+            return all(self.heartbeat is None or self.heartbeat(name) for name in ready.get("heartbeats", ()))
+        except Exception:  # not answering yet
+            return False
 
     def stop(self) -> None:
         running = [(c.spec.name, c.proc) for c in self.children if c.proc and c.proc.poll() is None]
@@ -194,15 +230,22 @@ class Launcher:
         logger.info("all processes stopped")
 
 
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
+def _answers(url: str) -> int | None:
+    """The HTTP status a GET gets, or None when nothing answers."""
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
+
+
+def _signal_group(proc: Process, signum: int) -> None:
     try:
         os.killpg(proc.pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
-
-
-def python_command(*args: str) -> list[str]:
-    return [sys.executable, *args]
 
 
 def systemd_unit(spec: ProcessSpec, *, root: str, env_file: str, grace_seconds: float,
@@ -241,28 +284,46 @@ WantedBy=multi-user.target
 """
 
 
-def redis_reporter(redis_url: str, sentinel_master: str | None) -> Callable[[dict], None]:
-    """Writes the process table to Redis for health to read (keys.LAUNCHERS, field = host name)."""
+def redis_reporter(client: Any, part: str = "") -> Callable[[dict], None]:
+    """Writes the process table to Redis for health to read (keys.LAUNCHERS, field = host name,
+    and `part` for a supervisor below the launcher, such as the worker host)."""
     from vokaflow.core import keys
-    from vokaflow.redis_connect import client_from_url
 
-    client = client_from_url(redis_url, sentinel_master=sentinel_master)
-    host = socket.gethostname()
+    host = socket.gethostname() + (f"/{part}" if part else "")
 
     def report(table: dict) -> None:
         client.hset(keys.LAUNCHERS, host, json.dumps({"reported_at": time.time(), "processes": table}))
     return report
 
 
+def read_plan(path: str) -> dict:
+    """A plan `manage.py launch` wrote: processes, health URL, grace and back-off, where to report."""
+    with open(path) as file:
+        plan = json.load(file)
+    plan["processes"] = [ProcessSpec(**spec) for spec in plan["processes"]]
+    return plan
+
+
+def launcher_for(plan: dict, part: str = "", **options) -> Launcher:
+    """The launcher a plan describes, reporting to and reading heartbeats from the plan's Redis."""
+    report = heartbeat = None
+    if plan.get("redis_url"):
+        from vokaflow.core import keys
+        from vokaflow.redis_connect import client_from_url
+
+        client = client_from_url(plan["redis_url"], sentinel_master=plan.get("sentinel_master"))
+        report = redis_reporter(client, part)
+
+        def heartbeat(name: str) -> bool:
+            return bool(client.exists(keys.WORKER.format(name)))
+    return Launcher(plan["processes"], ready_message=plan.get("ready_message"), grace_seconds=plan["grace_seconds"],
+                    backoff_seconds=plan["backoff_seconds"], report=report, heartbeat=heartbeat, **options)
+
+
 def main(argv: list[str]) -> int:
     """`python -m workers.launcher PLAN`: run the plan `manage.py launch` wrote (JSON)."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    with open(argv[0]) as file:
-        plan = json.load(file)
-    specs = [ProcessSpec(**spec) for spec in plan["processes"]]
-    report = redis_reporter(plan["redis_url"], plan.get("sentinel_master")) if plan.get("redis_url") else None
-    return Launcher(specs, health_url=plan.get("health_url"), grace_seconds=plan["grace_seconds"],
-                    backoff_seconds=plan["backoff_seconds"], report=report).run()
+    return launcher_for(read_plan(argv[0])).run()
 
 
 if __name__ == "__main__":

@@ -46,7 +46,16 @@ class FleetCollector:
         yield live
         yield slots
         yield busy
-        yield GaugeMetricFamily("vokaflow_active_workers", "Live workers.", value=len(workers))
+        yield GaugeMetricFamily("vokaflow_active_workers", "Live workers (fresh heartbeat).",
+                                value=metrics["active_workers"])
+        yield GaugeMetricFamily("vokaflow_busy_workers", "Live workers running at least one task.",
+                                value=metrics["busy_workers"])
+
+        paused = GaugeMetricFamily("vokaflow_paused_level", "1 for a paused (worker type, priority) level.",
+                                   labels=["worker_type", "priority"])
+        for level in metrics["paused_levels"]:
+            paused.add_metric([level["worker_type"], level["priority"]], 1)
+        yield paused
 
         dead = GaugeMetricFamily("vokaflow_dead_letters", "Dead letters by status.", labels=["status"])
         for dead_status, n in metrics["dead_letters"].items():

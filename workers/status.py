@@ -60,6 +60,17 @@ def throughput_per_second() -> float:
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
+def outcome_history(bucket: int, count: int) -> list[dict]:
+    """Tasks completed and failed in each of the last `count` buckets of `bucket` seconds (60 or
+    900), oldest first: the workers' once-a-second flush adds to these buckets, kept 25 h."""
+    first = int(time.time()) // bucket - count + 1
+    span = range(first, first + count)
+    values = get_redis().mget([keys.HISTORY.format(bucket, outcome, n) for n in span for outcome in ("completed",
+                                                                                                    "failed")])
+    return [{"start": n * bucket, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
+            for i, n in enumerate(span)]
+
+
 def redis_nodes() -> list[dict]:
     info = get_redis().info()
     return [{"url": redacted_url(settings.REDIS_URL), "role": info.get("role"), "version": info.get("redis_version"),
@@ -87,11 +98,17 @@ def worker_pools(workers: list[dict]) -> dict[str, dict]:
     return pools
 
 
+def worker_counts(workers: list[dict]) -> dict[str, int]:
+    """The two worker figures, named the same in status, metrics and Prometheus:
+    `active_workers` are live (fresh heartbeat), `busy_workers` are running at least one task."""
+    return {"active_workers": len(workers), "busy_workers": sum(1 for w in workers if w["busy"])}
+
+
 def workers_status() -> dict:
     workers = live_workers()
     return {
         "total_workers": len(workers),
-        "active_workers": sum(1 for w in workers if w["busy"]),
+        **worker_counts(workers),
         "worker_pools": worker_pools(workers),
         "workers": workers,
         "redis_nodes": redis_nodes(),
@@ -127,6 +144,7 @@ def _without(entry: dict, fields: tuple[str, ...]) -> dict:
 def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
     """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
     from tasks.dlq import dead_letter_counts
+    from workers.queues import paused_levels
 
     depths = queue_depths() if depths is None else depths
     workers = live_workers() if workers is None else workers
@@ -140,12 +158,12 @@ def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | No
     return {
         "throughput_per_second": throughput_per_second(),
         "total_pending_tasks": sum(depths.values()),
-        "active_workers": len(workers),
-        "busy_workers": sum(1 for w in workers if w["busy"]),
+        **worker_counts(workers),
         "redis_nodes": redis_nodes(),
         "partitions": settings.VOKAFLOW_PARTITIONS,
         "queue_distribution": by_priority,
         "queues": {q: d for q, d in depths.items() if d},
+        "paused_levels": paused_levels(),  # levels whose queues workers do not consume (workers.queues)
         "system_resources": system_resources(),
         "memory_mode": {
             # Counters are kept in each worker's memory and added to Redis once a second.

@@ -63,6 +63,11 @@ class TaskStatusSerializer(serializers.Serializer):
     eta = serializers.CharField(allow_null=True, required=False)
     worker = serializers.CharField(allow_null=True)
     finished_at = serializers.CharField(allow_null=True)
+    stopping = serializers.BooleanField(help_text="True while a running task asked to stop has not stopped yet.")
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField()
 
 
 class CatalogEntrySerializer(serializers.Serializer):

@@ -3,13 +3,14 @@
 from dataclasses import asdict
 
 from django.urls import reverse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import catalog
 from tasks.api.serializers import (
     CatalogEntrySerializer,
+    ErrorSerializer,
     SubmissionSerializer,
     TaskBatchSerializer,
     TaskStatusSerializer,
@@ -54,9 +55,18 @@ class TaskDetailView(APIView):
     def get(self, request, task_id):
         return Response(task_status(task_id, user=request.user))
 
-    @extend_schema(responses={200: TaskStatusSerializer})
+    @extend_schema(responses={
+        200: OpenApiResponse(TaskStatusSerializer, "Revoked: it had not started, or it ran in a prefork "
+                             "worker and was terminated. `state` is REVOKED."),
+        202: OpenApiResponse(TaskStatusSerializer, "Running in a thread pool: asked to stop; `stopping` is "
+                             "true and `state` STARTED until it stops, then REVOKED."),
+        404: OpenApiResponse(ErrorSerializer, "No task with this id."),
+        409: OpenApiResponse(ErrorSerializer, "Already finished (SUCCESS, FAILURE, REVOKED, DEAD): "
+                             "its state is left as it is."),
+    })
     def delete(self, request, task_id):
-        return Response(revoke_task(task_id, user=request.user))
+        status = revoke_task(task_id, user=request.user)
+        return Response(status, status=202 if status["stopping"] else 200)
 
 
 class CatalogView(APIView):

@@ -30,19 +30,47 @@ class Launch:
     def output(self) -> str:
         return self.log_path.read_text()
 
+    def stop(self) -> None:
+        """After a failure too: the launcher stops its children (each in its own session)."""
+        if self.proc.poll() is not None:
+            return
+        children = psutil.Process(self.proc.pid).children(recursive=True)
+        self.proc.send_signal(signal.SIGTERM)
+        try:
+            self.proc.wait(20)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        for child in children:
+            if child.is_running():
+                child.kill()
+
     def table(self, client) -> dict:
-        raw = client.hget("vokaflow:launchers", socket.gethostname())
-        return json.loads(raw)["processes"] if raw else {}
+        """The launcher's process table and its worker host's (the forked workers), as health reads them."""
+        table = {}
+        for field in (socket.gethostname(), f"{socket.gethostname()}/workers"):
+            raw = client.hget("vokaflow:launchers", field)
+            table.update(json.loads(raw)["processes"] if raw else {})
+        return table
 
 
 @pytest.mark.slow
 def test_the_launcher_restarts_gives_up_keeps_serving_and_stops_cleanly(tmp_path, redis_client):
-    port = free_port()
-    env = worker_env(VOKAFLOW_PORT=port, FLOWER_BASIC_AUTH="ops:x")
-    launch = Launch(tmp_path, "--only", "web,io,general", "--backoff", "0.2", "--grace", "8", env=env)
+    port, flower_port = free_port(), free_port()
+    env = worker_env(VOKAFLOW_PORT=port, FLOWER_PORT=flower_port, FLOWER_BASIC_AUTH="ops:flower-secret")
+    launch = Launch(tmp_path, "--only", "web,io,general,flower", "--backoff", "0.2", "--grace", "8", env=env)
     try:
-        wait_for(lambda: "VokaFlow is ready" in launch.output(), 60, 0.2, "the launcher to say ready")
-        assert f"http://127.0.0.1:{port}/" in launch.output()
+        wait_for(lambda: "Ctrl-C stops every process" in launch.output(), 90, 0.2, "the launcher to say ready")
+        startup, block = launch.output().split("VokaFlow is ready")
+        # One block with every address and login, after every process's startup output.
+        for path in ["/", "/admin/", "/api/docs/", "/api/redoc/", "/api/health/", "/metrics"]:
+            assert f"http://127.0.0.1:{port}{path} " in block, path
+        assert f"http://127.0.0.1:{flower_port}/ " in block
+        assert "no admin user yet: make run VOKAFLOW_ADMIN_PASSWORD=" in block
+        assert "Flower    user 'ops', password from FLOWER_BASIC_AUTH (change it in .env)" in block
+        assert "flower-secret" not in launch.output()
+        assert startup.count("@" + socket.gethostname() + " ready.") == 2 and "Visit me at" in startup
+        # Workers print one line about their queues, not Celery's banner listing all 64.
+        assert "consumes 64 IO_INTENSIVE queues" in startup and "[queues]" not in launch.output()
         assert http_status(f"http://127.0.0.1:{port}/api/health/") == 200
         wait_for(lambda: launch.table(redis_client).get("io", {}).get("state") == "running", 10, 0.2, "a report")
 
@@ -56,6 +84,8 @@ def test_the_launcher_restarts_gives_up_keeps_serving_and_stops_cleanly(tmp_path
                 wait_for(restarted, 20, 0.2, f"restart {attempt}")
                 assert launch.table(redis_client)["io"]["restarts"] == attempt
         wait_for(lambda: launch.table(redis_client)["io"]["state"] == "given_up", 20, 0.2, "giving up")
+        # Flower found task events already on (it turns them on every 5 s): no log line below the block.
+        assert "enabled by remote" not in launch.output()
         assert "GAVE UP on io" in launch.output()
 
         try:
@@ -76,9 +106,8 @@ def test_the_launcher_restarts_gives_up_keeps_serving_and_stops_cleanly(tmp_path
         gone, alive = psutil.wait_procs(children, timeout=10)
         assert not alive, f"left behind: {[p.pid for p in alive]}"
     finally:
-        if launch.proc.poll() is None:
-            os.killpg(launch.proc.pid, signal.SIGKILL)
-        redis_client.hdel("vokaflow:launchers", socket.gethostname())
+        launch.stop()
+        redis_client.hdel("vokaflow:launchers", socket.gethostname(), f"{socket.gethostname()}/workers")
 
 
 def test_a_taken_port_is_named_with_its_holder(tmp_path):

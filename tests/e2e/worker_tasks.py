@@ -3,7 +3,10 @@
 import os
 import time
 
+from celery.exceptions import SoftTimeLimitExceeded
+
 from tasks.base import platform_task
+from tasks.cancellation import check_cancelled
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 
@@ -17,8 +20,13 @@ def crash(counter_key: str):
 
 @platform_task("tests.hang", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0, time_limit=1)
 def hang(seconds: float = 30):
-    """Runs past its hard time limit of 1 s."""
-    time.sleep(seconds)
+    """Runs past its hard time limit of 1 s: it ignores the soft one (and any request to stop)."""
+    deadline = time.monotonic() + seconds
+    while (remaining := deadline - time.monotonic()) > 0:
+        try:
+            time.sleep(remaining)
+        except SoftTimeLimitExceeded:
+            pass
 
 
 @platform_task("tests.fail_once", max_retries=0)
@@ -34,3 +42,28 @@ def record(self, seconds: float = 0.01):
     """An idempotent task that records its id (a set: running it twice counts once)."""
     time.sleep(seconds)
     get_redis().sadd("vokaflow:test:seen", self.request.id)
+
+
+@platform_task("tests.sleep_then_mark", worker_type=WorkerType.CPU_INTENSIVE, max_retries=0)
+def sleep_then_mark(seconds: float, key: str):
+    """Waits without ever checking for a stop (like CPU-bound code), then records that it finished."""
+    time.sleep(seconds)
+    get_redis().set(f"vokaflow:test:{key}", "finished")
+    return "finished"
+
+
+@platform_task("tests.stoppable_retrying", worker_type=WorkerType.IO_INTENSIVE, max_retries=3,
+               retry_for=(Exception,))
+def stoppable_retrying(seconds: float):
+    """Checks for a stop in a loop; retries every exception but a stop."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        check_cancelled()
+        time.sleep(0.01)
+    return "finished"
+
+
+@platform_task("tests.stamp", max_retries=0, track_started=False)
+def stamp(key: str):
+    """Appends when it ran to a list: how many times, and when, a task ran."""
+    get_redis().rpush(f"vokaflow:test:{key}", time.time())

@@ -6,10 +6,17 @@ PREFIX = "vokaflow:"
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
 IDEMPOTENCY = PREFIX + "idem:{}:{}"  # (owner: user id or "system", key) → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
+CANCEL = PREFIX + "cancel:{}"  # task id → a running task was told to stop (checked by the task)
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
+CANCEL = PREFIX + "cancel:{}"  # task id → set when a running thread-pool task is asked to stop
+
+# kombu's Redis transport: messages taken but not yet acknowledged (delivery tag → message)
+UNACKED = "unacked"
+PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it stops counting (the quota)
 
 # Broker
 BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
+SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: message → due (epoch s)
 
 # Dead letters waiting for the database
 DLQ_PENDING = PREFIX + "dlq:pending"
@@ -24,6 +31,8 @@ WORKER = PREFIX + "worker:{}"  # worker name → heartbeat (JSON, with a TTL)
 WORKERS = PREFIX + "workers"  # sorted set: worker name → last seen
 STATS = PREFIX + "stats:{}:{}"  # (worker type, priority) → hash of outcome → count
 DONE = PREFIX + "done:{}"  # epoch second → tasks finished in it
+HISTORY = PREFIX + "history:{}:{}:{}"  # (bucket seconds, completed|failed, epoch // bucket) → count
+PAUSED = PREFIX + "paused"  # set of paused levels, "GENERAL_PURPOSE:LOW": their queues are not consumed
 LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
 
 # Failed logins in the current window (vokaflow.login_limit)

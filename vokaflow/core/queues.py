@@ -17,8 +17,6 @@ from kombu.utils.scheduling import round_robin_cycle
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
 
-DEFAULT_PARTITIONS = 8
-
 _QUEUE_RE = re.compile(r"^(?P<type>[a-z]+)\.(?P<priority>[a-z]+)\.p(?P<partition>\d+)$")
 _round_robin = itertools.count()
 

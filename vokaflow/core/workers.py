@@ -90,11 +90,12 @@ def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
 
 
 def worker_argv(worker_type: WorkerType | str, partitions: str | None = None, *,
-                loglevel: str = "INFO", extra: list[str] | None = None) -> list[str]:
-    """The plain `celery worker` command line for one type on this host."""
+                loglevel: str = "INFO", extra: list[str] | None = None, banner: bool = True) -> list[str]:
+    """The plain `celery worker` command line for one type on this host; `banner=False` adds
+    Celery's --quiet (no startup banner, which lists all 64 queues)."""
     profile = worker_profile(worker_type)
     short = profile.worker_type.short
-    argv = ["celery", "-A", "vokaflow", "worker", "--type", short]
+    argv = ["celery", "-A", "vokaflow", *([] if banner else ["--quiet"]), "worker", "--type", short]
     if partitions:
         argv += ["--partitions", partitions]
     argv += ["-P", profile.pool, "-c", str(profile.concurrency), "-n", f"{short}@%h", "-l", loglevel]

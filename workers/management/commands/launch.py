@@ -4,6 +4,7 @@ import json
 import logging
 import os
 import secrets
+import socket
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -12,6 +13,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
+from django.db import DatabaseError
 
 from vokaflow.core.workers import WorkerType, worker_argv
 from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports, systemd_unit
@@ -19,6 +21,7 @@ from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports
 logger = logging.getLogger("vokaflow.launcher")
 
 PROCESS_NAMES = ["web", *(t.short for t in WorkerType), "beat", "flower"]
+FORKED = {*(t.short for t in WorkerType), "beat", "flower"}  # started by workers.host, sharing its imports
 
 
 class Command(BaseCommand):
@@ -46,23 +49,36 @@ class Command(BaseCommand):
             return self._write_units(chosen, options)
         if options["setup"]:
             self._setup()
-        specs = [spec for spec in self._specs() if spec.name in chosen]
+        specs = [spec for spec in self._specs(task_events="flower" in chosen) if spec.name in chosen]
         try:
             check_ports(specs, settings.VOKAFLOW_HOST)
         except PortTaken as exc:
             raise CommandError(str(exc)) from None
-        health = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}/api/health/" if "web" in chosen else None
-        plan = {"processes": [asdict(spec) for spec in specs], "health_url": health,
-                "grace_seconds": options["grace"], "backoff_seconds": options["backoff"],
-                "redis_url": settings.REDIS_URL, "sentinel_master": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
-        plan_path = settings.BASE_DIR / ".run" / "launch-plan.json"
-        plan_path.write_text(json.dumps(plan))
-        plan_path.chmod(0o600)  # it holds the Redis URL, with its password if any
+        # The workers, beat and Flower are forked from one host process that imported the task code once
+        # (workers.host): they share its memory. The launcher supervises the host, the host them.
+        forked = [spec for spec in specs if spec.name in FORKED]
+        if forked:
+            host_plan = self._write_plan("workers-plan.json", forked, None, options)
+            ready = {"http": next((s.ready["http"] for s in forked if s.ready and "http" in s.ready), None),
+                     "heartbeats": [n for s in forked for n in (s.ready or {}).get("heartbeats", ())]}
+            specs = [spec for spec in specs if spec.name not in FORKED]
+            specs.append(ProcessSpec("workers", [sys.executable, "-m", "workers.host", str(host_plan)], ready=ready))
+        plan_path = self._write_plan("launch-plan.json", specs, self._ready_block(chosen), options)
         sys.stdout.flush()
         sys.stderr.flush()
         # The supervisor runs for the fleet's whole life: replace this Django process with one that
         # imports neither Django nor the task code (same pid, so signals and make still reach it).
         os.execv(sys.executable, [sys.executable, "-m", "workers.launcher", str(plan_path)])
+
+    def _write_plan(self, name: str, specs: list[ProcessSpec], ready_message: str | None, options) -> Path:
+        plan = {"processes": [asdict(spec) for spec in specs], "ready_message": ready_message,
+                "grace_seconds": options["grace"], "backoff_seconds": options["backoff"],
+                "redis_url": settings.REDIS_URL, "sentinel_master": settings.VOKAFLOW_REDIS_SENTINEL_MASTER}
+        path = settings.BASE_DIR / ".run" / name
+        # Only this user may read it: it holds the Redis URL and Flower's login.
+        with open(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "w") as file:
+            json.dump(plan, file)
+        return path
 
     def _write_units(self, chosen, options):
         root = options["root"] or str(settings.BASE_DIR)
@@ -71,14 +87,14 @@ class Command(BaseCommand):
         folder.mkdir(parents=True, exist_ok=True)
         names = []
         worker_names = {t.short for t in WorkerType}
-        for spec in self._specs(python=python, flower_auth="${FLOWER_BASIC_AUTH}"):
+        for spec in self._specs(python=python, systemd=True):
             if spec.name not in chosen:
                 continue
             if spec.name in worker_names:
                 # Sized on the host that runs it (CPU count, VOKAFLOW_CONCURRENCY_*), and no
                 # "%h" for systemd to expand.
                 spec = ProcessSpec(spec.name, [python, f"{root}/manage.py", "worker", spec.name])
-            # Flower never starts without a password.
+            # Flower never starts without a password; it reads FLOWER_BASIC_AUTH from the EnvironmentFile.
             pre = '/bin/sh -c \'test -n "$FLOWER_BASIC_AUTH"\'' if spec.name == "flower" else None
             unit = systemd_unit(spec, root=root, env_file=f"{root}/.env", grace_seconds=options["grace"],
                                 exec_start_pre=pre)
@@ -94,8 +110,7 @@ class Command(BaseCommand):
         self.stderr.write("[vokaflow] applying migrations")
         call_command("migrate", interactive=False, verbosity=0)
         call_command("collectstatic", interactive=False, verbosity=0)
-        username = os.environ.get("VOKAFLOW_ADMIN_USER", "admin")
-        password = os.environ.get("VOKAFLOW_ADMIN_PASSWORD")
+        username, password = settings.VOKAFLOW_ADMIN_USER, settings.VOKAFLOW_ADMIN_PASSWORD
         users = get_user_model().objects
         if password:
             user, created = users.get_or_create(username=username, defaults={"is_staff": True, "is_superuser": True})
@@ -107,31 +122,88 @@ class Command(BaseCommand):
             self.stderr.write("[vokaflow] no admin user yet: run `make run VOKAFLOW_ADMIN_PASSWORD=...` "
                               "or `.venv/bin/python manage.py createsuperuser`")
 
-    def _specs(self, python: str | None = None, flower_auth: str | None = None):
+    def _specs(self, python: str | None = None, systemd: bool = False, task_events: bool = False):
         host, port = settings.VOKAFLOW_HOST, settings.VOKAFLOW_PORT
 
         def python_command(*args):
             return [python or sys.executable, *args]
 
+        web = f"http://{host}:{port}"
         specs = [ProcessSpec("web", python_command(
             "-m", "gunicorn", "vokaflow.wsgi", "--bind", f"{host}:{port}",
             "--workers", str(settings.VOKAFLOW_WEB_WORKERS), "--threads", "4", "--access-logfile", "-",
             # Load the app once in the master: the web workers share its pages.
             "--preload"),
-            port=port, address=f"http://{host}:{port}/  (admin /admin/, API docs /api/docs/)")]
+            port=port, ready={"http": f"{web}/api/health/"})]
         for worker_type in WorkerType:
-            argv = worker_argv(worker_type)
+            # No banner: it lists the worker's 64 queues; the worker logs one line about them instead.
+            # Beside Flower, task events are on from the start: Flower would turn them on within 5 s
+            # anyway, and each worker would log that below the ready block.
+            argv = worker_argv(worker_type, banner=False, extra=["--task-events"] if task_events else None)
+            name = f"{worker_type.short}@{socket.gethostname()}"
             specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
-                                     address=f"celery worker {worker_type.short}@{os.uname().nodename}"))
+                                     ready={"heartbeats": [name]}))
         (settings.BASE_DIR / ".run").mkdir(exist_ok=True)
-        specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO"),
-                                 address="celery beat (dead-letter flush and retention)"))
-        auth = flower_auth or settings.FLOWER_BASIC_AUTH
-        if not auth:
-            auth = f"admin:{secrets.token_urlsafe(12)}"
-            self.stderr.write(f"[vokaflow] FLOWER_BASIC_AUTH is not set: Flower's login for this run is {auth}")
+        specs.append(ProcessSpec("beat", python_command("-m", "celery", "-A", "vokaflow", "beat", "-l", "INFO")))
+        # Flower reads FLOWER_BASIC_AUTH from its environment (a systemd unit's EnvironmentFile):
+        # a password on its command line would be readable by every user of the host (`ps`).
+        env = {}
+        if not systemd:
+            self.flower_login = settings.FLOWER_BASIC_AUTH or f"admin:{secrets.token_urlsafe(12)}"
+            env["FLOWER_BASIC_AUTH"] = self.flower_login
         specs.append(ProcessSpec("flower", python_command(
-            "-m", "celery", "-A", "vokaflow", "flower", f"--address={host}", f"--port={settings.FLOWER_PORT}",
-            f"--basic-auth={auth}"), port=settings.FLOWER_PORT,
-            address=f"http://{host}:{settings.FLOWER_PORT}/  (login from FLOWER_BASIC_AUTH)"))
+            "-m", "celery", "-A", "vokaflow", "flower", f"--address={host}", f"--port={settings.FLOWER_PORT}"),
+            port=settings.FLOWER_PORT, env=env,
+            ready={"http": f"http://{host}:{settings.FLOWER_PORT}/healthcheck"}))
         return specs
+
+    def _ready_block(self, chosen: list[str]) -> str:
+        """What `make run` prints last: every address and every login, in one block."""
+        web = f"http://{settings.VOKAFLOW_HOST}:{settings.VOKAFLOW_PORT}"
+        rows = []
+        if "web" in chosen:
+            rows += [("console", f"{web}/", "operations console (staff login)"),
+                     ("admin", f"{web}/admin/", "dead letters, users"),
+                     ("API docs", f"{web}/api/docs/", "Swagger UI; schema at /api/schema/"),
+                     ("ReDoc", f"{web}/api/redoc/", "the same reference on one page"),
+                     ("health", f"{web}/api/health/", "open, for load balancers"),
+                     ("metrics", f"{web}/metrics", "Prometheus: Bearer $VOKAFLOW_METRICS_TOKEN or an admin login")]
+        if "flower" in chosen:
+            flower = f"http://{settings.VOKAFLOW_HOST}:{settings.FLOWER_PORT}/"
+            rows.append(("Flower", flower, "workers, tasks, broker"))
+        workers = [f"{n}@{socket.gethostname()}" for n in chosen if n in {t.short for t in WorkerType}]
+        if workers:
+            rows.append(("workers", " ".join(workers), ""))
+        if "beat" in chosen:
+            rows.append(("beat", "celery beat", "dead-letter flush and retention"))
+        logins = []
+        if "web" in chosen:
+            logins.append(("admin", self._admin_login()))
+        if "flower" in chosen:
+            if settings.FLOWER_BASIC_AUTH:
+                user = settings.FLOWER_BASIC_AUTH.split(":", 1)[0]
+                logins.append(("Flower", f"user {user!r}, password from FLOWER_BASIC_AUTH (change it in .env)"))
+            else:
+                logins.append(("Flower", f"{self.flower_login}  (made for this run; set FLOWER_BASIC_AUTH="
+                                         "user:password in .env to choose one)"))
+        rule = "=" * 78
+        lines = ["", rule, "VokaFlow is ready", ""]
+        lines += [f"  {name:<9} {address:<38} {note}".rstrip() for name, address, note in rows]
+        if logins:
+            lines += ["", "Logins"] + [f"  {name:<9} {text}" for name, text in logins]
+        lines += ["", "Ctrl-C stops every process.", rule]
+        return "\n".join(lines)
+
+    def _admin_login(self) -> str:
+        username = settings.VOKAFLOW_ADMIN_USER
+        change = f".venv/bin/python manage.py changepassword {username}"
+        try:
+            exists = get_user_model().objects.filter(username=username, is_superuser=True).exists()
+        except DatabaseError:
+            exists = False
+        if not exists:
+            return ("no admin user yet: make run VOKAFLOW_ADMIN_PASSWORD=... "
+                    "(or .venv/bin/python manage.py createsuperuser)")
+        if settings.VOKAFLOW_ADMIN_PASSWORD:
+            return f"user {username!r}, password from VOKAFLOW_ADMIN_PASSWORD (change: {change})"
+        return f"user {username!r} (change its password: {change})"

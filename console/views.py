@@ -1,0 +1,180 @@
+"""Console pages (staff only). Thin: console.selectors reads, the platform's services act.
+
+Every page with live figures renders its fragment alone when asked with `?partial=1`; the
+page's script fetches that every 2 s while the tab is visible and swaps it in."""
+
+from __future__ import annotations
+
+from django.contrib import messages
+from django.contrib.admin.views.decorators import staff_member_required
+from django.core.exceptions import PermissionDenied, ValidationError
+from django.http import Http404, HttpResponseRedirect
+from django.middleware.csrf import get_token
+from django.shortcuts import redirect, render
+from django.urls import reverse
+from django.utils.http import url_has_allowed_host_and_scheme
+from django.views.decorators.http import require_POST
+
+from console import rows, selectors
+from console.forms import SubmitForm
+from tasks import catalog, dlq
+from tasks.state import TaskAlreadyFinished, TaskNotFound, revoke_task
+from tasks.submit import BrokerUnavailable, enqueue, prepare_payload
+from tasks.validation import SubmissionError
+from workers import queues
+
+RETRY_PERMISSION = "tasks.change_deadletter"
+SCHEDULED_SHOWN = 200
+
+
+def _live(request, name: str, title: str, context: dict):
+    """The whole page, or only its live fragment for the refresh script."""
+    query = request.GET.copy()
+    query.pop("partial", None)
+    context["page_url"] = request.path + (f"?{query.urlencode()}" if query else "")  # where a form comes back to
+    # Row links are built on these prefixes: a {% url %} per row cost a fifth of a 200-row page.
+    context["task_base"], context["queues_base"] = reverse("console:lookup"), reverse("console:queues")
+    if request.GET.get("partial"):
+        return render(request, f"console/_{name}.html", context)
+    return render(request, f"console/{name}.html", {**context, "title": title, "page": name})
+
+
+def _back(request, fallback: str) -> HttpResponseRedirect:
+    target = request.POST.get("next") or request.GET.get("next")
+    if target and url_has_allowed_host_and_scheme(target, allowed_hosts={request.get_host()}):
+        return HttpResponseRedirect(target)
+    return redirect(fallback)
+
+
+@staff_member_required
+def overview(request):
+    return _live(request, "overview", "Overview", selectors.overview())
+
+
+@staff_member_required
+def queue_list(request):
+    worker_type, priority = request.GET.get("worker_type") or None, request.GET.get("priority") or None
+    context = selectors.queue_page(worker_type, priority)
+    context["queue_rows"] = rows.queue_rows(context["queues"], reverse("console:queues"))
+    return _live(request, "queues", "Queues", {**context, "worker_type": worker_type, "priority": priority})
+
+
+@staff_member_required
+@require_POST
+def queue_level(request, action: str):
+    change = {"pause": queues.pause_level, "resume": queues.resume_level}[action]
+    try:
+        done = change(request.POST.get("worker_type", ""), request.POST.get("priority", ""))
+    except ValueError as exc:
+        messages.error(request, str(exc))
+    else:
+        state = "paused: its tasks stay queued" if done["paused"] else "resumed"
+        messages.success(request, f"{done['worker_type']} {done['priority']} {state}.")
+    return _back(request, "console:queues")
+
+
+@staff_member_required
+def queue_purge(request, name: str):
+    depth = next((q.depth for q in queues.non_empty_queues() if q.name == name), 0)
+    if request.method == "POST":
+        try:
+            purged = queues.purge_queue(name)
+        except queues.UnknownQueue as exc:
+            raise Http404(str(exc)) from None
+        messages.success(request, f"Purged {purged} tasks from {name}.")
+        return redirect("console:queues")
+    return render(request, "console/purge.html", {"title": f"Purge {name}", "page": "queues", "name": name,
+                                                  "depth": depth})
+
+
+@staff_member_required
+def running(request):
+    tasks = selectors.running_tasks()
+    return _live(request, "running", "Running", {
+        "tasks": tasks, "rows": rows.running_rows(tasks, reverse("console:lookup"), get_token(request))})
+
+
+@staff_member_required
+def scheduled(request):
+    from tasks.scheduled import scheduled_tasks
+
+    tasks = scheduled_tasks(limit=SCHEDULED_SHOWN)
+    return _live(request, "scheduled", "Scheduled", {
+        "tasks": tasks, "limit": SCHEDULED_SHOWN, "rows": rows.scheduled_rows(tasks, reverse("console:lookup"))})
+
+
+@staff_member_required
+def task_lookup(request):
+    task_id = request.GET.get("id", "").strip()
+    if task_id:
+        return redirect("console:task", task_id=task_id)
+    return render(request, "console/lookup.html", {"title": "Find a task", "page": "lookup"})
+
+
+@staff_member_required
+def task_detail(request, task_id: str):
+    try:
+        context = selectors.task_page(task_id)
+    except TaskNotFound:
+        return render(request, "console/lookup.html", {"title": "Find a task", "page": "lookup",
+                                                       "missing": task_id}, status=404)
+    return _live(request, "task", f"Task {task_id}", {**context, "task_id": task_id})
+
+
+@staff_member_required
+@require_POST
+def task_revoke(request, task_id: str):
+    """The Stop button: the same path as DELETE tasks/{id}/."""
+    try:
+        answer = revoke_task(task_id)
+    except TaskNotFound:
+        raise Http404(f"no task with id {task_id}") from None
+    except TaskAlreadyFinished as exc:
+        messages.warning(request, str(exc))
+    else:
+        stopping = " (told to stop; it ends at its next check)" if answer.get("stopping") else ""
+        messages.success(request, f"Task {task_id}: {answer['state']}{stopping}.")
+    return _back(request, reverse("console:task", args=[task_id]))
+
+
+@staff_member_required
+@require_POST
+def task_retry(request, task_id: str):
+    """Retry a dead letter (tasks.dlq); lands on the new task's page."""
+    if not request.user.has_perm(RETRY_PERMISSION):
+        raise PermissionDenied("retrying a dead letter needs the permission to change dead letters")
+    try:
+        letter = dlq.dead_letter_retry(task_id=task_id)
+    except dlq.DeadLetterNotFound:
+        raise Http404(f"no dead letter for task {task_id}") from None
+    except (dlq.DeadLetterNotRetriable, SubmissionError, BrokerUnavailable) as exc:
+        messages.error(request, str(exc))
+        return redirect("console:task", task_id=task_id)
+    messages.success(request, f"Retried dead letter {task_id} as task {letter.retried_task_id}.")
+    return redirect("console:task", task_id=letter.retried_task_id)
+
+
+@staff_member_required
+def submit(request):
+    entries = catalog.catalog()
+    chosen = request.POST.get("task") or request.GET.get("task") or "vokaflow.echo"
+    entry = next((e for e in entries if e.name == chosen), entries[0])
+    if request.method != "POST" or "choose" in request.POST:
+        form = SubmitForm(initial={"task": entry.name}, entries=entries, entry=entry)
+    else:
+        form = SubmitForm(request.POST, entries=entries, entry=entry)
+        if form.is_valid():
+            try:
+                submission = enqueue([prepare_payload(form.payload())])[0]
+            except ValidationError as exc:
+                form.add_error(None, exc)
+            except SubmissionError as exc:
+                form.add_error(form.field_for(exc.field), f"{exc.field}: {exc.message}" if
+                               form.field_for(exc.field) is None else exc.message)
+            except BrokerUnavailable as exc:
+                form.add_error(None, str(exc))
+            else:
+                messages.success(request, f"Submitted {submission.task} to {submission.queue}.")
+                return redirect("console:task", task_id=submission.task_id)
+    return render(request, "console/submit.html", {"title": "Submit a task", "page": "submit", "form": form,
+                                                   "entry": entry})

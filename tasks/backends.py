@@ -1,0 +1,116 @@
+"""Celery result backends: final states never overwritten, results bounded and kept without arguments.
+
+Celery's extended result (`result_extended`) stores the task's name, worker, retries and queue,
+which the API shows, but also its args and kwargs: a second copy of an argument list that can be
+2 MiB, kept for the result TTL. The arguments live in the message (until the task ran) and, for a
+task that failed for good, in its DeadLetter; the result keeps the rest.
+
+A stored result is at most VOKAFLOW_MAX_RESULT_BYTES: a larger one is replaced by a notice
+(`result_dropped`: its size and the limit), and a failure keeps its error type and the first and
+last lines of its message and traceback. The state is kept: a task that succeeded did its work.
+
+Relies on two hooks of Celery's key-value backends (private API, checked in
+tests/test_contracts.py): `_get_result_meta` builds the stored dict, `_set_with_state` writes
+the encoded value.
+"""
+
+from __future__ import annotations
+
+from celery import states
+from celery.backends.redis import RedisBackend, SentinelBackend
+from celery.exceptions import BackendStoreError
+
+from tasks.counters import counters
+from vokaflow.result_store import store_unless_final
+
+NOTICE = "result_dropped"
+
+
+def max_result_bytes() -> int:
+    from django.conf import settings
+
+    return settings.VOKAFLOW_MAX_RESULT_BYTES
+
+
+def _shorten(text, keep: int) -> str:
+    text = str(text)
+    if len(text) <= keep:
+        return text
+    half = max(keep // 2, 1)
+    return f"{text[:half]}\n… {len(text) - 2 * half} characters left out …\n{text[-half:]}"
+
+
+def shrink(meta: dict, size: int, limit: int) -> dict:
+    """A stored result of `size` bytes cut down to fit `limit`: the value goes, the facts stay."""
+    meta = dict(meta)
+    meta[NOTICE] = {"bytes": size, "limit": limit}
+    keep = max(limit // 4, 64)
+    result = meta.get("result")
+    if meta.get("status") in states.EXCEPTION_STATES and isinstance(result, dict) and "exc_type" in result:
+        meta["result"] = {**result, "exc_type": _shorten(result.get("exc_type"), 200),
+                          "exc_message": [_shorten(result.get("exc_message"), keep)]}
+        meta["traceback"] = _shorten(meta.get("traceback") or "", keep) or None
+    else:
+        meta["result"] = None
+    return meta
+
+
+class BoundedResults:
+    """Mixin for Celery's Redis backends (plain and Sentinel)."""
+
+    def _get_result_meta(self, *args, **kwargs):
+        meta = super()._get_result_meta(*args, **kwargs)
+        meta.pop("args", None)
+        meta.pop("kwargs", None)
+        return meta
+
+    def _set_with_state(self, key, value, state):
+        limit = max_result_bytes()
+        # len() of the str is the byte size: Celery's JSON is ASCII (non-ASCII is escaped).
+        if limit and len(value) > limit:
+            meta = shrink(self.decode(value), len(value), limit)
+            value = self.encode(meta)
+            if len(value) > limit:  # a failure whose type name alone is huge: keep only the facts
+                value = self.encode({k: meta.get(k) for k in ("status", "task_id", "date_done", NOTICE)}
+                                    | {"result": None, "traceback": None})
+        return super()._set_with_state(key, value, state)
+
+    def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
+        stored = super()._store_result(task_id, result, state, traceback=traceback, request=request, **kwargs)
+        owner = getattr(request, "vokaflow_owner", None) if request is not None else None
+        if owner and state in states.READY_STATES:
+            counters.finished(owner, task_id)  # its place in the owner's pending quota is free again
+        return stored
+
+
+class KeepFinalStates:
+    """A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store).
+
+    Celery's KeyValueStoreBackend._store_result (and _save_group) write through
+    _set_with_state(key, value, state), a private hook: tests/test_contracts.py checks it is
+    still called, and tests/test_result_store.py that the rule holds."""
+
+    def _set_with_state(self, key, value, state):
+        if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
+            raise BackendStoreError("value too large for Redis backend")
+        expires = self.failure_expires if state == states.FAILURE else self.expires
+        return self.ensure(store_unless_final, (self.client, key, value, expires))
+
+
+class SubmitOnlyRedisBackend(BoundedResults, KeepFinalStates, RedisBackend):
+    """Redis result backend that keeps final states, stores results bounded and without their
+    arguments (vokaflow.results), and does not subscribe to a task's result when it is sent.
+
+    Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
+    case the caller waits on it: one extra round trip per task, which breaks pipelined batch
+    submission and piles up subscriptions in the API. `AsyncResult.get()` still subscribes
+    when someone actually waits (celery.backends.asynchronous.add_pending_result).
+    """
+
+    def on_task_call(self, producer, task_id):
+        pass
+
+
+class BoundedSentinelBackend(BoundedResults, KeepFinalStates, SentinelBackend):
+    """Celery's Sentinel result backend, keeping final states, with results bounded and without
+    their arguments."""

@@ -1,0 +1,131 @@
+"""The host's Celery processes (a worker per type, and beat) forked from one parent that imported
+Django, Celery and the task code once, so they share those pages instead of each holding its own.
+
+`python -m workers.host PLAN` (started by the launcher, see workers.launcher) imports everything a
+worker needs, freezes those objects out of the garbage collector (so collections do not touch,
+and copy, the shared pages) and forks one child per process of the plan; each child runs the
+ordinary `celery -A vokaflow worker ...` command line in-process. The host supervises its children
+with the launcher's policy (restart at most 3 times with back-off, then give up loudly) and stops
+them on SIGTERM. Measured with bench/memory.py: see BENCHMARKS.md.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import traceback
+
+from workers.launcher import ProcessSpec, launcher_for, read_plan
+
+
+class ForkedProcess:
+    """A child forked from this process that runs a `celery` command line (Popen's interface)."""
+
+    def __init__(self, argv: list[str], name: str = "", env: dict[str, str] | None = None):
+        self.argv = argv
+        self.returncode: int | None = None
+        self.pid = os.fork()
+        if self.pid == 0:
+            os.environ.update(env or {})  # e.g. Flower's login, kept off the command line
+            _run_celery(argv, name)  # never returns
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            try:
+                pid, status = os.waitpid(self.pid, os.WNOHANG)
+            except ChildProcessError:
+                self.returncode = -1
+                return self.returncode
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while (code := self.poll()) is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(self.argv, timeout or 0)
+            time.sleep(0.05)
+        return code
+
+
+def _run_celery(argv: list[str], name: str) -> None:
+    code = 1
+    try:
+        os.setsid()  # its own process group, like the launcher's other children
+        _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # a killed host leaves no orphan workers (Linux)
+        _prctl(PR_SET_NAME, f"celery-{name}".encode()[:15])  # `ps -o comm` and top tell them apart
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        from celery.bin.celery import main as celery_main
+
+        # The same command line a separate process would run: `python -m celery ...` or `celery ...`.
+        sys.argv = ["celery", *(argv[3:] if argv[1:3] == ["-m", "celery"] else argv[1:])]
+        code = celery_main() or 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    except BaseException:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+
+
+PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+
+
+def _prctl(option: int, value: object) -> None:
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(option, value)
+    except (OSError, AttributeError):
+        pass  # not Linux
+
+
+def preload() -> None:
+    """Import what every worker and beat needs, once, before forking them."""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
+    os.environ["VOKAFLOW_TASK_PROCESS"] = "1"  # the task apps only, as in a `celery` process
+    import django
+
+    django.setup()
+    from vokaflow.celery import app
+
+    app.loader.import_default_modules()
+    # The celery command line imports every subcommand and plugin (Flower's, the shell's
+    # prompt_toolkit): 30 MB that each child would otherwise import for itself.
+    import celery.apps.beat  # noqa: F401
+    import celery.apps.worker  # noqa: F401
+    import celery.bin.celery  # noqa: F401
+    import celery.concurrency.prefork  # noqa: F401
+    import celery.concurrency.thread  # noqa: F401
+    import celery.worker.consumer  # noqa: F401
+    import kombu.transport.redis  # noqa: F401
+
+    import vokaflow.transport  # noqa: F401
+    import workers.bootsteps  # noqa: F401
+    import workers.heartbeat  # noqa: F401
+
+    gc.collect()
+    gc.freeze()
+
+
+def spawn(spec: ProcessSpec, env: dict | None) -> ForkedProcess:
+    return ForkedProcess(spec.argv, spec.name, spec.env)
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    plan = read_plan(argv[0])
+    preload()
+    return launcher_for(plan, part="workers", spawn=spawn).run()  # its plan has no ready message
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,191 @@
+"""Queues as an operator sees them: depth and oldest age, pause and resume a level, purge.
+
+A level is one (worker type, priority): its `VOKAFLOW_PARTITIONS` queues. Paused levels live in
+the Redis set `vokaflow:paused` ("GENERAL_PURPOSE:LOW"), the one source of truth: live workers
+are told to stop consuming those queues through Celery's remote control (`cancel_consumer`, as
+Flower does it), a worker that starts later leaves them out of its queue list
+(vokaflow.celery.ConsumeWorkerTypeQueues), and resuming adds them back (`add_consumer`). Paused
+work stays queued.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+from tasks.messages import ENQUEUED_AT_HEADER
+from vokaflow.core import keys
+from vokaflow.core.errors import NotFound
+from vokaflow.core.priorities import Priority
+from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name
+from vokaflow.core.workers import WorkerType
+from vokaflow.redis import get_redis
+from vokaflow.redis_connect import as_text
+
+logger = logging.getLogger(__name__)
+
+
+
+class UnknownQueue(NotFound):
+    def __init__(self, name: str):
+        self.name = name
+        super().__init__(f"no queue named {name!r}; queue names read <type>.<priority>.p<partition>, "
+                         "for example general.low.p0")
+
+
+@dataclass(frozen=True)
+class QueueInfo:
+    name: str
+    worker_type: str
+    priority: str
+    partition: int
+    depth: int
+    oldest_age_seconds: float | None  # None: the next message carries no enqueue time
+    paused: bool
+
+
+@dataclass(frozen=True)
+class Level:
+    worker_type: WorkerType
+    priority: Priority
+
+    @property
+    def key(self) -> str:
+        return f"{self.worker_type.value}:{self.priority.name}"
+
+    def queues(self) -> list[str]:
+        return [queue_name(self.worker_type, self.priority, p) for p in range(settings.VOKAFLOW_PARTITIONS)]
+
+    def as_dict(self) -> dict:
+        return {"worker_type": self.worker_type.value, "priority": self.priority.name}
+
+
+def level(worker_type: str, priority: str) -> Level:
+    """The level named by a worker type and a priority (ValueError naming the choices)."""
+    return Level(WorkerType.parse(worker_type), Priority.parse(priority))
+
+
+# One script for every queue: the depth, and the enqueue time of the message a worker takes next
+# (the list's right end). The script builds the 320 names itself and answers one line per
+# non-empty queue in one string: the names as arguments and 960 separate replies cost 30 ms of
+# packing and parsing in redis-py (bench/console.py). The header is found by a string match, not
+# by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
+# (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`.
+_SCAN = """
+local pattern, partitions = '"' .. ARGV[1] .. '": ([%d%.]+)', tonumber(ARGV[2])
+local types, priorities = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local out = {}
+for _, kind in ipairs(types) do
+  for _, priority in ipairs(priorities) do
+    for p = 0, partitions - 1 do
+      local key = kind .. '.' .. priority .. '.p' .. p
+      local depth = redis.call('LLEN', key)
+      if depth > 0 then
+        local at = string.match(redis.call('LINDEX', key, -1), pattern) or ''
+        out[#out + 1] = key .. ' ' .. depth .. ' ' .. at
+      end
+    end
+  end
+end
+return table.concat(out, '\\n')
+"""
+_TYPES = json.dumps([w.short for w in WorkerType])
+_PRIORITIES = json.dumps([p.name.lower() for p in Priority])
+
+
+def non_empty_queues() -> list[QueueInfo]:
+    """Every non-empty VokaFlow queue with its depth and the age of its oldest waiting task,
+    highest priority first."""
+    r = get_redis()
+    lines = r.register_script(_SCAN)(args=[ENQUEUED_AT_HEADER, settings.VOKAFLOW_PARTITIONS, _TYPES, _PRIORITIES])
+    paused = paused_levels_set()
+    now = time.time()
+    found = []
+    for line in lines.decode().split("\n") if lines else []:
+        name, depth, at = line.split(" ")
+        route = _route(name)
+        found.append(QueueInfo(
+            name=name, worker_type=route.worker_type.value, priority=route.priority.name,
+            partition=route.partition, depth=int(depth),
+            oldest_age_seconds=round(max(0.0, now - float(at)), 1) if at else None,
+            paused=Level(route.worker_type, route.priority) in paused))
+    return sorted(found, key=lambda q: int(Priority[q.priority]))  # stable: type and partition order stay
+
+
+@functools.lru_cache(maxsize=4096)
+def _route(name: str) -> Route:
+    route = parse_queue(name)
+    if route is None:
+        raise UnknownQueue(name)
+    return route
+
+
+def paused_levels_set() -> set[Level]:
+    levels = set()
+    for raw in get_redis().smembers(keys.PAUSED):
+        worker_type, _, priority = as_text(raw).partition(":")
+        try:
+            levels.add(level(worker_type, priority))
+        except ValueError:
+            continue  # written by a newer version with another vocabulary
+    return levels
+
+
+def paused_levels() -> list[dict]:
+    """[{"worker_type", "priority"}] of every paused level, in priority order."""
+    return [lv.as_dict() for lv in sorted(paused_levels_set(), key=lambda lv: (lv.priority, lv.worker_type.value))]
+
+
+def paused_queue_names() -> set[str]:
+    return {q for lv in paused_levels_set() for q in lv.queues()}
+
+
+def pause_level(worker_type: str, priority: str) -> dict:
+    """Stop consuming a level: recorded in Redis first (workers that start later read it), then
+    every live worker that consumes its queues is told to cancel them."""
+    paused = level(worker_type, priority)
+    get_redis().sadd(keys.PAUSED, paused.key)
+    _tell_workers("cancel_consumer", paused)
+    logger.info("paused %s", paused.key)
+    return {**paused.as_dict(), "paused": True}
+
+
+def resume_level(worker_type: str, priority: str) -> dict:
+    resumed = level(worker_type, priority)
+    get_redis().srem(keys.PAUSED, resumed.key)
+    _tell_workers("add_consumer", resumed)
+    logger.info("resumed %s", resumed.key)
+    return {**resumed.as_dict(), "paused": False}
+
+
+def _tell_workers(command: str, lv: Level) -> None:
+    """Celery's remote control (cancel_consumer / add_consumer) to the live workers of this level's
+    type, queue by queue for the partitions each one owns; no reply is awaited."""
+    from vokaflow.celery import app
+    from workers.status import live_workers
+
+    owners: dict[str, list[str]] = {}
+    for worker in live_workers():
+        if lv.worker_type.value in worker["worker_types"]:
+            for partition in worker["partitions"]:
+                owners.setdefault(Route(lv.worker_type, lv.priority, partition).queue, []).append(worker["name"])
+    for queue, names in owners.items():
+        getattr(app.control, command)(queue, destination=names, reply=False)
+
+
+def purge_queue(name: str) -> int:
+    """Delete every task waiting in one queue; returns how many. Running tasks are not touched;
+    the purged tasks' states stay PENDING until their records expire."""
+    if name not in all_queues(settings.VOKAFLOW_PARTITIONS):
+        raise UnknownQueue(name)
+    with get_redis().pipeline(transaction=True) as pipe:
+        pipe.llen(name)
+        pipe.delete(name)
+        depth, _ = pipe.execute()
+    logger.warning("purged %d tasks from %s", depth, name)
+    return depth
