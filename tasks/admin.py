@@ -182,7 +182,7 @@ class DeadLetterAdmin(admin.ModelAdmin):
         return False
 
     def has_retry_permission(self, request, obj=None):
-        """Retrying changes a dead letter's status: Django's change permission (the view one is not enough)."""
+        """The permission the Retry action asks for (Django's admin convention)."""
         return self.may_retry(request)
 
     def has_discard_permission(self, request, obj=None):

@@ -11,9 +11,11 @@ from typing import Any
 from tasks.records import Submission
 
 
-def owner_id(user: Any) -> int | None:
+def owner_id(user: Any) -> str | None:
     """The id stored as a submission's owner: the authenticated user's, else the system's (None)."""
-    return user.pk if user is not None and getattr(user, "is_authenticated", False) else None
+    if user is None or not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
+        return None
+    return str(user.pk)
 
 
 def sees_every_task(user: Any) -> bool:

@@ -15,9 +15,10 @@ pytestmark = pytest.mark.django_db
 
 # The README's list: health, the API schema and its docs, and the ways in (token, login forms).
 OPEN = {"health", "schema", "api-docs", "api-redoc", "token-obtain", "token-refresh",
-        "admin:login", "admin:logout", "rest_framework:login", "rest_framework:logout"}
+        "admin:login", "admin:logout", "rest_framework:login", "rest_framework:logout",
+        "home"}  # "/" only redirects to the console, which asks for the login
 # Values tried for each path parameter until the path resolves back to its own pattern.
-SAMPLE_VALUES = ["1", "tasks", "auth", "deadletter", "some-key"]
+SAMPLE_VALUES = ["1", "tasks", "auth", "deadletter", "some-key", "pause"]
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
 
@@ -83,6 +84,7 @@ def test_the_open_pages_answer_without_credentials(redis_client):
     assert client.get("/api/redoc/").status_code == 200
     assert client.get("/admin/login/").status_code == 200
     assert client.get("/api-auth/login/").status_code == 200
+    assert client.get("/", follow=True).redirect_chain[-1][0].startswith("/admin/login/")
     assert client.post("/api/auth/token/", {"username": "nobody", "password": "x"},
                        content_type="application/json").status_code == 401
 

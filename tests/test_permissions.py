@@ -84,6 +84,13 @@ ENDPOINTS = [
              expect(409, **{NOT_PERMITTED: 403, VIEW_ONLY: 403}), {"token": "not-held", "timeout": 5}),
     Endpoint("lock release", "delete", "/lock/nightly/release?token=not-held",
              expect(404, **{NOT_PERMITTED: 403, VIEW_ONLY: 403})),
+    # Queue control is for staff, whatever their permissions.
+    Endpoint("queue list", "get", "/queues", expect(200, owner__other=403)),
+    Endpoint("queue pause", "post", "/queues/pause", expect(200, owner__other=403),
+             {"worker_type": "IO_INTENSIVE", "priority": "LOW"}),
+    Endpoint("queue resume", "post", "/queues/resume", expect(200, owner__other=403),
+             {"worker_type": "IO_INTENSIVE", "priority": "LOW"}),
+    Endpoint("queue purge", "delete", "/queues/io.low.p0", expect(200, owner__other=403)),
 ]
 
 
@@ -152,6 +159,15 @@ def test_admin_dead_letter_pages(world, page: str, role: str):
     assert response.status_code == ADMIN_PAGES[page][role]
     if response.status_code == 302:
         assert "/admin/login/" in response["Location"]
+
+
+@pytest.mark.parametrize("role", ROLES)
+def test_the_console_is_for_staff(world, role: str):
+    response = admin_client(world["users"][role]).get("/console/")
+    if role in STAFF_ROLES:
+        assert response.status_code == 200
+    else:
+        assert response.status_code == 302 and "/admin/login/" in response["Location"]
 
 
 ACTIONS = {"retry_selected": "retried", "discard_selected": "discarded"}

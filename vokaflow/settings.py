@@ -118,7 +118,7 @@ VOKAFLOW_LOGIN_WINDOW = env.float("VOKAFLOW_LOGIN_WINDOW", default=60)
 VOKAFLOW_LOGIN_CONCURRENCY = env.int("VOKAFLOW_LOGIN_CONCURRENCY", default=1)
 # Where passwords are posted: answered 429 there while a limit holds.
 VOKAFLOW_LOGIN_PATHS = env.list("VOKAFLOW_LOGIN_PATHS",
-                                default=["/api/auth/token/", "/admin/login/", "/api-auth/login/", "/console/login/"])
+                                default=["/api/auth/token/", "/admin/login/", "/api-auth/login/"])
 
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

@@ -137,6 +137,8 @@ class Heartbeat(bootsteps.StartStopStep):
         consuming = set(self.worker.app.amqp.queues.consume_from or ())
         for queue in queues:
             route = parse_queue(queue)
+            if route is None:
+                continue
             is_paused = f"{route.worker_type.value}:{route.priority.name}" in paused
             if is_paused and queue in consuming:
                 consumer.call_soon(consumer.cancel_task_queue, queue)

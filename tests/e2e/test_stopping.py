@@ -22,9 +22,10 @@ def nothing_left_to_run(redis_client) -> bool:
 
 
 @pytest.mark.slow
-def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, api, redis_client):
+def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, api, user, redis_client):
     worker = start_worker("cpu", pool="prefork", concurrency=1)
-    task_id = submit_task("tests.sleep_then_mark", args=[4, "terminated"], lock={"key": "held", "timeout": 60})
+    task_id = submit_task("tests.sleep_then_mark", args=[4, "terminated"], lock={"key": "held", "timeout": 60},
+                          owner=user.pk)
     wait_for_state(task_id, ("STARTED",))
     # STARTED is stored just before the task's body runs and takes its lock
     wait_for(lambda: redis_client.exists("vokaflow:lock:held"), 10, message="the task to hold its lock")
@@ -48,9 +49,9 @@ def test_a_prefork_task_is_terminated_and_stays_revoked(start_worker, api, redis
 
 @pytest.mark.slow
 @pytest.mark.parametrize("task", ["vokaflow.sleep", "tests.stoppable_retrying"])
-def test_a_thread_pool_task_is_asked_to_stop_and_ends_revoked(start_worker, api, redis_client, task):
+def test_a_thread_pool_task_is_asked_to_stop_and_ends_revoked(start_worker, api, user, redis_client, task):
     start_worker("io", pool="threads", concurrency=2)
-    task_id = submit_task(task, args=[5], worker_type="io")
+    task_id = submit_task(task, args=[5], worker_type="io", owner=user.pk)
     wait_for_state(task_id, ("STARTED",))
     started = time.monotonic()
 
@@ -68,9 +69,9 @@ def test_a_thread_pool_task_is_asked_to_stop_and_ends_revoked(start_worker, api,
     assert nothing_left_to_run(redis_client)
 
 
-def test_a_late_revoke_of_a_finished_task_is_409_and_changes_nothing(start_worker, api):
+def test_a_late_revoke_of_a_finished_task_is_409_and_changes_nothing(start_worker, api, user):
     start_worker("general")
-    task_id = submit_task("vokaflow.echo", args=["kept"])
+    task_id = submit_task("vokaflow.echo", args=["kept"], owner=user.pk)
     before = wait_for_state(task_id)
     response = api.delete(f"{BASE}/tasks/{task_id}/")
     assert response.status_code == 409 and "SUCCESS" in response.json()["detail"]
