@@ -16,7 +16,8 @@ pytestmark = pytest.mark.django_db
 # The README's list: health, the API schema and its docs, and the ways in (token, login forms).
 OPEN = {"health", "schema", "api-docs", "api-redoc", "token-obtain", "token-refresh",
         "admin:login", "admin:logout", "rest_framework:login", "rest_framework:logout",
-        "home"}  # "/" only redirects to the console, which asks for the login
+        "home",  # "/" only redirects to the console, which asks for the login
+        "api-not-found"}  # an /api/ path that names nothing: a JSON 404 for everyone, it holds nothing
 # Values tried for each path parameter until the path resolves back to its own pattern.
 SAMPLE_VALUES = ["1", "tasks", "auth", "deadletter", "some-key", "pause"]
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
