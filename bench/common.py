@@ -14,7 +14,8 @@ from pathlib import Path
 import redis
 
 ROOT = Path(__file__).resolve().parent.parent
-BENCH_DB = 12
+# Its own Redis database: 12 unless BENCH_REDIS_DB says otherwise (the machine may be shared).
+BENCH_DB = int(os.environ.get("BENCH_REDIS_DB", 12))
 
 
 def _load_services():

@@ -19,8 +19,10 @@ from __future__ import annotations
 from celery import states
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
+from kombu.utils.encoding import bytes_to_str
 
 from tasks.counters import counters
+from vokaflow import hotpath
 from vokaflow.result_store import store_unless_final
 
 NOTICE = "result_dropped"
@@ -55,8 +57,23 @@ def shrink(meta: dict, size: int, limit: int) -> dict:
     return meta
 
 
-class BoundedResults:
-    """Mixin for Celery's Redis backends (plain and Sentinel)."""
+class PlatformResults:
+    """The one write path of a task's state, for Celery's Redis backends (plain and Sentinel).
+
+    * A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store): the
+      check and the write are one script, one round trip, instead of Celery's GET then MULTI.
+    * A SUCCESS of an acks-late task run by the consuming process waits for the worker's next
+      fetch script, which writes it under the same rule before the acknowledgement it carries
+      (vokaflow.hotpath, vokaflow.transport): no round trip of its own.
+    * The stored meta leaves out the arguments and is at most VOKAFLOW_MAX_RESULT_BYTES.
+    * A final state frees the task's place in its owner's pending quota (tasks.quota).
+
+    Celery hooks overridden (private API, checked in tests/test_contracts.py): `_store_result`,
+    `_get_result_meta`, and `_set_with_state`, which `_save_group` writes through too.
+    """
+
+    expires: int | None  # Celery's backend sets both (the result TTL)
+    failure_expires: int | None
 
     def _get_result_meta(self, *args, **kwargs):
         meta = super()._get_result_meta(*args, **kwargs)
@@ -64,42 +81,49 @@ class BoundedResults:
         meta.pop("kwargs", None)
         return meta
 
-    def _set_with_state(self, key, value, state):
-        limit = max_result_bytes()
-        # len() of the str is the byte size: Celery's JSON is ASCII (non-ASCII is escaped).
-        if limit and len(value) > limit:
-            meta = shrink(self.decode(value), len(value), limit)
-            value = self.encode(meta)
-            if len(value) > limit:  # a failure whose type name alone is huge: keep only the facts
-                value = self.encode({k: meta.get(k) for k in ("status", "task_id", "date_done", NOTICE)}
-                                    | {"result": None, "traceback": None})
-        return super()._set_with_state(key, value, state)
-
     def _store_result(self, task_id, result, state, traceback=None, request=None, **kwargs):
-        stored = super()._store_result(task_id, result, state, traceback=traceback, request=request, **kwargs)
+        meta = self._get_result_meta(result=result, state=state, traceback=traceback, request=request)
+        meta["task_id"] = bytes_to_str(task_id)
+        key = bytes_to_str(self.get_key_for_task(task_id))
+        value = self.encode(meta)
+        if state == states.SUCCESS and hotpath.can_buffer(self.app, request):
+            hotpath.pending_results.append((key, self._fit(value), self._ttl(state)))
+        else:
+            try:
+                self._set_with_state(key, value, state)
+            except BackendStoreError as exc:
+                raise BackendStoreError(str(exc), state=state, task_id=task_id) from exc
         owner = getattr(request, "vokaflow_owner", None) if request is not None else None
         if owner and state in states.READY_STATES:
             counters.finished(owner, task_id)  # its place in the owner's pending quota is free again
-        return stored
-
-
-class KeepFinalStates:
-    """A stored SUCCESS, FAILURE or REVOKED is never overwritten (vokaflow.result_store).
-
-    Celery's KeyValueStoreBackend._store_result (and _save_group) write through
-    _set_with_state(key, value, state), a private hook: tests/test_contracts.py checks it is
-    still called, and tests/test_result_store.py that the rule holds."""
+        return result
 
     def _set_with_state(self, key, value, state):
+        value = self._fit(value)
         if isinstance(value, str) and len(value) > self._MAX_STR_VALUE_SIZE:
             raise BackendStoreError("value too large for Redis backend")
-        expires = self.failure_expires if state == states.FAILURE else self.expires
-        return self.ensure(store_unless_final, (self.client, key, value, expires))
+        return self.ensure(store_unless_final, (self.client, key, value, self._ttl(state)))
+
+    def _ttl(self, state: str) -> int:
+        return int((self.failure_expires if state == states.FAILURE else self.expires) or 0)
+
+    def _fit(self, value):
+        """The encoded meta, cut down to VOKAFLOW_MAX_RESULT_BYTES when it is larger."""
+        limit = max_result_bytes()
+        # len() of the str is the byte size: Celery's JSON is ASCII (non-ASCII is escaped).
+        if not limit or len(value) <= limit:
+            return value
+        meta = shrink(self.decode(value), len(value), limit)
+        value = self.encode(meta)
+        if len(value) > limit:  # a failure whose type name alone is huge: keep only the facts
+            value = self.encode({k: meta.get(k) for k in ("status", "task_id", "date_done", NOTICE)}
+                                | {"result": None, "traceback": None})
+        return value
 
 
-class SubmitOnlyRedisBackend(BoundedResults, KeepFinalStates, RedisBackend):
-    """Redis result backend that keeps final states, stores results bounded and without their
-    arguments (vokaflow.results), and does not subscribe to a task's result when it is sent.
+class SubmitOnlyRedisBackend(PlatformResults, RedisBackend):
+    """Redis result backend with the platform's write path, that does not subscribe to a task's
+    result when it is sent.
 
     Celery's Redis backend SUBSCRIBEs to every task's result channel as it is published, in
     case the caller waits on it: one extra round trip per task, which breaks pipelined batch
@@ -111,6 +135,5 @@ class SubmitOnlyRedisBackend(BoundedResults, KeepFinalStates, RedisBackend):
         pass
 
 
-class BoundedSentinelBackend(BoundedResults, KeepFinalStates, SentinelBackend):
-    """Celery's Sentinel result backend, keeping final states, with results bounded and without
-    their arguments."""
+class BoundedSentinelBackend(PlatformResults, SentinelBackend):
+    """Celery's Sentinel result backend with the platform's write path."""

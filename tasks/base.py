@@ -49,6 +49,7 @@ class PlatformTask(Task):
     retry_jitter = False  # our own, in retry()
     dont_autoretry_for = (TaskCancelled,)  # a stop that was asked for is not a failure to retry
     track_started = True
+    Request = "vokaflow.hotpath:Request"  # measures each run for the batch size of its type
 
     def retry(self, *args, countdown=None, **kwargs):
         # Back-off with a jitter of up to +25 %: spreads a burst of retries, yet each delay stays

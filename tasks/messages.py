@@ -30,7 +30,7 @@ def encode_json(value) -> str:
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
                  root_id: str | None = None, retries: int = 0, lock: dict | None = None,
-                 retried_from: str | None = None, owner: str | None = None) -> str:
+                 retried_from: str | None = None, owner: int | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers: dict[str, object] = {
@@ -38,7 +38,7 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         "eta": eta.isoformat() if eta else None, "expires": None, "group": None, "group_index": None,
         "retries": retries, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
         "argsrepr": args_json[:REPR_LIMIT], "kwargsrepr": kwargs_json[:REPR_LIMIT], "origin": origin,
-        "ignore_result": False, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
+        "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
         ENQUEUED_AT_HEADER: round(time.time(), 3),
     }
     # Our own headers reach the task as attributes of self.request.

@@ -37,21 +37,21 @@ class BrokerUnavailable(Unavailable):
 def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None, priority: Any = None,
                 worker_type: Any = None, partition_key: str | None = None, countdown: float | None = None,
                 eta: datetime | str | None = None, lock: dict | None = None,
-                idempotency_key: str | None = None, owner: str | int | None = None) -> str:
+                idempotency_key: str | None = None, owner: int | None = None) -> str:
     """Validate, route and enqueue one task; returns its task id.
 
-    `owner` is the id of the user the task belongs to (None: the system, visible to staff
-    only); idempotency keys and the pending quota are that user's. Raises SubmissionError for
-    bad input and BrokerUnavailable when Redis is down; in both cases nothing is enqueued.
-    Needs no web server, only Django settings.
+    `owner` is the id of the user the task belongs to (None: the system, visible to staff);
+    idempotency keys are scoped to it. Raises SubmissionError for bad input and
+    BrokerUnavailable when Redis is down; in both cases nothing is enqueued. Needs no web
+    server, only Django settings.
     """
     request = prepare(task_or_name, args=args, kwargs=kwargs, priority=priority,
                       worker_type=worker_type, partition_key=partition_key,
                       countdown=countdown, eta=eta, lock=lock, idempotency_key=idempotency_key)
-    return enqueue([request], owner=None if owner is None else str(owner))[0].task_id
+    return enqueue([request], owner=owner)[0].task_id
 
 
-def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]:
+def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]:
     """A REST batch: 1 to VOKAFLOW_BATCH_LIMIT task objects, all validated before any is enqueued."""
     if not isinstance(items, list) or not items:
         raise SubmissionError("tasks", "required: a non-empty list of task objects")
@@ -61,12 +61,12 @@ def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]
     return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
-def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Submission]:
+def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
     A request whose idempotency key the same owner used within 24 h returns the first task
-    instead. `owner` (the API user's id) owns the new tasks (their records name it: tasks.ownership)
-    and counts them against that user's pending quota (tasks.quota: QuotaExceeded, 429, and
-    nothing enqueued when it is full); None = the system: no quota, visible to staff only."""
+    instead. The records name `owner` (a user id; None: the system, the Python API), and the new
+    tasks count against that user's pending quota (tasks.quota: QuotaExceeded, 429, and nothing
+    enqueued when it is full)."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
@@ -98,7 +98,7 @@ def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Su
     return answers
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: str | None = None) -> None:
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: int | None = None) -> None:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
@@ -127,7 +127,7 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         pipe.execute()
 
 
-def _submission(req: TaskRequest, now: str, owner: str | None) -> Submission:
+def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,

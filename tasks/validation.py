@@ -6,6 +6,7 @@ idempotency key) or raises SubmissionError naming the field; nothing is enqueued
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -25,8 +26,12 @@ from vokaflow.core.errors import BadRequest
 from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import Route, partition_for
 from vokaflow.core.workers import WorkerType
+from vokaflow.json_input import valid_unicode, value_problem
 
 MAX_KEY_LENGTH = 200
+# Beyond ~2.5e11 s a countdown is past year 9999, the last date there is; this bound leaves room.
+MAX_COUNTDOWN_SECONDS = 1e11
+NOT_UNICODE = "not valid Unicode (it holds a lone surrogate such as \\ud800)"
 
 
 class SubmissionError(BadRequest, ValueError):
@@ -94,20 +99,30 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         args_json = encode_json(list(args))
     except (TypeError, ValueError) as exc:
         raise error("args", f"not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise error("args", f"nested deeper than {settings.VOKAFLOW_MAX_JSON_DEPTH} levels") from None
     try:
         kwargs_json = encode_json(kwargs)
     except (TypeError, ValueError) as exc:
         raise error("kwargs", f"not JSON-serialisable: {exc}") from None
+    except RecursionError:
+        raise error("kwargs", f"nested deeper than {settings.VOKAFLOW_MAX_JSON_DEPTH} levels") from None
+    for name, value, encoded in (("args", args, args_json), ("kwargs", kwargs, kwargs_json)):
+        problem = value_problem(value, encoded)
+        if problem:
+            raise error(name, problem)
     try:
-        chosen_priority = Priority.parse(priority) if priority is not None else task.default_priority
+        chosen_priority = task.default_priority if priority is None else Priority.parse(priority, strict=not trusted)
     except ValueError as exc:
         raise error("priority", str(exc)) from None
     try:
-        chosen_type = WorkerType.parse(worker_type) if worker_type is not None else task.worker_type
+        chosen_type = WorkerType.parse(worker_type, strict=not trusted) if worker_type is not None else task.worker_type
     except ValueError as exc:
         raise error("worker_type", str(exc)) from None
     if partition_key is not None and (not isinstance(partition_key, str) or len(partition_key) > MAX_KEY_LENGTH):
         raise error("partition_key", f"must be a string of at most {MAX_KEY_LENGTH} characters")
+    if partition_key is not None and not valid_unicode(partition_key):
+        raise error("partition_key", NOT_UNICODE)
     if countdown is not None and eta is not None:
         raise error("countdown", "give countdown or eta, not both")
     countdown = _check_countdown(countdown, error)
@@ -124,6 +139,8 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     if idempotency_key is not None and (not isinstance(idempotency_key, str) or not idempotency_key
                                         or len(idempotency_key) > MAX_KEY_LENGTH):
         raise error("idempotency_key", f"must be a non-empty string of at most {MAX_KEY_LENGTH} characters")
+    if idempotency_key is not None and not valid_unicode(idempotency_key):
+        raise error("idempotency_key", NOT_UNICODE)
     partitions = settings.VOKAFLOW_PARTITIONS
     if partition is None or not 0 <= partition < partitions:  # a partition beyond a shrunk range is rehashed
         partition = partition_for(partition_key, partitions)
@@ -149,6 +166,9 @@ def _resolve_task(task_or_name, trusted, error) -> Task:
 
 
 LOCK_FIELDS = {"key", "timeout", "skip_if_locked"}
+LOCK_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,200}$"
+LOCK_TIMEOUT_DEFAULT = 60.0
+LOCK_TIMEOUT_MIN, LOCK_TIMEOUT_MAX = 0.001, 86400.0
 
 
 def _check_lock(lock, error) -> dict | None:
@@ -157,12 +177,16 @@ def _check_lock(lock, error) -> dict | None:
         return None
     if not isinstance(lock, dict) or set(lock) - LOCK_FIELDS or "key" not in lock:
         raise error("lock", 'must be an object {"key": ..., "timeout": seconds, "skip_if_locked": false}')
-    key, timeout = lock["key"], lock.get("timeout", 60)
-    if not isinstance(key, str) or not re.fullmatch(r"[A-Za-z0-9_.:-]{1,200}", key):
-        raise error("lock", "key must be 1-200 characters of letters, digits and _.:-")
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not 0 < timeout <= 86400:
-        raise error("lock", "timeout must be a number of seconds between 0 and 86400")
-    return {"key": key, "timeout": float(timeout), "skip_if_locked": bool(lock.get("skip_if_locked", False))}
+    key, timeout = lock["key"], lock.get("timeout", LOCK_TIMEOUT_DEFAULT)
+    skip = lock.get("skip_if_locked", False)
+    if not isinstance(key, str) or not re.fullmatch(LOCK_KEY_PATTERN, key):
+        raise error("lock.key", "must be 1-200 characters of letters, digits and _.:-")
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+            or not LOCK_TIMEOUT_MIN <= timeout <= LOCK_TIMEOUT_MAX:
+        raise error("lock.timeout", f"must be a number of seconds from {LOCK_TIMEOUT_MIN:g} to {LOCK_TIMEOUT_MAX:g}")
+    if not isinstance(skip, bool):
+        raise error("lock.skip_if_locked", "must be true or false (a JSON boolean)")
+    return {"key": key, "timeout": float(timeout), "skip_if_locked": skip}
 
 
 def _check_countdown(countdown, error) -> float | None:
@@ -170,19 +194,36 @@ def _check_countdown(countdown, error) -> float | None:
         return None
     if isinstance(countdown, bool) or not isinstance(countdown, (int, float)) or countdown < 0:
         raise error("countdown", "must be a number of seconds, 0 or more")
-    return float(countdown)
+    try:
+        seconds = float(countdown)
+    except OverflowError:
+        seconds = math.inf
+    if not math.isfinite(seconds):
+        raise error("countdown", "must be a finite number of seconds")
+    if seconds > MAX_COUNTDOWN_SECONDS:
+        raise error("countdown", f"{seconds:g} seconds is past the latest date there is (year 9999); "
+                                 f"at most {MAX_COUNTDOWN_SECONDS:g}")
+    return seconds
 
 
 def _check_eta(eta, error) -> datetime | None:
     if eta is None:
         return None
     if isinstance(eta, str):
-        parsed = parse_datetime(eta)
+        try:
+            parsed = parse_datetime(eta)
+        except ValueError as exc:  # well formed but impossible: Feb 30, 25:00, offset +25:00
+            raise error("eta", f"not a valid date-time: {eta!r} ({exc})") from None
         if parsed is None:
             raise error("eta", f"not an ISO-8601 date-time: {eta!r}")
         eta = parsed
     if not isinstance(eta, datetime):
         raise error("eta", "must be an ISO-8601 date-time")
-    return eta if eta.tzinfo else eta.replace(tzinfo=UTC)
+    try:
+        return eta.astimezone(UTC) if eta.tzinfo else eta.replace(tzinfo=UTC)
+    except OverflowError:
+        if eta.year == 1:  # e.g. 0001-01-01T00:00:00+05:00: before the first UTC date, long past: run now
+            return datetime.min.replace(tzinfo=UTC)
+        raise error("eta", f"{eta.isoformat()} is after the last date there is in UTC (year 9999)") from None
 
 

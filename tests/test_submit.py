@@ -78,8 +78,8 @@ def test_countdown_and_eta_are_carried_in_the_message(redis_client):
     ({"task_or_name": "vokaflow.echo", "eta": "next tuesday"}, "eta"),
     ({"task_or_name": "vokaflow.echo", "countdown": 1, "eta": "2030-01-01T00:00:00Z"}, "countdown"),
     ({"task_or_name": "vokaflow.echo", "idempotency_key": ""}, "idempotency_key"),
-    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a b", "timeout": 5}}, "lock"),
-    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a", "timeout": 0}}, "lock"),
+    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a b", "timeout": 5}}, "lock.key"),
+    ({"task_or_name": "vokaflow.echo", "lock": {"key": "a", "timeout": 0}}, "lock.timeout"),
     ({"task_or_name": "vokaflow.echo", "lock": "a"}, "lock"),
 ])
 def test_bad_input_names_the_field_and_enqueues_nothing(redis_client, kwargs, field):

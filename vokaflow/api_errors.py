@@ -5,11 +5,16 @@ one place that turns it, and DRF's own errors, into a response.
 """
 
 from django.core.exceptions import RequestDataTooBig
+from django.http import JsonResponse
+from django.views import defaults
+from django.views.decorators.csrf import csrf_exempt
 from rest_framework import status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
 from vokaflow.core.errors import VokaFlowError
+
+API_PREFIXES = ("/api/", "/metrics")
 
 
 def exception_handler(exc, context):
@@ -18,6 +23,42 @@ def exception_handler(exc, context):
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": "request body too large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     response = drf_exception_handler(exc, context)
-    if response is not None and isinstance(response.data, dict) and "detail" not in response.data:
-        response.data = {"detail": "invalid request", "errors": response.data}
+    if response is not None and not (isinstance(response.data, dict) and "detail" in response.data):
+        errors = _flat_errors(response.data if isinstance(response.data, dict) else {"body": response.data})
+        response.data = {"detail": "; ".join(f"{field}: {' '.join(reasons)}" for field, reasons in errors.items()),
+                         "errors": errors}
     return response
+
+
+def _flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
+    """DRF's nested errors as {"lock.key": ["..."]}: one level, field → reasons, as documented."""
+    flat: dict[str, list[str]] = {}
+    for field, value in errors.items():
+        name = f"{prefix}.{field}" if prefix else str(field)
+        if isinstance(value, dict):
+            flat.update(_flat_errors(value, name))
+        elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
+            for i, item in enumerate(value):
+                flat.update(_flat_errors(item, f"{name}[{i}]"))
+        else:
+            flat[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
+    return flat
+
+
+@csrf_exempt  # a POST to a path that names nothing is a 404, not a CSRF failure
+def api_not_found(request, exception=None, *args, **kwargs):
+    """JSON 404 for every path under /api/ that names nothing (a catch-all route and handler404)."""
+    return JsonResponse({"detail": f"no such API endpoint or id: {request.path}"}, status=404)
+
+
+def api_server_error(request, *args, **kwargs):
+    """JSON 500 for the API (handler500); HTML pages keep Django's."""
+    if request.path.startswith(API_PREFIXES):
+        return JsonResponse({"detail": "internal server error; it has been logged"}, status=500)
+    return defaults.server_error(request, *args, **kwargs)
+
+
+def not_found(request, exception, *args, **kwargs):
+    if request.path.startswith(API_PREFIXES):
+        return api_not_found(request)
+    return defaults.page_not_found(request, exception, *args, **kwargs)

@@ -85,6 +85,7 @@ def celery_config(settings) -> dict:
             "queue_order_strategy": "vokaflow.core.queues:PriorityFairCycle",
             # One Redis list per queue, named exactly like the queue.
             "priority_steps": [0],
+            "prefetch_wait_ms": settings.VOKAFLOW_PREFETCH_WAIT_MS,
             "socket_connect_timeout": timeout,
             "socket_timeout": max(timeout, 10),
             "max_retries": 2,

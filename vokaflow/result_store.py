@@ -19,30 +19,34 @@ from celery import states
 # The states a stored meta keeps for good (Celery's READY_STATES).
 FINAL_STATES = frozenset(states.READY_STATES)
 
-# KEYS[1]: the meta key. ARGV[1]: the new meta (JSON), ARGV[2]: its TTL in seconds (0: none).
-# Returns 1 when written (and published to the key's channel, as Celery's backend does), 0
-# when a final state was already stored. A stored value that is not a JSON object with a
-# "status" (not written by Celery) is overwritten, as Celery would.
-STORE_UNLESS_FINAL = """
-local current = redis.call('GET', KEYS[1])
-if current then
-  local ok, meta = pcall(cjson.decode, current)
-  if ok and type(meta) == 'table' then
-    local status = meta['status']
-    if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
-      return 0
+# The rule as a Lua function, so every script that stores results carries the same code (the
+# worker's fetch script, vokaflow.transport, embeds it for the results it writes). Returns 1 when
+# written (and published to the key's channel, as Celery's backend does), 0 when a final state
+# was already stored. A stored value that is not a JSON object with a "status" (not written by
+# Celery) is overwritten, as Celery would.
+STORE_LUA = """
+local function store_unless_final(key, value, ttl)
+  local current = redis.call('GET', key)
+  if current then
+    local ok, meta = pcall(cjson.decode, current)
+    if ok and type(meta) == 'table' then
+      local status = meta['status']
+      if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
+        return 0
+      end
     end
   end
+  if ttl and ttl > 0 then
+    redis.call('SET', key, value, 'EX', ttl)
+  else
+    redis.call('SET', key, value)
+  end
+  redis.call('PUBLISH', key, value)
+  return 1
 end
-local ttl = tonumber(ARGV[2])
-if ttl and ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'EX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-end
-redis.call('PUBLISH', KEYS[1], ARGV[1])
-return 1
 """
+# KEYS[1]: the meta key. ARGV[1]: the new meta (JSON), ARGV[2]: its TTL in seconds (0: none).
+STORE_UNLESS_FINAL = STORE_LUA + "return store_unless_final(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
 
 _script = None
 

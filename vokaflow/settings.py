@@ -142,6 +142,10 @@ VOKAFLOW_PARTITIONS = env.int("VOKAFLOW_PARTITIONS", default=8)
 VOKAFLOW_VISIBILITY_TIMEOUT = env.int("VOKAFLOW_VISIBILITY_TIMEOUT", default=3600)
 # How often a worker looks for such abandoned tasks (seconds).
 VOKAFLOW_RESTORE_INTERVAL = env.float("VOKAFLOW_RESTORE_INTERVAL", default=10)
+# An EMERGENCY task submitted while a worker holds a batch waits at most this long behind it
+# (ms): a worker takes several short tasks per fetch only as many as their measured duration
+# fits into this bound (at most 8); longer tasks come one per fetch.
+VOKAFLOW_PREFETCH_WAIT_MS = env.float("VOKAFLOW_PREFETCH_WAIT_MS", default=20)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)
@@ -162,6 +166,9 @@ VOKAFLOW_FLEET_REPORTING = env.bool("VOKAFLOW_FLEET_REPORTING", default=True)
 VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES
+# Deepest nesting of a JSON body and of a task's args/kwargs (deeper is a 400): a document
+# ~900 deep reaches Python's recursion limit wherever it is read or rendered later.
+VOKAFLOW_MAX_JSON_DEPTH = env.int("VOKAFLOW_MAX_JSON_DEPTH", default=64)
 
 # --- Limits (README "Limits") -------------------------------------------------------------
 # Tasks one API user may have submitted and not yet finished (0: no quota); 429 above it.
@@ -207,14 +214,14 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
-    "DEFAULT_PARSER_CLASSES": ["rest_framework.parsers.JSONParser"],
+    "DEFAULT_PARSER_CLASSES": ["vokaflow.json_input.BoundedJSONParser"],
     "DEFAULT_RENDERER_CLASSES": [
         "rest_framework.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
     "DEFAULT_THROTTLE_CLASSES": ["rest_framework.throttling.UserRateThrottle"],
     "DEFAULT_THROTTLE_RATES": {"user": env("VOKAFLOW_THROTTLE_RATE", default="20000/min")},
-    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "DEFAULT_SCHEMA_CLASS": "vokaflow.schema.VokaFlowAutoSchema",
     "EXCEPTION_HANDLER": "vokaflow.api_errors.exception_handler",
 }
 SIMPLE_JWT = {
@@ -233,6 +240,7 @@ SPECTACULAR_SETTINGS = {
     "REDOC_DIST": "SIDECAR",
     # The schema and its docs are open: they describe the API (as this repository does) and hold no data.
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    "ENUM_NAME_OVERRIDES": {"DeadLetterStatusEnum": "tasks.models.DeadLetter.Status"},
 }
 
 # CORS is closed unless origins are configured.

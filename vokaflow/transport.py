@@ -4,9 +4,15 @@ kombu fetches with BRPOP and then records the message in the `unacked` hash in a
 trip. A message is lost whenever the reply to BRPOP never arrives or Redis is gone before the
 second step: on a graceful Redis restart, a busy consumer loses the message whose BRPOP Redis
 served last (Redis writes the pop to its AOF but exits before sending the reply; measured in
-bench/restart.py: plain Celery loses one or two tasks per restart). Here one Lua script pops
-the first waiting message in queue order and records it as unacknowledged in the same atomic
-step, so a lost reply leaves it in `unacked`, and kombu's visibility timeout brings it back.
+bench/restart.py: plain Celery loses one or two tasks per restart). Here one Lua script takes
+waiting messages in queue order and records them as unacknowledged in the same atomic step, so
+a lost reply leaves them in `unacked`, and kombu's visibility timeout brings them back.
+
+One round trip per task: that script also carries the acknowledgements of the tasks finished
+since the previous fetch and, in the consuming process, their SUCCESS results (written first:
+acknowledged ⇒ stored). It takes up to 8 messages from the highest non-empty priority level
+only, as many of each task type as that type's measured duration fits into
+`prefetch_wait_ms` (VOKAFLOW_PREFETCH_WAIT_MS; vokaflow.hotpath).
 
 Scripts cannot block, so an idle consumer waits with XREAD on a per-type "bell" stream that
 every publisher of a message writes to (`ring`), starting from the bell entries it saw when its
@@ -20,51 +26,108 @@ from each key's cached wire encoding, in the order vokaflow.core.queues.Priority
 from __future__ import annotations
 
 import hashlib
+import itertools
 import logging
+from collections import deque
 from queue import Empty
 from time import monotonic, time
+from typing import TYPE_CHECKING
 
 from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError
+from typing_extensions import override
 
 from vokaflow.core import keys
+from vokaflow.hotpath import BUDGET, consume_here, durations, pending_results
+from vokaflow.result_store import STORE_LUA
 
 logger = logging.getLogger(__name__)
 
 
-# KEYS: unacked hash, unacked index, the queues in order, then the bells; ARGV: queue count, now.
-# The record is written before the pop: if Redis refuses the write (out of memory), nothing
-# has been taken off the queue.
-_FETCH = """
-local queues = tonumber(ARGV[1])
-for i = 3, queues + 2 do
-  local item = redis.call('LINDEX', KEYS[i], -1)
-  if item then
-    local ok, message = pcall(cjson.decode, item)
-    local props = ok and type(message) == 'table' and message['properties']
-    local tag = type(props) == 'table' and props['delivery_tag']
-    local recorded = 0
-    if type(tag) == 'string' then
-      local info = props['delivery_info'] or {}
-      redis.call('ZADD', KEYS[2], ARGV[2], tag)
-      redis.call('HSET', KEYS[1], tag, '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
-                 .. cjson.encode(info['routing_key'] or '') .. ']')
-      recorded = 1
+# KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
+# ARGV: queue count, now, level count, the size of each level, most messages to look at,
+#       cost count, (task name, cost) pairs, result count, (key, value, ttl) triples, then the
+#       delivery tags to acknowledge.
+# Results are written before the acknowledgements are removed from `unacked`: acknowledged ⇒
+# stored. Each level is probed with one EXISTS; a batch comes from the first non-empty level
+# only, messages in queue order, as many as the budget allows (the first always), each
+# recorded as unacknowledged before it leaves its queue (if Redis refuses the record, out of
+# memory, nothing has been taken off the queue). Result keys travel as ARGV: fine for a single
+# primary or Sentinel, not for Redis Cluster.
+_FETCH = STORE_LUA + """
+local p = 3
+local levels = {}
+for l = 1, tonumber(ARGV[p]) do levels[l] = tonumber(ARGV[p + l]) end
+p = p + #levels + 1
+local limit = tonumber(ARGV[p])
+local cost = {}
+for i = 1, tonumber(ARGV[p + 1]) do cost[ARGV[p + 2 * i]] = tonumber(ARGV[p + 2 * i + 1]) end
+p = p + 2 + 2 * tonumber(ARGV[p + 1])
+local results = tonumber(ARGV[p])
+for i = 0, results - 1 do
+  store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], tonumber(ARGV[p + 3 + 3 * i]))
+end
+p = p + 1 + 3 * results
+if p <= #ARGV then
+  redis.call('ZREM', KEYS[2], unpack(ARGV, p))
+  redis.call('HDEL', KEYS[1], unpack(ARGV, p))
+end
+local first = 3
+for l = 1, #levels do
+  local last = first + levels[l] - 1
+  if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
+    local out = {'message'}
+    local budget, full = BUDGET, false
+    for i = first, last do
+      local items = redis.call('LRANGE', KEYS[i], -limit, -1)
+      local zadd, hset, taken = {}, {}, 0
+      for j = #items, 1, -1 do
+        local item = items[j]
+        local ok, message = pcall(cjson.decode, item)
+        if not ok or type(message) ~= 'table' then message = {} end
+        local headers = type(message['headers']) == 'table' and message['headers'] or {}
+        local price = cost[headers['task']] or BUDGET
+        if #out > 1 and price > budget then full = true break end
+        budget = budget - price
+        taken = taken + 1
+        local props = message['properties']
+        local tag = type(props) == 'table' and props['delivery_tag']
+        local recorded = 0
+        if type(tag) == 'string' then
+          local info = props['delivery_info'] or {}
+          zadd[#zadd + 1] = ARGV[2]
+          zadd[#zadd + 1] = tag
+          hset[#hset + 1] = tag
+          hset[#hset + 1] = '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
+                            .. cjson.encode(info['routing_key'] or '') .. ']'
+          recorded = 1
+        end
+        out[#out + 1] = KEYS[i]
+        out[#out + 1] = item
+        out[#out + 1] = recorded
+        if budget <= 0 then full = true break end
+      end
+      if #zadd > 0 then
+        redis.call('ZADD', KEYS[2], unpack(zadd))
+        redis.call('HSET', KEYS[1], unpack(hset))
+      end
+      if taken > 0 then redis.call('LTRIM', KEYS[i], 0, -taken - 1) end
+      if full then break end
     end
-    redis.call('RPOP', KEYS[i])
-    return {'message', KEYS[i], item, recorded}
+    return out
   end
+  first = last + 1
 end
 local seen = {'empty'}
-for i = queues + 3, #KEYS do
+for i = tonumber(ARGV[1]) + 3, #KEYS do
   local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
   seen[#seen + 1] = last and last[1] or '0-0'
 end
 return seen
-"""
+""".replace("BUDGET", str(BUDGET))
 _FETCH_SHA = hashlib.sha1(_FETCH.encode()).hexdigest()
 BELL_ENTRY = {"m": 1}
 
@@ -94,14 +157,35 @@ def _bulk(value: bytes | str) -> bytes:
     return b"$%d\r\n%s\r\n" % (len(value), value)
 
 
+def _level(queue: str) -> str:
+    """The priority level a queue belongs to (`io.high.p3` → high); a foreign queue is its own."""
+    parts = queue.split(".")
+    return parts[1] if len(parts) == 3 else queue
+
+
 class QoS(kombu_redis.QoS):
+    @override
     def append(self, message, delivery_tag):
-        if self.channel._recorded_tag == delivery_tag:
+        recorded = self.channel._recorded_tags
+        if delivery_tag in recorded:
             # The fetch script recorded it in Redis already; keep only the in-memory delivery.
-            self.channel._recorded_tag = None
+            recorded.discard(delivery_tag)
             return virtual.QoS.append(self, message, delivery_tag)
         return super().append(message, delivery_tag)
 
+    @override
+    def ack(self, delivery_tag):
+        channel = self.channel
+        if not channel._reliable():
+            return super().ack(delivery_tag)
+        # Deferred: the next fetch script removes it from `unacked` (after the results it
+        # carries). An ack no fetch will carry soon (idle wait, no consumer) is written at once.
+        channel._acks.append(delivery_tag)
+        virtual.QoS.ack(self, delivery_tag)
+        if not channel._fetch_coming():
+            channel.flush()
+
+    @override
     def restore_unacked_once(self, stderr=None):
         # kombu 5.7: when Redis goes away, closing the channel tries to hand prefetched messages
         # back through a connection whose details are already gone (AttributeError on
@@ -111,18 +195,41 @@ class QoS(kombu_redis.QoS):
         try:
             return super().restore_unacked_once(stderr)
         except AttributeError as exc:
+            if exc.name != "hostname" or exc.obj is not None:  # only that failure, nothing else
+                raise
             logger.warning("prefetched messages left for redelivery after the visibility timeout: %s", exc)
 
 
-class ReliableFetch:
+if TYPE_CHECKING:  # the fetch is mixed into kombu's Redis channels: type it as one
+    _ChannelBase = kombu_redis.Channel
+else:
+    _ChannelBase = object
+
+
+class ReliableFetch(_ChannelBase):
     """The fetch above, in place of kombu's BRPOP (kombu's own is kept for priority steps and
-    global key prefixes, which VokaFlow does not use)."""
+    global key prefixes, which VokaFlow does not use).
+
+    Acknowledgements (and, in the consuming process, SUCCESS results: vokaflow.hotpath) wait
+    for the next fetch script; they are written at once when the consumer goes to its idle
+    wait, has no queue to fetch from, or closes."""
 
     QoS = QoS
-    _recorded_tag = None
+    #: transport option: how long an urgent task may wait behind a fetched batch (ms).
+    prefetch_wait_ms = 20
     _bells_seen: list[bytes] | None = None  # set after a fetch found every queue empty
+    _packed_keys: dict[str, bytes]
+    _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
     _script_loaded = True
-    _bells_for: tuple[tuple, list[str]] = ((), [])  # (active queues, their bells)
+    _layout_for: tuple = (None, [], [])  # (active queues, their bells, encoded level sizes)
+    _costs_for: tuple = (None, [])  # (durations.version, encoded limit and costs)
+
+    def __init__(self, *args, **kwargs):
+        self._acks: deque[str] = deque()
+        self._recorded_tags: set[str] = set()
+        self._sent: tuple[list, list] | None = None  # what the fetch in flight carries
+        super().__init__(*args, **kwargs)
+        durations.bound = self.prefetch_wait_ms / 1000
 
     def _reliable(self) -> bool:
         return self.priority_steps == [0] and not self.global_keyprefix
@@ -142,11 +249,83 @@ class ReliableFetch:
             parts.append(part)
         return parts
 
-    def _bells(self) -> list[str]:
-        queues = tuple(self.active_queues)
-        if self._bells_for[0] != queues:
-            self._bells_for = (queues, sorted({bell_key(q) for q in queues}))
-        return self._bells_for[1]
+    def _layout(self, queues) -> tuple[list[str], list[bytes]]:
+        """The bells of the active queues and the size of each priority level, in cycle order."""
+        active = frozenset(self.active_queues)
+        if self._layout_for[0] != active:
+            sizes = [len(list(group)) for _, group in itertools.groupby(queues, _level)]
+            self._layout_for = (active, sorted({bell_key(q) for q in active}),
+                                [_bulk(b"%d" % len(sizes)), *(_bulk(b"%d" % n) for n in sizes)])
+        return self._layout_for[1], self._layout_for[2]
+
+    def _cost_args(self) -> list[bytes]:
+        """Most messages to look at per queue, then (task name, cost) of the types that may
+        come several to a fetch; any other type costs the whole budget (a batch of one)."""
+        if self._costs_for[0] != durations.version:
+            caps = dict(durations.caps)
+            parts = [_bulk(b"%d" % max(caps.values(), default=1)), _bulk(b"%d" % len(caps))]
+            for name, cap in caps.items():
+                parts += [_bulk(name), _bulk(b"%d" % (BUDGET // cap))]
+            self._costs_for = (durations.version, parts)
+        return self._costs_for[1]
+
+    def _has_pending(self) -> bool:
+        return bool(self._acks or pending_results)
+
+    def _take_pending(self) -> tuple[list, list]:
+        results = []
+        while pending_results:
+            try:
+                results.append(pending_results.popleft())
+            except IndexError:  # taken by another channel of this process
+                break
+        acks = []
+        while self._acks:
+            acks.append(self._acks.popleft())
+        return results, acks
+
+    def _put_back(self, pending: tuple[list, list] | None) -> None:
+        """A script that may not have run: its results and acks go out with the next one
+        (both are idempotent: a stored ready state is kept, a removed tag stays removed)."""
+        if pending:
+            results, acks = pending
+            pending_results.extendleft(reversed(results))
+            self._acks.extendleft(reversed(acks))
+
+    def _pending_args(self, results, acks) -> list[bytes]:
+        parts = [_bulk(b"%d" % len(results))]
+        for key, value, ttl in results:
+            parts += [_bulk(key), _bulk(value), _bulk(b"%d" % (ttl or 0))]
+        parts += [_bulk(tag) for tag in acks]
+        return parts
+
+    def _fetch_coming(self) -> bool:
+        """Whether a fetch script will carry what is pending without waiting for the idle bell."""
+        if not self.active_queues:
+            return False  # not consuming (cancelled, or a publishing channel)
+        if self._in_poll:
+            return not self._waiting_bell
+        return True  # the next tick fetches, or a held delivery's ack will
+
+    def flush(self, client=None) -> None:
+        """Write pending results and acknowledgements now, in one script that fetches nothing."""
+        pending = self._take_pending()
+        if not pending[0] and not pending[1]:
+            return
+        keys = [self.unacked_key, self.unacked_index_key]
+        args = [0, repr(time()), 0, 1, 0, len(pending[0])]
+        for key, value, ttl in pending[0]:
+            args += [key, value, ttl or 0]
+        args += pending[1]
+        try:
+            with self.conn_or_acquire(client) as conn:
+                try:
+                    conn.evalsha(_FETCH_SHA, len(keys), *keys, *args)
+                except NoScriptError:
+                    conn.eval(_FETCH, len(keys), *keys, *args)
+        except Exception:
+            self._put_back(pending)
+            raise
 
     def _brpop_start(self, timeout=None):
         if not self._reliable():
@@ -154,24 +333,31 @@ class ReliableFetch:
         queues = self._queue_cycle.items
         if not queues:
             return
-        if self._bells_seen is None:
-            parts = self._fetch_command(queues, self._bells())
+        bells, levels = self._layout(queues)
+        # Going to the idle wait with something pending: fetch again instead, carrying it.
+        self._waiting_bell = self._bells_seen is not None and not self._has_pending()
+        if self._waiting_bell:
+            parts = self._wait_command(bells, self.brpop_timeout if timeout is None else timeout)
         else:
-            parts = self._wait_command(self._bells(), self.brpop_timeout if timeout is None else timeout)
+            consume_here()
+            parts = self._fetch_command(queues, bells, levels)
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         self.client.connection.send_packed_command([b"".join(parts)])
 
-    def _fetch_command(self, queues, bells) -> list[bytes]:
+    def _fetch_command(self, queues, bells, levels) -> list[bytes]:
         keys = [self.unacked_key, self.unacked_index_key, *queues, *bells]
+        self._sent = self._take_pending()
+        argv = [_bulk(b"%d" % len(queues)), _bulk(repr(time())), *levels, *self._cost_args(),
+                *self._pending_args(*self._sent)]
         script = [b"$7\r\nEVALSHA\r\n", _bulk(_FETCH_SHA)] if self._script_loaded \
             else [b"$4\r\nEVAL\r\n", _bulk(_FETCH)]
         self._script_loaded = True
-        return [b"*%d\r\n" % (len(keys) + 5), *script, _bulk(b"%d" % len(keys)), *self._packed(keys),
-                _bulk(b"%d" % len(queues)), _bulk(repr(time()))]
+        return [b"*%d\r\n" % (len(keys) + len(argv) + 3), *script, _bulk(b"%d" % len(keys)),
+                *self._packed(keys), *argv]
 
     def _wait_command(self, bells, timeout) -> list[bytes]:
-        seen = self._bells_seen
+        seen = self._bells_seen or []
         if len(seen) != len(bells):  # after an error, or the queues changed: wait for new entries
             seen = [b"$"] * len(bells)
         return [b"*%d\r\n$5\r\nXREAD\r\n$5\r\nBLOCK\r\n" % (len(bells) * 2 + 4),
@@ -181,18 +367,22 @@ class ReliableFetch:
     def _brpop_read(self, **options):
         if not self._reliable():
             return super()._brpop_read(**options)
-        waiting = self._bells_seen is not None
+        waiting = self._waiting_bell
+        sent, self._sent = self._sent, None
         try:
             try:
                 reply = self.client.parse_response(self.client.connection, "XREAD" if waiting else "EVALSHA",
                                                    **options)
             except self.connection_errors:
+                self._put_back(sent)
                 self.client.connection.disconnect()  # the next iteration reconnects
                 raise
             except NoScriptError:
+                self._put_back(sent)
                 self._script_loaded = False  # Redis restarted: the next fetch sends the script itself
                 raise Empty() from None
             except self.ResponseError as exc:
+                self._put_back(sent)
                 logger.warning("fetching from Redis failed, nothing was taken off a queue: %s", exc)
                 self._bells_seen = []  # wait for a bell or the timeout before trying again
                 raise Empty() from None
@@ -202,17 +392,46 @@ class ReliableFetch:
             if bytes_to_str(reply[0]) == "empty":
                 self._bells_seen = list(reply[1:])
                 raise Empty()
-            _, dest, item, recorded = reply
-            dest = bytes_to_str(dest)
-            self._queue_cycle.rotate(dest)
-            message = loads(bytes_to_str(item))
-            if recorded:
-                self._recorded_tag = message["properties"]["delivery_tag"]
-            self.connection._deliver(message, dest)
+            self._bells_seen = None
+            self._deliver_batch(reply)
             return True
         finally:
             self._in_poll = None
+            self._waiting_bell = False
             self._flush_brpop_reauth()
+
+    def _deliver_batch(self, reply) -> None:
+        """Hand each fetched message to its consumer, in the order the script took them."""
+        recorded, deliver, last, error = self._recorded_tags, self.connection._deliver, None, None
+        for i in range(1, len(reply), 3):
+            dest = bytes_to_str(reply[i])
+            if dest != last:
+                self._queue_cycle.rotate(dest)
+                last = dest
+            message = loads(bytes_to_str(reply[i + 1]))
+            if reply[i + 2]:
+                recorded.add(message["properties"]["delivery_tag"])
+            try:
+                deliver(message, dest)
+            except Exception as exc:  # the others of the batch are delivered all the same
+                error = error or exc
+        if error is not None:
+            raise error
+
+    @override
+    def close(self):
+        if not self.closed and self._reliable():
+            self._closing = True
+            if self._in_poll:
+                try:
+                    self._brpop_read()
+                except Empty:
+                    pass
+            try:
+                self.flush()
+            except Exception as exc:  # the tasks stay unacknowledged and run again: at least once
+                logger.warning("could not write acknowledgements on close: %s", exc)
+        super().close()
 
     def _put(self, queue, message, **kwargs):
         if not self._reliable() or (self._expires and queue in self._expires):
@@ -228,11 +447,13 @@ class ReliableFetch:
 
 
 class Channel(ReliableFetch, kombu_redis.Channel):
-    pass
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+                              "prefetch_wait_ms")
 
 
 class SentinelChannel(ReliableFetch, kombu_redis.SentinelChannel):
-    pass
+    from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,  # type: ignore[assignment]
+                              "prefetch_wait_ms")
 
 
 class Transport(kombu_redis.Transport):

@@ -4,6 +4,7 @@ from django.views.generic import RedirectView
 from drf_spectacular.views import SpectacularAPIView, SpectacularRedocView, SpectacularSwaggerView
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
+from vokaflow.api_errors import api_not_found
 from workers.api import queues
 from workers.api.views import HealthView, MetricsView, PrometheusView, WorkersStatusView
 
@@ -28,4 +29,7 @@ urlpatterns = [
     path("api/redoc/", SpectacularRedocView.as_view(url_name="schema", template_name="api_docs/redoc.html"),
          name="api-redoc"),
     path("api-auth/", include("rest_framework.urls")),
+    re_path(r"^api/", api_not_found, name="api-not-found"),  # last: any other /api/ path is a JSON 404
 ]
+handler404 = "vokaflow.api_errors.not_found"
+handler500 = "vokaflow.api_errors.api_server_error"

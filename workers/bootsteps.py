@@ -7,6 +7,7 @@ import logging
 
 import click
 from celery import bootsteps, signals
+from celery.app.trace import LOG_RECEIVED, LOG_SUCCESS
 from celery.worker.state import merge_revoked
 from django.conf import settings
 from django.db import close_old_connections
@@ -59,10 +60,34 @@ class WorkerSignals(bootsteps.Step):
 
     def __init__(self, worker, **kwargs):
         super().__init__(worker, **kwargs)
+        _per_task_lines_at_debug()
         signals.task_postrun.connect(_close_old_db_connections, weak=False)
         if settings.VOKAFLOW_FLEET_REPORTING:
             signals.task_postrun.connect(on_task_postrun, weak=False)
             signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+
+
+# Celery logs two INFO lines per task (received, succeeded): 140-180 µs of a no-op's ~670 µs
+# (measured). Fleet metrics, the console and Flower show the same facts, so a worker keeps them
+# only at `-l DEBUG`. A filter drops just these two messages: retries, revoked tasks and failures
+# are still logged. The messages are Celery's own constants (tests/test_contracts.py).
+PER_TASK_LINES = {"celery.worker.strategy": LOG_RECEIVED, "celery.app.trace": LOG_SUCCESS}
+
+
+class _DropLine(logging.Filter):
+    def __init__(self, message: str):
+        super().__init__()
+        self.message = message
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.msg is not self.message
+
+
+def _per_task_lines_at_debug() -> None:
+    for name, message in PER_TASK_LINES.items():
+        log = logging.getLogger(name)
+        if not log.isEnabledFor(logging.DEBUG):
+            log.addFilter(_DropLine(message))
 
 
 def _close_old_db_connections(**kwargs) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
+from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.pagination import PageNumberPagination
@@ -13,11 +14,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import dlq
-from tasks.api.serializers import validated
+from tasks.api.serializers import PRIORITY_NAMES, WORKER_TYPE_NAMES, validated
 from tasks.models import DeadLetter
 from tasks.permissions import DeadLetterPermission
-from vokaflow.core.priorities import Priority
-from vokaflow.core.workers import WorkerType
+from tasks.validation import MAX_KEY_LENGTH
+from vokaflow.schema import ErrorSerializer, drf_string_pattern
 
 
 class DeadLetterSerializer(serializers.ModelSerializer):
@@ -34,8 +35,8 @@ class DeadLetterDetailSerializer(serializers.ModelSerializer):
 
 class FilterSerializer(serializers.Serializer):
     task = serializers.CharField(required=False)
-    worker_type = serializers.ChoiceField([w.value for w in WorkerType], required=False)
-    priority = serializers.ChoiceField([p.name for p in Priority], required=False)
+    worker_type = serializers.ChoiceField(WORKER_TYPE_NAMES, required=False)
+    priority = serializers.ChoiceField(PRIORITY_NAMES, required=False)
     status = serializers.ChoiceField(DeadLetter.Status.values, required=False)
     since = serializers.DateTimeField(required=False)
     until = serializers.DateTimeField(required=False)
@@ -43,12 +44,41 @@ class FilterSerializer(serializers.Serializer):
 
 
 class RetrySerializer(serializers.Serializer):
-    priority = serializers.ChoiceField([p.name for p in Priority], required=False)
-    worker_type = serializers.ChoiceField([w.value for w in WorkerType], required=False)
-    partition_key = serializers.CharField(required=False, max_length=200)
+    """The same names, one enum each, as a submission (tasks/api/serializers.py)."""
+
+    priority = serializers.ChoiceField(PRIORITY_NAMES, required=False)
+    worker_type = serializers.ChoiceField(WORKER_TYPE_NAMES, required=False)
+    partition_key = serializers.CharField(required=False, max_length=MAX_KEY_LENGTH, trim_whitespace=False,
+                                          allow_blank=True)
 
 
-FILTER_PARAMETERS = [OpenApiParameter(name, str, required=False) for name in FilterSerializer().fields]
+class RetriedSerializer(serializers.Serializer):
+    task_id = serializers.CharField(help_text="The new task.")
+    retried_from = serializers.CharField()
+    status = serializers.CharField()
+
+
+class BulkRetriedSerializer(serializers.Serializer):
+    matched = serializers.IntegerField()
+    retried = serializers.IntegerField()
+    failed = serializers.IntegerField()
+
+
+class DeadLetterPageSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    next = serializers.URLField(allow_null=True)
+    previous = serializers.URLField(allow_null=True)
+    results = DeadLetterSerializer(many=True)
+
+
+# The filters as query parameters, typed (enums, date-times) exactly as FilterSerializer checks them.
+FILTER_PARAMETERS = [OpenApiParameter(name, OpenApiTypes.DATETIME if name in ("since", "until") else str,
+                                      enum=getattr(field, "choices", None) and list(field.choices),
+                                      pattern=drf_string_pattern(field),
+                                      required=False, description=field.help_text or "")
+                     for name, field in FilterSerializer().fields.items()]
+PAGE_PARAMETERS = [OpenApiParameter("page", int, required=False, description="1 and up; 404 past the last page"),
+                   OpenApiParameter("page_size", int, required=False, description="1 to 500 (default 50)")]
 
 
 class DeadLetterPagination(PageNumberPagination):
@@ -64,7 +94,8 @@ class DLQView(APIView):
 class DeadLetterListView(DLQView):
     """Dead letters, newest first, filtered by task, worker_type, priority, status, since, until, q."""
 
-    @extend_schema(parameters=FILTER_PARAMETERS, responses={200: DeadLetterSerializer(many=True)})
+    @extend_schema(parameters=FILTER_PARAMETERS + PAGE_PARAMETERS, operation_id="dlq_list",
+                   responses={200: DeadLetterPageSerializer, 404: ErrorSerializer})
     def get(self, request):
         filters = validated(FilterSerializer, request.query_params)
         paginator = DeadLetterPagination()
@@ -88,9 +119,9 @@ class DeadLetterDetailView(DLQView):
 class DeadLetterRetryView(DLQView):
     """Enqueue the task again with its original routing (or the overrides in the body): 202."""
 
-    @extend_schema(request=RetrySerializer, responses={202: dict, 409: dict})
+    @extend_schema(request=RetrySerializer, responses={202: RetriedSerializer, 409: ErrorSerializer})
     def post(self, request, task_id):
-        overrides = validated(RetrySerializer, request.data or {})
+        overrides = validated(RetrySerializer, request.data)
         letter = dlq.dead_letter_retry(task_id=task_id, **overrides)
         return Response({"task_id": letter.retried_task_id, "retried_from": letter.task_id,
                          "status": letter.status}, status=202)
@@ -99,7 +130,8 @@ class DeadLetterRetryView(DLQView):
 class DeadLetterBulkRetryView(DLQView):
     """Retry every dead letter matching the filters (query string or body; status defaults to dead)."""
 
-    @extend_schema(parameters=FILTER_PARAMETERS, request=FilterSerializer, responses={202: dict})
+    @extend_schema(parameters=FILTER_PARAMETERS, request=FilterSerializer, responses={202: BulkRetriedSerializer},
+                   operation_id="dlq_retry_matching")
     def post(self, request):
-        filters = validated(FilterSerializer, {**request.query_params.dict(), **(request.data or {})})
+        filters = {**validated(FilterSerializer, request.query_params), **validated(FilterSerializer, request.data)}
         return Response(asdict(dlq.dead_letter_retry_many(**filters)), status=202)

@@ -1,37 +1,71 @@
 """Request and response shapes of the task API, for the OpenAPI schema.
 
-Requests are validated by tasks.submit.prepare_payload (one place, fast enough for a batch
-of 1,000), not by these classes."""
+Requests are validated by tasks.validation.prepare_payload (one place, fast enough for a batch
+of 1,000); the request serializers here are built from the same rules (its field names,
+bounds, patterns and enums), and tests/test_schemathesis.py holds the two together: every body
+the schema allows is accepted, every body it forbids is refused."""
 
+from django.conf import settings
+from django.http import QueryDict
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
+from tasks import catalog, validation
+from vokaflow.core.errors import BadRequest
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
 
+PRIORITY_NAMES = [p.name for p in Priority]
+WORKER_TYPE_NAMES = [w.value for w in WorkerType]
+
+
+# Shapes validated by tasks.validation, not by DRF: unknown fields are refused, strings are taken
+# as they are (vokaflow.schema reads `openapi_extra`).
+CLOSED = {"additionalProperties": False}
+
 
 class LockSerializer(serializers.Serializer):
-    key = serializers.CharField(max_length=200)
-    timeout = serializers.FloatField(min_value=0.1)
+    openapi_extra = CLOSED
+
+    key = serializers.RegexField(validation.LOCK_KEY_PATTERN, max_length=validation.MAX_KEY_LENGTH)
+    timeout = serializers.FloatField(required=False, default=validation.LOCK_TIMEOUT_DEFAULT,
+                                     min_value=validation.LOCK_TIMEOUT_MIN, max_value=validation.LOCK_TIMEOUT_MAX,
+                                     help_text="Seconds the lock is held at most (renewed while the task runs).")
+    skip_if_locked = serializers.BooleanField(required=False, default=False,
+                                              help_text="Drop the task (REVOKED) instead of waiting when taken.")
 
 
 class TaskSubmitSerializer(serializers.Serializer):
-    task = serializers.CharField(help_text="Name of a submittable task (see tasks/catalog/).")
-    args = serializers.JSONField(required=False, default=list, help_text="Positional arguments (a list).")
-    kwargs = serializers.JSONField(required=False, default=dict, help_text="Keyword arguments (an object).")
-    priority = serializers.ChoiceField(choices=[p.name for p in Priority], required=False,
+    openapi_extra = {**CLOSED, "not": {"required": ["countdown", "eta"], "description": "countdown or eta, not both",
+                                       "properties": {"countdown": {"type": "number"}, "eta": {"type": "string"}}}}
+
+    task = serializers.ChoiceField(choices=[], help_text="Name of a submittable task (see tasks/catalog/).")
+    args = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True,
+                                 help_text="Positional arguments.")
+    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True,
+                                   help_text="Keyword arguments.")
+    priority = serializers.ChoiceField(choices=PRIORITY_NAMES, required=False, allow_null=True,
                                        help_text="Default: the task's own.")
-    worker_type = serializers.ChoiceField(choices=[w.value for w in WorkerType], required=False,
+    worker_type = serializers.ChoiceField(choices=WORKER_TYPE_NAMES, required=False, allow_null=True,
                                           help_text="Default: the task's own.")
-    partition_key = serializers.CharField(required=False, max_length=200)
-    countdown = serializers.FloatField(required=False, min_value=0)
-    eta = serializers.DateTimeField(required=False)
-    lock = LockSerializer(required=False)
-    idempotency_key = serializers.CharField(required=False, max_length=200)
+    partition_key = serializers.CharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False,
+                                          max_length=validation.MAX_KEY_LENGTH)
+    countdown = serializers.FloatField(required=False, allow_null=True, min_value=0,
+                                       max_value=validation.MAX_COUNTDOWN_SECONDS, help_text="Seconds from now.")
+    eta = serializers.DateTimeField(required=False, allow_null=True, help_text="When to run (not with countdown).")
+    lock = LockSerializer(required=False, allow_null=True)
+    idempotency_key = serializers.CharField(required=False, allow_null=True, trim_whitespace=False, min_length=1,
+                                            max_length=validation.MAX_KEY_LENGTH,
+                                            help_text="The same key within 24 h answers the first task (duplicate).")
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.fields["task"].choices = catalog.submittable_names()  # registered once the app is loaded
 
 
 class TaskBatchSerializer(serializers.Serializer):
-    tasks = TaskSubmitSerializer(many=True, help_text="1 to 1,000 tasks, validated together before any is enqueued.")
+    tasks = serializers.ListField(child=TaskSubmitSerializer(), min_length=1, max_length=settings.VOKAFLOW_BATCH_LIMIT,
+                                  help_text="1 to 1,000 tasks, validated together before any is enqueued.")
 
 
 class SubmissionSerializer(serializers.Serializer):
@@ -45,6 +79,11 @@ class SubmissionSerializer(serializers.Serializer):
     eta = serializers.CharField(allow_null=True)
     duplicate = serializers.BooleanField(help_text="True when an idempotency key matched an earlier submission.")
     status_url = serializers.CharField()
+
+
+class BatchSubmissionSerializer(serializers.Serializer):
+    count = serializers.IntegerField()
+    tasks = SubmissionSerializer(many=True)
 
 
 class TaskStatusSerializer(serializers.Serializer):
@@ -66,10 +105,6 @@ class TaskStatusSerializer(serializers.Serializer):
     stopping = serializers.BooleanField(help_text="True while a running task asked to stop has not stopped yet.")
 
 
-class ErrorSerializer(serializers.Serializer):
-    detail = serializers.CharField()
-
-
 class CatalogEntrySerializer(serializers.Serializer):
     name = serializers.CharField()
     description = serializers.CharField()
@@ -81,9 +116,44 @@ class CatalogEntrySerializer(serializers.Serializer):
     arguments = serializers.ListField(child=serializers.DictField())
 
 
+def json_object(data) -> dict:
+    """A request body that must be a JSON object (or empty): anything else is a 400 naming `body`."""
+    if not isinstance(data, dict):
+        raise BadRequest(f"body: must be a JSON object, got {type(data).__name__}",
+                         errors={"body": [f"must be a JSON object, got {type(data).__name__}"]})
+    return data
+
+
+# DRF coerces ("5" for a number, 5 for a string, "yes" for true); a JSON body must carry the type
+# the schema says. Query strings are text by nature and keep DRF's parsing.
+JSON_TYPES = [(serializers.BooleanField, (bool,), "a JSON boolean"),
+              ((serializers.FloatField, serializers.IntegerField), (int, float), "a JSON number"),
+              ((serializers.CharField, serializers.ChoiceField, serializers.DateTimeField), (str,), "a JSON string")]
+
+
+def json_type_errors(serializer, data: dict) -> dict[str, list[str]]:
+    errors = {}
+    for name, field in serializer.fields.items():
+        value = data.get(name)
+        if value is None:
+            continue  # absent, or null: DRF answers for null
+        for kinds, types, label in JSON_TYPES:
+            if isinstance(field, kinds):
+                if isinstance(value, bool) and bool not in types or not isinstance(value, types):
+                    errors[name] = [f"must be {label}"]
+                break
+    return errors
+
+
 def validated(serializer_class, data) -> dict:
     """The validated data, or a 400 naming each bad field."""
-    serializer = serializer_class(data=data)
+    serializer = serializer_class(data=json_object(data))
+    if isinstance(data, QueryDict):  # DRF would take `?status=` as no filter at all: say it is empty
+        errors = {name: ["must not be empty"] for name in serializer.fields if data.get(name) == ""}
+    else:
+        errors = json_type_errors(serializer, data)
+    if errors:
+        raise ValidationError(errors)
     if not serializer.is_valid():
         raise ValidationError(serializer.errors)
     return dict(serializer.validated_data)

@@ -9,8 +9,8 @@ from rest_framework.views import APIView
 
 from tasks import catalog
 from tasks.api.serializers import (
+    BatchSubmissionSerializer,
     CatalogEntrySerializer,
-    ErrorSerializer,
     SubmissionSerializer,
     TaskBatchSerializer,
     TaskStatusSerializer,
@@ -19,6 +19,7 @@ from tasks.api.serializers import (
 from tasks.ownership import owner_id
 from tasks.state import revoke_task, task_status
 from tasks.submit import enqueue, prepare_payload, submit_payloads
+from vokaflow.schema import ErrorSerializer
 
 
 def _submission_bodies(request, submissions) -> list[dict]:
@@ -40,7 +41,7 @@ class TaskSubmitView(APIView):
 class TaskBatchView(APIView):
     """Submit up to 1,000 tasks; all are validated before any is enqueued."""
 
-    @extend_schema(request=TaskBatchSerializer, responses={202: SubmissionSerializer(many=True)})
+    @extend_schema(request=TaskBatchSerializer, responses={202: BatchSubmissionSerializer})
     def post(self, request):
         submissions = submit_payloads(request.data.get("tasks") if isinstance(request.data, dict) else None,
                                       owner=owner_id(request.user))

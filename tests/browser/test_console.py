@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+import tests.e2e.worker_tasks  # noqa: F401  (registers the test tasks here too, to submit them)
 from tasks.models import DeadLetter
 from tasks.state import task_status
 from tasks.submit import enqueue, prepare
@@ -101,7 +102,7 @@ def test_pause_a_level_and_its_worker_leaves_it_alone_then_resume(browser, start
 
 
 @pytest.mark.parametrize("worker_type, pool, task, args", [
-    ("cpu", "prefork", "vokaflow.cpu", [10 ** 12]),
+    ("cpu", "prefork", "tests.sleep_then_mark", [8, "stopped-from-console"]),
     ("io", "threads", "vokaflow.sleep", [6]),
 ])
 def test_stop_a_running_task_from_the_running_page(browser, start_worker, redis_client, worker_type, pool, task,
@@ -117,17 +118,13 @@ def test_stop_a_running_task_from_the_running_page(browser, start_worker, redis_
     assert browser.text("#task-state") in ("REVOKED", "STARTED")  # STARTED: told to stop, not stopped yet
     assert "Task " + task_id in browser.text(".messages")
 
-    # Stopping for real (issue 9, the revoke half): on prefork the task is terminated and stays
-    # REVOKED; on threads it stops at its next check and ends REVOKED, never SUCCESS. Until that
-    # change is merged a running task runs on, so this part is an expected failure.
-    try:
-        wait_for(lambda: not browser.css(f'tr[data-task="{task_id}"]') and
-                 task_status(task_id)["state"] == "REVOKED" and not _busy(redis_client), 15, 0.2,
-                 "the task to stop and stay REVOKED")
-        browser.visit("/console/running/")
-        wait_for(lambda: not browser.css(f'tr[data-task="{task_id}"]'), 5, 0.2, "the task to leave the Running page")
-    except AssertionError as exc:
-        pytest.xfail(f"stopping a running task for real is not merged yet: {exc}")
+    # Stopping for real: on prefork the task is terminated and stays REVOKED; on threads it stops
+    # at its next check and ends REVOKED, never SUCCESS.
+    wait_for(lambda: not browser.css(f'tr[data-task="{task_id}"]') and
+             task_status(task_id)["state"] == "REVOKED" and not _busy(redis_client), 15, 0.2,
+             "the task to stop and stay REVOKED")
+    browser.visit("/console/running/")
+    wait_for(lambda: not browser.css(f'tr[data-task="{task_id}"]'), 5, 0.2, "the task to leave the Running page")
     assert task_status(task_id)["state"] == "REVOKED"
 
 

@@ -67,3 +67,9 @@ def stoppable_retrying(seconds: float):
 def stamp(key: str):
     """Appends when it ran to a list: how many times, and when, a task ran."""
     get_redis().rpush(f"vokaflow:test:{key}", time.time())
+
+
+@platform_task("tests.quiet", ignore_result=True, max_retries=0, track_started=False)
+def quiet(key: str):
+    """Ignores its result: counts its run and stores nothing in the result backend."""
+    get_redis().incr(f"vokaflow:test:{key}")

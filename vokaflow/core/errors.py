@@ -33,18 +33,18 @@ class Conflict(VokaFlowError):
     status = 409
 
 
-class TooManyRequests(VokaFlowError):
-    """A limit of the caller's was reached; `retry_after` seconds is when trying again makes sense."""
-
-    status = 429
-
-    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any):
-        super().__init__(detail, **extra)
-        self.headers = {"Retry-After": str(retry_after)}
-
-
 class Unavailable(VokaFlowError):
     """A service VokaFlow depends on (Redis, the database) did not answer."""
 
     status = 503
     headers = {"Retry-After": "5"}
+
+
+class TooManyRequests(VokaFlowError):
+    """Over a limit: try again after `retry_after` seconds (sent as Retry-After and in the body)."""
+
+    status = 429
+
+    def __init__(self, detail: str, *, retry_after: int = 5, **extra: Any):
+        super().__init__(detail, retry_after=retry_after, **extra)
+        self.headers = {"Retry-After": str(retry_after)}

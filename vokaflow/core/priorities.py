@@ -14,11 +14,15 @@ class Priority(IntEnum):
     MAINTENANCE = 7
 
     @classmethod
-    def parse(cls, value: "str | int | Priority") -> "Priority":
-        """Accept a name (any case), a value or a member; raise ValueError naming the choices."""
+    def parse(cls, value: "str | int | Priority", *, strict: bool = False) -> "Priority":
+        """Accept a name (any case), a value or a member; raise ValueError naming the choices.
+        `strict` (the HTTP API): the exact upper-case name only, as the schema's enum says."""
         if isinstance(value, Priority):
             return value
-        if isinstance(value, str):
+        if strict:
+            if isinstance(value, str) and value in cls.__members__:
+                return cls[value]
+        elif isinstance(value, str):
             try:
                 return cls[value.strip().upper()]
             except KeyError:

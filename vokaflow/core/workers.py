@@ -21,11 +21,15 @@ class WorkerType(StrEnum):
         return _SHORT[self]
 
     @classmethod
-    def parse(cls, value: str | WorkerType) -> WorkerType:
-        """Accept the full name or the short one, any case; raise ValueError naming the choices."""
+    def parse(cls, value: str | WorkerType, *, strict: bool = False) -> WorkerType:
+        """Accept the full name or the short one, any case; raise ValueError naming the choices.
+        `strict` (the HTTP API): the exact upper-case name only, as the schema's enum says."""
         if isinstance(value, WorkerType):
             return value
-        if isinstance(value, str):
+        if strict:
+            if isinstance(value, str) and value in cls.__members__:
+                return cls[value]
+        elif isinstance(value, str):
             key = value.strip().upper()
             if key in cls.__members__:
                 return cls[key]

@@ -4,8 +4,10 @@ from hmac import compare_digest
 
 from django.conf import settings
 from django.http import HttpResponse
-from drf_spectacular.utils import extend_schema
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiResponse, extend_schema
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from rest_framework import serializers
 from rest_framework.authentication import BaseAuthentication, get_authorization_header
 from rest_framework.permissions import AllowAny
 from rest_framework.response import Response
@@ -17,6 +19,11 @@ from workers.health import health
 from workers.metrics import fleet_registry
 
 
+class HealthSerializer(serializers.Serializer):
+    status = serializers.ChoiceField(["ok", "failing"])
+    checks = serializers.DictField(child=serializers.DictField(), help_text="database, broker, workers: ok, error")
+
+
 class HealthView(APIView):
     """200 when the database, the broker and at least one worker answer; 503 with the failing checks."""
 
@@ -24,7 +31,7 @@ class HealthView(APIView):
     authentication_classes: list[type] = []
     throttle_classes: list[type] = []
 
-    @extend_schema(responses={200: dict, 503: dict})
+    @extend_schema(responses={200: HealthSerializer, 503: HealthSerializer})
     def get(self, request):
         report = health()
         return Response(report, status=200 if report["status"] == "ok" else 503)
@@ -78,6 +85,7 @@ class PrometheusView(APIView):
     authentication_classes = [MetricsTokenAuthentication, *api_settings.DEFAULT_AUTHENTICATION_CLASSES]
     throttle_classes: list[type] = []
 
-    @extend_schema(responses={200: str})
+    @extend_schema(responses={(200, "text/plain"): OpenApiResponse(
+        OpenApiTypes.STR, description="Prometheus text exposition format")})
     def get(self, request):
         return HttpResponse(generate_latest(fleet_registry()), content_type=CONTENT_TYPE_LATEST)
