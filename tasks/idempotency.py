@@ -1,8 +1,8 @@
 """Idempotency keys: the same key within VOKAFLOW_IDEMPOTENCY_TTL returns the first task.
 
 Keys are scoped to their owner: two users (or a user and the system) with the same key are two
-different submissions. Owners are user ids (digits) or "system", never containing ':', so no key
-of one owner can spell another owner's key.
+different submissions. The owner part never contains ':', so no key of one owner can spell
+another owner's key.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from tasks.validation import TaskRequest
 from vokaflow.core import keys
 
 
-def idempotency_key(owner: str | None, key: str) -> str:
-    return keys.IDEMPOTENCY.format("system" if owner is None else owner, key)
+def idempotency_key(owner: int | None, key: str) -> str:
+    return keys.IDEMPOTENCY.format("system" if owner is None else int(owner), key)
 
 
-def claim_idempotency_keys(r, requests: list[TaskRequest], owner: str | None) -> dict[str, str]:
+def claim_idempotency_keys(r, requests: list[TaskRequest], owner: int | None) -> dict[str, str]:
     """Claim each request's key; returns {task id of a repeat: task id of the first submission}."""
     keyed = [(req, idempotency_key(owner, req.idempotency_key)) for req in requests if req.idempotency_key]
     if not keyed:
@@ -35,7 +35,7 @@ def claim_idempotency_keys(r, requests: list[TaskRequest], owner: str | None) ->
     return {req.task_id: first.decode() for (req, _), first in zip(repeats, firsts, strict=False) if first}
 
 
-def release_idempotency_keys(r, requests: list[TaskRequest], owner: str | None) -> None:
+def release_idempotency_keys(r, requests: list[TaskRequest], owner: int | None) -> None:
     """Give back the keys of requests that were not enqueued after all."""
     claimed = [idempotency_key(owner, req.idempotency_key) for req in requests if req.idempotency_key]
     if claimed:

@@ -11,11 +11,9 @@ from typing import Any
 from tasks.records import Submission
 
 
-def owner_id(user: Any) -> str | None:
+def owner_id(user: Any) -> int | None:
     """The id stored as a submission's owner: the authenticated user's, else the system's (None)."""
-    if user is None or not getattr(user, "is_authenticated", False) or getattr(user, "pk", None) is None:
-        return None
-    return str(user.pk)
+    return user.pk if user is not None and getattr(user, "is_authenticated", False) else None
 
 
 def sees_every_task(user: Any) -> bool:

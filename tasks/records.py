@@ -22,7 +22,7 @@ class Submission:
     submitted_at: str
     eta: str | None = None
     duplicate: bool = False
-    owner: str | None = None  # the submitting user's id; None: the system (Python API), seen by staff only
+    owner: int | None = None  # the submitting user's id; None: the system (Python API), seen by staff only
 
     def public(self) -> dict:
         """What the API shows about the submission (the owner stays internal)."""

@@ -37,18 +37,18 @@ class BrokerUnavailable(Unavailable):
 def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None, priority: Any = None,
                 worker_type: Any = None, partition_key: str | None = None, countdown: float | None = None,
                 eta: datetime | str | None = None, lock: dict | None = None,
-                idempotency_key: str | None = None, owner: str | int | None = None) -> str:
+                idempotency_key: str | None = None, owner: int | None = None) -> str:
     """Validate, route and enqueue one task; returns its task id.
 
-    `owner` is the id of the user the task belongs to (None: the system, visible to staff
-    only); idempotency keys and the pending quota are that user's. Raises SubmissionError for
-    bad input and BrokerUnavailable when Redis is down; in both cases nothing is enqueued.
-    Needs no web server, only Django settings.
+    `owner` is the id of the user the task belongs to (None: the system, visible to staff);
+    idempotency keys are scoped to it. Raises SubmissionError for bad input and
+    BrokerUnavailable when Redis is down; in both cases nothing is enqueued. Needs no web
+    server, only Django settings.
     """
     request = prepare(task_or_name, args=args, kwargs=kwargs, priority=priority,
                       worker_type=worker_type, partition_key=partition_key,
                       countdown=countdown, eta=eta, lock=lock, idempotency_key=idempotency_key)
-    return enqueue([request], owner=None if owner is None else str(owner))[0].task_id
+    return enqueue([request], owner=owner)[0].task_id
 
 
 def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]:
@@ -127,7 +127,7 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         pipe.execute()
 
 
-def _submission(req: TaskRequest, now: str, owner: str | None) -> Submission:
+def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
     return Submission(task_id=req.task_id, task=req.task.name, queue=req.route.queue,
                       priority=req.route.priority.name, worker_type=req.route.worker_type.value,
                       partition=req.route.partition, submitted_at=now,

@@ -46,6 +46,7 @@ def test_the_eleventh_wrong_password_is_429_with_retry_after_and_nothing_is_hash
     assert refused.status_code == 429
     assert 1 <= int(refused["Retry-After"]) <= 60
     assert "too many failed logins" in refused.json()["detail"]
+    assert refused.json()["retry_after"] == int(refused["Retry-After"])
     # Within the window even the right password is refused, and no attempt hashes anything.
     assert token("alice", "alice-password").status_code == 429
     for _ in range(20):

@@ -73,7 +73,7 @@ def test_the_owner_is_stored_but_never_shown(alice, django_user_model, redis_cli
     body = submit(alice)
     assert "owner" not in body
     assert "owner" not in alice.get(f"{BASE}/tasks/{body['task_id']}/").json()
-    assert task_record(body["task_id"]).owner == str(django_user_model.objects.get(username="alice").pk)
+    assert task_record(body["task_id"]).owner == django_user_model.objects.get(username="alice").pk
 
 
 def test_batch_tasks_belong_to_the_submitter(alice, bob, redis_client):
