@@ -34,7 +34,7 @@ class TaskCounters:
         self.interval = interval
         self._lock = threading.Lock()
         self._counts: Counter = Counter()
-        self._finished: list[tuple[str, str]] = []  # (owner, task id): places to free in tasks.quota
+        self._finished: list[tuple[int, str]] = []  # (owner, task id): places to free in tasks.quota
         self._owner_pid: int | None = None
 
     def add(self, queue: str | None, outcome: str) -> None:
@@ -43,7 +43,7 @@ class TaskCounters:
         if self._owner_pid != os.getpid():  # first count in this process (or after a fork)
             self._start_flusher()
 
-    def finished(self, owner: str, task_id: str) -> None:
+    def finished(self, owner: int, task_id: str) -> None:
         with self._lock:
             self._finished.append((owner, task_id))
         if self._owner_pid != os.getpid():

@@ -30,7 +30,7 @@ def encode_json(value) -> str:
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
                  root_id: str | None = None, retries: int = 0, lock: dict | None = None,
-                 retried_from: str | None = None, owner: str | None = None) -> str:
+                 retried_from: str | None = None, owner: int | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers: dict[str, object] = {

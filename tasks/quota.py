@@ -39,7 +39,7 @@ class QuotaExceeded(TooManyRequests):
     """The owner has VOKAFLOW_USER_PENDING_QUOTA tasks pending already; nothing was enqueued."""
 
 
-def reserve_pending(r, owner: str | None, requests: list[TaskRequest]) -> bool:
+def reserve_pending(r, owner: int | None, requests: list[TaskRequest]) -> bool:
     """Count `requests` against `owner`'s quota, or raise QuotaExceeded; False when no quota applies."""
     quota = settings.VOKAFLOW_USER_PENDING_QUOTA
     if not owner or quota <= 0 or not requests:
@@ -59,11 +59,11 @@ def reserve_pending(r, owner: str | None, requests: list[TaskRequest]) -> bool:
     return True
 
 
-def release_pending(r, owner: str | None, task_ids: list[str]) -> None:
+def release_pending(r, owner: int | None, task_ids: list[str]) -> None:
     """Give back the places of tasks that were not enqueued after all, or have finished."""
     if owner and task_ids:
         r.zrem(keys.PENDING.format(owner), *task_ids)
 
 
-def pending_count(r, owner: str) -> int:
+def pending_count(r, owner: int) -> int:
     return r.zcount(keys.PENDING.format(owner), time.time(), "+inf")

@@ -51,7 +51,7 @@ def submit_task(task_or_name: Task | str, *, args: Any = (), kwargs: Any = None,
     return enqueue([request], owner=owner)[0].task_id
 
 
-def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]:
+def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]:
     """A REST batch: 1 to VOKAFLOW_BATCH_LIMIT task objects, all validated before any is enqueued."""
     if not isinstance(items, list) or not items:
         raise SubmissionError("tasks", "required: a non-empty list of task objects")
@@ -61,7 +61,7 @@ def submit_payloads(items: Any, *, owner: str | None = None) -> list[Submission]
     return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
-def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Submission]:
+def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
     A request whose idempotency key the same owner used within 24 h returns the first task
     instead. `owner` (the API user's id) owns the new tasks (their records name it: tasks.ownership)
@@ -98,7 +98,7 @@ def enqueue(requests: list[TaskRequest], *, owner: str | None = None) -> list[Su
     return answers
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: str | None = None) -> None:
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: int | None = None) -> None:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
