@@ -5,6 +5,7 @@ VOKAFLOW_PREFETCH_WAIT_MS, at most 8), all from one priority level and all recor
 unacknowledged in the same script; acknowledgements and results ride the next fetch.
 """
 
+import json
 import time
 
 import pytest
@@ -58,7 +59,8 @@ def test_a_reversed_eight_level_backlog_drains_in_order_with_batches(start_worke
     ids = [t for _, t in submitted]
     # A bound well above the tasks' duration, so batches form even on a loaded machine.
     start_worker("cpu", concurrency=1, pool=pool, env=worker_env(VOKAFLOW_PREFETCH_WAIT_MS=200))
-    most = most_unacked_while(redis_client, lambda: task_meta(ids[-1])["status"] != "SUCCESS")
+    # The first task submitted is of the lowest level: it runs last.
+    most = most_unacked_while(redis_client, lambda: task_meta(ids[0])["status"] != "SUCCESS")
     results = {t: wait_for_state(t, timeout=60) for t in ids}
     level = dict((t, p) for p, t in submitted)
     by_start = sorted(ids, key=lambda t: started(results[t]))
@@ -120,9 +122,11 @@ def test_a_clean_stop_leaves_nothing_unacknowledged_and_no_state_lost(start_work
     assert redis_client.hlen("unacked") == 0
     ran = {m.decode() for m in redis_client.smembers(SEEN)}
     finished = {t for t, m in zip(ids, metas(redis_client, ids), strict=True) if m and m["status"] == "SUCCESS"}
-    assert ran <= finished, f"{len(ran - finished)} tasks ran and lost their state"
-    queued = sum(redis_client.llen(f"general.normal.p{p}") for p in range(8))
-    assert len(finished) + queued >= len(ids), "tasks were lost"
+    queued = {json.loads(raw)["headers"]["id"] for p in range(8)
+              for raw in redis_client.lrange(f"general.normal.p{p}", 0, -1)}
+    # A prefork child stopped by the group's SIGTERM mid-task puts its task back: it runs again.
+    assert ran <= finished | queued, f"{len(ran - finished - queued)} tasks ran and lost their state"
+    assert finished | queued == set(ids), "tasks were lost"
 
 
 def test_an_idle_worker_holds_nothing_unacknowledged(start_worker, redis_client):
