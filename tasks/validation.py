@@ -29,8 +29,6 @@ from vokaflow.core.workers import WorkerType
 from vokaflow.json_input import valid_unicode, value_problem
 
 MAX_KEY_LENGTH = 200
-# Beyond ~2.5e11 s a countdown is past year 9999, the last date there is; this bound leaves room.
-MAX_COUNTDOWN_SECONDS = 1e11
 NOT_UNICODE = "not valid Unicode (it holds a lone surrogate such as \\ud800)"
 
 
@@ -128,8 +126,6 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     countdown = _check_countdown(countdown, error)
     eta = _check_eta(eta, error)
     max_delay = settings.VOKAFLOW_MAX_DELAY
-    if countdown is not None and countdown > max_delay:
-        raise error("countdown", f"at most {max_delay} seconds (VOKAFLOW_MAX_DELAY, {max_delay / 86400 / 365:g} years)")
     if countdown:
         eta = datetime.now(UTC) + timedelta(seconds=countdown)
     elif eta is not None and eta.timestamp() > time.time() + max_delay:
@@ -200,9 +196,9 @@ def _check_countdown(countdown, error) -> float | None:
         seconds = math.inf
     if not math.isfinite(seconds):
         raise error("countdown", "must be a finite number of seconds")
-    if seconds > MAX_COUNTDOWN_SECONDS:
-        raise error("countdown", f"{seconds:g} seconds is past the latest date there is (year 9999); "
-                                 f"at most {MAX_COUNTDOWN_SECONDS:g}")
+    if seconds > settings.VOKAFLOW_MAX_DELAY:
+        max_delay = settings.VOKAFLOW_MAX_DELAY
+        raise error("countdown", f"at most {max_delay} seconds (VOKAFLOW_MAX_DELAY, {max_delay / 86400 / 365:g} years)")
     return seconds
 
 

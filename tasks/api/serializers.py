@@ -51,7 +51,8 @@ class TaskSubmitSerializer(serializers.Serializer):
     partition_key = serializers.CharField(required=False, allow_null=True, allow_blank=True, trim_whitespace=False,
                                           max_length=validation.MAX_KEY_LENGTH)
     countdown = serializers.FloatField(required=False, allow_null=True, min_value=0,
-                                       max_value=validation.MAX_COUNTDOWN_SECONDS, help_text="Seconds from now.")
+                                       max_value=settings.VOKAFLOW_MAX_DELAY,
+                                       help_text="Seconds from now (at most VOKAFLOW_MAX_DELAY).")
     eta = serializers.DateTimeField(required=False, allow_null=True, help_text="When to run (not with countdown).")
     lock = LockSerializer(required=False, allow_null=True)
     idempotency_key = serializers.CharField(required=False, allow_null=True, trim_whitespace=False, min_length=1,
