@@ -1,6 +1,6 @@
 """Bar charts drawn server-side as inline SVG: no chart library, nothing fetched by the browser.
 Built as one string (a template loop over a thousand numbers cost ~10× more, measured in
-bench/console.py)."""
+bench/console_pages.py)."""
 
 from __future__ import annotations
 

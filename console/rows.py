@@ -1,7 +1,7 @@
 """The long tables (hundreds of queues, running or scheduled tasks) rendered as one string.
 
 Django's template engine resolved ~17,000 variables for 320 queue rows: 70 % of the page's time
-(bench/console.py, profiled). These functions write the same markup directly; every value is
+(bench/console_pages.py, profiled). These functions write the same markup directly; every value is
 escaped."""
 
 from __future__ import annotations

@@ -43,11 +43,10 @@ def seed(r) -> None:
 
     from tasks.messages import task_message
     from tasks.models import DeadLetter
+    from vokaflow.core import keys
     from vokaflow.core.priorities import Priority
     from vokaflow.core.queues import Route
     from vokaflow.core.workers import WorkerType
-    from workers.heartbeat import HISTORY_KEY, WORKER_KEY, WORKERS_KEY
-    from workers.queues import PAUSED_KEY
 
     rng = random.Random(42)
     now = time.time()
@@ -75,23 +74,23 @@ def seed(r) -> None:
                 active = [{"id": f"{worker_type.short}-{host}-{j}-5f0c2a9e", "name": "reports.build",
                            "started_at": now - rng.randint(1, 400), "queue": f"{worker_type.short}.normal.p{j}",
                            "args": f'[{rng.randint(1000, 9999)}] {{"customer": "c-{j}"}}'} for j in range(busy)]
-                pipe.set(WORKER_KEY.format(name), json.dumps({
+                pipe.set(keys.WORKER.format(name), json.dumps({
                     "name": name, "host": f"worker-{host + 1}", "pid": 4000 + i, "worker_types": [worker_type.value],
                     "partitions": list(range(8)), "pool": "prefork" if worker_type is WorkerType.CPU_INTENSIVE
                     else "threads", "concurrency": concurrency, "busy": busy, "processed": rng.randint(1e4, 1e6),
                     "active": active, "started_at": now - 86400, "last_seen": now + 3600}), ex=3600)
-                pipe.zadd(WORKERS_KEY, {name: now + 3600})
+                pipe.zadd(keys.WORKERS, {name: now + 3600})
         for bucket in (60, 900):
             current = int(now) // bucket
             for n in range(current - 86400 // bucket, current + 1):
                 hour = (n * bucket / 3600) % 24
                 rate = 900 + 700 * max(0.0, 1 - abs(hour - 14) / 8) + rng.randint(-80, 80)  # busier afternoons
-                pipe.set(HISTORY_KEY.format(bucket, "completed", n), int(rate * bucket / 60), ex=3600)
-                pipe.set(HISTORY_KEY.format(bucket, "failed", n), int(rng.choice([0, 0, 2, 5, 12]) * bucket / 60),
+                pipe.set(keys.HISTORY.format(bucket, "completed", n), int(rate * bucket / 60), ex=3600)
+                pipe.set(keys.HISTORY.format(bucket, "failed", n), int(rng.choice([0, 0, 2, 5, 12]) * bucket / 60),
                          ex=3600)
         for second in range(int(now) - 60, int(now) + 1):  # the last minute's throughput
             pipe.set(f"vokaflow:done:{second}", rng.randint(15, 30), ex=120)
-        pipe.sadd(PAUSED_KEY, "GENERAL_PURPOSE:BATCH")
+        pipe.sadd(keys.PAUSED, "GENERAL_PURPOSE:BATCH")
         pipe.execute()
 
     DeadLetter.objects.all().delete()

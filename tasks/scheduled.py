@@ -110,7 +110,7 @@ def scheduled_count() -> int:
 SCAN_COUNT = 1000
 # Most held messages are running tasks without an ETA: their `"eta": null` is skipped without
 # decoding the message, and only the `limit` soonest are decoded whole (a full json.loads of
-# every held message cost 3× more with 1,000 held, bench/console.py).
+# every held message cost 3× more with 1,000 held, bench/console_pages.py).
 _ETA = re.compile(rb'"eta": "([^"]+)"')
 
 

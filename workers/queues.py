@@ -73,7 +73,7 @@ def level(worker_type: str, priority: str) -> Level:
 # One script for every queue: the depth, and the enqueue time of the message a worker takes next
 # (the list's right end). The script builds the 320 names itself and answers one line per
 # non-empty queue in one string: the names as arguments and 960 separate replies cost 30 ms of
-# packing and parsing in redis-py (bench/console.py). The header is found by a string match, not
+# packing and parsing in redis-py (bench/console_pages.py). The header is found by a string match, not
 # by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
 # (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`.
 _SCAN = """

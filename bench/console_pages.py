@@ -1,6 +1,6 @@
 """Console pages with a loaded fleet: 320 non-empty queues, 50 workers' heartbeats, 100,000 dead letters.
 
-    .venv/bin/python bench/console.py --requests 30
+    .venv/bin/python bench/console_pages.py --requests 30
 
 Seeds Redis database 11 (its own; flushed before and after) and the database at DATABASE_URL, or
 PostgreSQL `vokaflow_console_bench` at 127.0.0.1:5432 when one answers (SQLite under bench/results/
@@ -43,9 +43,9 @@ def seed_redis(r, workers: int, held: int) -> None:
     from django.conf import settings
 
     from tasks.messages import task_message
+    from vokaflow.core import keys
     from vokaflow.core.queues import all_queues, parse_queue
     from vokaflow.core.workers import WorkerType
-    from workers.heartbeat import HISTORY_KEY, WORKER_KEY, WORKERS_KEY
 
     rng = random.Random(7)
     queues = all_queues(settings.VOKAFLOW_PARTITIONS)
@@ -69,13 +69,13 @@ def seed_redis(r, workers: int, held: int) -> None:
                     "worker_types": [worker_type.value], "partitions": list(range(8)), "pool": "threads",
                     "concurrency": 8, "busy": len(active), "processed": 1000 * i, "active": active,
                     "started_at": time.time() - 3600, "last_seen": future}
-            pipe.set(WORKER_KEY.format(name), json.dumps(info), ex=3600)
-            pipe.zadd(WORKERS_KEY, {name: future})
+            pipe.set(keys.WORKER.format(name), json.dumps(info), ex=3600)
+            pipe.zadd(keys.WORKERS, {name: future})
         for bucket in (60, 900):  # a day of history for the charts
             now = int(time.time()) // bucket
             for n in range(now - 24 * 3600 // bucket, now + 1):
-                pipe.set(HISTORY_KEY.format(bucket, "completed", n), rng.randint(500, 5000) * bucket // 60, ex=3600)
-                pipe.set(HISTORY_KEY.format(bucket, "failed", n), rng.randint(0, 50) * bucket // 60, ex=3600)
+                pipe.set(keys.HISTORY.format(bucket, "completed", n), rng.randint(500, 5000) * bucket // 60, ex=3600)
+                pipe.set(keys.HISTORY.format(bucket, "failed", n), rng.randint(0, 50) * bucket // 60, ex=3600)
         for i in range(held):  # countdown tasks a worker holds until they are due
             queue = rng.choice(queues)
             message = json.loads(task_message(task_id=f"eta-{i}", name="vokaflow.echo", args_json=f"[{i}]",
