@@ -72,13 +72,13 @@ class DeadLetterAdmin(admin.ModelAdmin):
         css = {"all": ["console/admin.css"]}
     readonly_fields = ["task_id", "task_name", "status", "reason", "error", "formatted_traceback", "args", "kwargs",
                        "worker_type", "priority", "partition", "queue", "total_retries", "first_submitted_at",
-                       "dlq_timestamp", "hostname", "worker", "retried_task_id", "retried_from", "updated_at"]
+                       "dlq_timestamp", "hostname", "worker", "owner", "retried_task_id", "retried_from", "updated_at"]
     fieldsets = [
         (None, {"fields": ["task_id", "task_name", "status", "reason", "error", "formatted_traceback"]}),
         ("Call", {"fields": ["args", "kwargs"]}),
         ("Routing", {"fields": ["worker_type", "priority", "partition", "queue"]}),
         ("History", {"fields": ["total_retries", "first_submitted_at", "dlq_timestamp", "hostname", "worker",
-                                "retried_task_id", "retried_from", "updated_at"]}),
+                                "owner", "retried_task_id", "retried_from", "updated_at"]}),
     ]
 
     # Query-string filters the list offers; any other lookup (`?args__contains=x`, which SQLite

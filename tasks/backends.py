@@ -87,7 +87,7 @@ class PlatformResults:
         key = bytes_to_str(self.get_key_for_task(task_id))
         value = self.encode(meta)
         if state == states.SUCCESS and hotpath.can_buffer(self.app, request):
-            hotpath.pending_results.append((key, self._fit(value), self._ttl(state)))
+            hotpath.hold(meta["task_id"], (key, self._fit(value), self._ttl(state)))
         else:
             try:
                 self._set_with_state(key, value, state)
@@ -97,6 +97,11 @@ class PlatformResults:
         if owner and state in states.READY_STATES:
             counters.finished(owner, task_id)  # its place in the owner's pending quota is free again
         return result
+
+    def write_held(self, stored):
+        """Write a SUCCESS result that was held for the next fetch after all (vokaflow.hotpath)."""
+        key, value, ttl = stored
+        self.ensure(store_unless_final, (self.client, key, value, ttl))
 
     def _set_with_state(self, key, value, state):
         value = self._fit(value)

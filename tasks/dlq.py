@@ -61,7 +61,8 @@ RETRY_BATCH = 500
 
 def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str | None, reason: str,
                        exception_type: str, error: str, traceback: str, total_retries: int,
-                       worker: str = "", retried_from: str = "", first_submitted_at: str | None = None) -> None:
+                       worker: str = "", retried_from: str = "", first_submitted_at: str | None = None,
+                       owner: int | None = None) -> None:
     """Write one dead letter (once per task id); fall back to Redis when the database fails."""
     route = parse_queue(queue or "")
     record = {
@@ -71,7 +72,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
         "exception_type": exception_type[:255], "error": error, "traceback": traceback or "",
         "total_retries": total_retries, "first_submitted_at": first_submitted_at,
         "dlq_timestamp": datetime.now(UTC).isoformat(), "hostname": socket.gethostname(), "worker": worker or "",
-        "retried_from": retried_from or "",
+        "retried_from": retried_from or "", "owner_id": owner,
     }
     from tasks.counters import counters
 
@@ -150,7 +151,7 @@ def _retry_request(letter: DeadLetter, *, priority: str | None = None, worker_ty
                    priority=priority or letter.priority or None,
                    worker_type=worker_type or letter.worker_type or None,
                    partition_key=partition_key, partition=None if partition_key else letter.partition,
-                   retried_from=letter.task_id)
+                   retried_from=letter.task_id, owner=letter.owner_id)
 
 
 def dead_letter_retry_many(**filters) -> BulkOutcome:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
@@ -68,6 +69,11 @@ class DeadLetter(models.Model):
     retried_task_id = models.CharField(max_length=255, blank=True, help_text="The task a retry produced.")
     retried_from = models.CharField(max_length=255, blank=True,
                                     help_text="The dead letter whose retry this task was.")
+    # The user who submitted the task: a retry's task is theirs again (they see it, as before).
+    # No database constraint: a worker may record a dead letter of a user deleted meanwhile.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              db_constraint=False, related_name="+",
+                              help_text="The user who submitted the task; empty: the system (Python API).")
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = DeadLetterQuerySet.as_manager()

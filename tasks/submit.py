@@ -66,13 +66,15 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     A request whose idempotency key the same owner used within 24 h returns the first task
     instead. `owner` (the API user's id) owns the new tasks (their records name it: tasks.ownership)
     and counts them against that user's pending quota (tasks.quota: QuotaExceeded, 429, and
-    nothing enqueued when it is full); None = the system: no quota, visible to staff only."""
+    nothing enqueued when it is full); None = the system: no quota, visible to staff only. A
+    request that names its own owner (a dead letter's retry) is that user's task instead, counted
+    against no quota: an operator asked for it."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
     try:
         duplicates = claim_idempotency_keys(r, requests, owner)
         fresh = [req for req in requests if req.task_id not in duplicates]
-        submissions = {req.task_id: _submission(req, now, owner) for req in fresh}
+        submissions = {req.task_id: _submission(req, now, _owner_of(req, owner)) for req in fresh}
         reserved = False
         try:
             reserved = reserve_pending(r, owner, fresh)
@@ -114,7 +116,7 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         message = task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock, retried_from=req.retried_from, owner=owner)
+            lock=req.lock, retried_from=req.retried_from, owner=_owner_of(req, owner))
         if req.eta is not None and is_delayed(req.eta, now):
             delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
         else:
@@ -125,6 +127,10 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         schedule(pipe, delayed)
         store_records(pipe, list(submissions.values()), settings.VOKAFLOW_RESULT_TTL)
         pipe.execute()
+
+
+def _owner_of(req: TaskRequest, owner: int | None) -> int | None:
+    return owner if req.owner is None else req.owner
 
 
 def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:

@@ -53,6 +53,7 @@ class TaskRequest:
     idempotency_key: str | None = None
     lock: dict | None = None
     retried_from: str | None = None
+    owner: int | None = None  # set by a dead letter's retry: the task is its first submitter's again
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -75,10 +76,11 @@ def prepare_payload(payload, index: int | None = None) -> TaskRequest:
 def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=None,
             partition_key=None, countdown=None, eta=None, lock=None, idempotency_key=None,
             trusted: bool = True, index: int | None = None, partition: int | None = None,
-            retried_from: str | None = None) -> TaskRequest:
+            retried_from: str | None = None, owner: int | None = None) -> TaskRequest:
     """Check every argument and pick the route. `trusted=False` (the API) allows only
     submittable task names; Python callers may pass any registered task or task object, an
-    explicit `partition`, and `retried_from` (the dead letter a retry comes from)."""
+    explicit `partition`, `retried_from` (the dead letter a retry comes from) and `owner` (whose
+    task it is, when not the caller's: a retry gives the task back to its first submitter)."""
     def error(name, message, **extra):
         return SubmissionError(name, message, index=index, **extra)
 
@@ -142,7 +144,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         partition = partition_for(partition_key, partitions)
     route = Route(chosen_type, chosen_priority, partition)
     return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
-                       idempotency_key=idempotency_key, lock=lock, retried_from=retried_from)
+                       idempotency_key=idempotency_key, lock=lock, retried_from=retried_from, owner=owner)
 
 
 def _resolve_task(task_or_name, trusted, error) -> Task:

@@ -197,6 +197,16 @@ def test_kombu_qos_methods_we_override():
     assert params(kombu_redis.QoS.append) == ["self", "message", "delivery_tag"]
     assert params(kombu_redis.QoS.ack) == ["self", "delivery_tag"]
     assert params(kombu_redis.QoS.restore_unacked_once) == ["self", "stderr"]
+    # A clean stop hands back through restore_unacked → restore_by_tag → _do_restore_message, whose
+    # push ours repeats without the redelivered mark when handing back.
+    assert params(kombu_redis.QoS.restore_unacked) == ["self", "client"]
+    assert "self.restore_by_tag(tag, client=client)" in source(kombu_redis.QoS.restore_unacked)
+    assert "self.restore_unacked()" in source(virtual.QoS.restore_unacked_once)
+    assert "_do_restore_message(M, EX, RK, pipe, leftmost)" in source(kombu_redis.QoS.restore_by_tag)
+    restore = source(kombu_redis.Channel._do_restore_message)
+    assert "['redelivered'] = True" in restore
+    assert "self._q_for_pri(queue, pri), dumps(payload)" in restore
+    assert "self._get_message_priority(payload, reverse=False)" in restore
     assert params(virtual.QoS.append) == ["self", "message", "delivery_tag"]
     assert params(virtual.QoS.ack) == ["self", "delivery_tag"]
     # The in-memory part of an ack: what a deferred ack does at once.
@@ -226,6 +236,26 @@ def test_celery_task_request_class_is_pluggable():
 
     assert PlatformTask.Request == "vokaflow.hotpath:Request"
     assert "task.Request" in source(strategy.default)
+
+
+def test_prefork_children_can_hand_a_result_back_through_the_tracer():
+    # vokaflow.hotpath: a child's tracer returns trace_ok_t; its retstr goes to the parent as the
+    # success value, which the on_success Celery defines in the class it derives from ours receives.
+    from celery.concurrency import prefork
+
+    assert trace.trace_ok_t._fields == ("retval", "info", "runtime", "retstr")
+    assert "tasks[task].__trace__(" in source(trace.fast_trace_task)
+    assert "return (1, R, T) if I else (0, Rstr, T)" in source(trace.fast_trace_task)
+    assert "return (1, R, T) if I else (0, Rstr, T)" in source(trace.trace_task_ret)
+    init = source(prefork.process_initializer)
+    assert init.index("task.__trace__ = build_tracer(") < init.index("signals.worker_process_init.send(")
+    created = source(celery_request.create_request_cls)
+    assert "class Request(base):" in created and "callback=self.on_success," in created
+    assert "failed, retval, runtime = failed__retval__runtime" in created
+    assert created.index("task_ready(self, successful=True)") < created.index("self.acknowledge()")
+    pool = type("Pool", (), {"apply_async": None})()
+    derived = celery_request.create_request_cls(hotpath.Request, app.tasks["vokaflow.noop"], pool, "h", None, app=app)
+    assert derived.on_success.__wrapped__.__qualname__ == "create_request_cls.<locals>.Request.on_success"
 
 
 def test_celery_acks_run_on_the_event_loop():
@@ -258,6 +288,7 @@ def test_celery_per_task_log_lines_are_the_messages_we_filter():
 
 def test_override_markers_are_in_place():
     for method in (transport.QoS.append, transport.QoS.ack, transport.QoS.restore_unacked_once,
+                   transport.QoS.restore_unacked, transport.ReliableFetch._do_restore_message,
                    transport.ReliableFetch.close, hotpath.Request.acknowledge):
         assert getattr(method, "__override__", False), method
 

@@ -186,6 +186,17 @@ class QoS(kombu_redis.QoS):
             channel.flush()
 
     @override
+    def restore_unacked(self, client=None):
+        # A clean stop hands back what this worker took but never started (up to a batch). That
+        # is no redelivery: the flag counts deliveries that ended with the worker gone, towards
+        # the poison limit (tasks.base), so each message keeps the flag it arrived with.
+        self.channel._handing_back = True
+        try:
+            super().restore_unacked(client)
+        finally:
+            self.channel._handing_back = False
+
+    @override
     def restore_unacked_once(self, stderr=None):
         # kombu 5.7: when Redis goes away, closing the channel tries to hand prefetched messages
         # back through a connection whose details are already gone (AttributeError on
@@ -440,8 +451,17 @@ class ReliableFetch(_ChannelBase):
             publish(pipe, {queue: [dumps(message)]})
             pipe.execute()
 
+    _handing_back = False  # set by QoS.restore_unacked during a clean stop
+
+    @override
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
-        super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
+        if self._handing_back:
+            # kombu's own would mark the message redelivered; put it back as it came.
+            for queue in self._lookup(exchange, routing_key):
+                pri = self._get_message_priority(payload, reverse=False)
+                (pipe.lpush if leftmost else pipe.rpush)(self._q_for_pri(queue, pri), dumps(payload))
+        else:
+            super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
         if self._reliable() and routing_key:
             ring(pipe, [routing_key])  # redelivered messages wake idle consumers too
 

@@ -86,6 +86,24 @@ def test_a_retry_that_fails_again_is_a_new_row_linked_to_the_old(start_worker, s
     assert DeadLetter.objects.count() == 2
 
 
+def test_a_retried_task_is_its_submitters_again_and_counts_against_no_quota(start_worker, staff, redis_client):
+    start_worker("general")
+    alice, mallory = user_with_perms("alice"), user_with_perms("mallory")
+    submitted = client_as(alice).post(f"{BASE}/tasks/", {"task": "vokaflow.fail", "args": ["mine"]}, format="json")
+    task_id = submitted.json()["task_id"]
+    assert dead_letter(task_id).owner_id == alice.pk
+    one = staff.post(f"{BASE}/dlq/{task_id}/retry", {}, format="json").json()["task_id"]
+    assert dead_letter(one).owner_id == alice.pk  # failed again: the new row is hers too
+    many = staff.post(f"{BASE}/dlq/retry?task=vokaflow.fail", {}, format="json").json()
+    assert many == {"matched": 1, "retried": 1, "failed": 0}
+    bulk = DeadLetter.objects.get(task_id=one).retried_task_id
+    for new_id in (one, bulk):
+        assert client_as(alice).get(f"{BASE}/tasks/{new_id}/").status_code == 200
+        assert client_as(mallory).get(f"{BASE}/tasks/{new_id}/").status_code == 404
+    # An operator's retry is not the user's submission: nothing of it is counted in her quota.
+    assert not {m.decode() for m in redis_client.zrange(f"vokaflow:pending:{alice.pk}", 0, -1)} & {one, bulk}
+
+
 def test_retry_and_discard_from_the_admin(start_worker, django_user_model, client):
     start_worker("general")
     admin_user = django_user_model.objects.create_superuser("root", password="root-password")

@@ -123,6 +123,9 @@ def test_health_answers_503_quickly_when_the_broker_is_down():
     outcome = json.loads(run_python(code, env).stdout.strip().splitlines()[-1])
     assert outcome["status"] == 503 and outcome["seconds"] < 5  # bounded by the 2 s broker time-out: no hang
     assert outcome["checks"]["broker"]["ok"] is False and outcome["checks"]["database"]["ok"] is True
+    # Open to anyone: the error says what failed, never where (the address is in the log only).
+    assert outcome["checks"]["broker"]["error"].startswith("ConnectionError")
+    assert "127.0.0.1" not in json.dumps(outcome["checks"])
 
 
 def test_metrics_match_redis_before_and_counts_after_a_known_mix(start_worker, client, redis_client):
