@@ -63,9 +63,10 @@ def consume_here() -> None:
 
 
 def can_buffer(app, request) -> bool:
-    """Whether a SUCCESS result may wait for the next fetch: run by this process's consumer or a
-    prefork child of it (whose parent's Request is ours, to take it), acknowledged after it (acks
-    late, so the ack follows it into the same or a later script), and no chord waiting on it."""
+    """Whether a SUCCESS result may wait for the next fetch: run by this process's consumer or by
+    a prefork child of it whose tracer hands it back and whose parent's Request is ours (to take
+    it), acknowledged after it (acks late, so the ack follows it into the same or a later
+    script), and no chord waiting on it."""
     here = _consumer_pid == os.getpid()
     if not (here or _in_pool_child) or request is None or getattr(request, "is_eager", False):
         return False
@@ -74,7 +75,9 @@ def can_buffer(app, request) -> bool:
     task = app.tasks.get(getattr(request, "task", None))
     if task is None or not task.acks_late:
         return False
-    return here or getattr(task, "Request", None) == REQUEST
+    if here:
+        return True
+    return getattr(task.__trace__, "hands_back", False) and getattr(task, "Request", None) == REQUEST
 
 
 def hold(task_id: str, stored: Stored) -> None:
@@ -109,6 +112,7 @@ def _handing_back(tracer, store):
             store(stored)
             return out
         return out._replace(retstr=Handed(out.retstr, stored))
+    trace.hands_back = True
     return trace
 
 
