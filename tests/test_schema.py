@@ -115,6 +115,16 @@ def test_unknown_api_paths_are_json_404_without_credentials_too():
     assert response.status_code == 404 and response.json()["detail"]
 
 
+@pytest.mark.parametrize("host", ["/v;", "evil.example", "a b"])
+def test_a_host_header_the_server_does_not_answer_for_is_a_json_400_on_the_api(api, redis_client, host):
+    response = api.post(f"{BASE}/dlq/x/retry/", {}, format="json", HTTP_HOST=host)
+    assert response.status_code == 400 and response["Content-Type"] == "application/json"
+    assert response.json()["errors"] == {"Host": ["not allowed"]}
+    assert queued(redis_client) == {}
+    page = APIClient().get("/console/", HTTP_HOST=host)  # pages keep Django's own 400 page
+    assert page.status_code == 400 and page["Content-Type"].startswith("text/html")
+
+
 def test_a_field_error_from_a_serializer_is_flat_and_named(django_user_model, redis_client):
     client = APIClient()
     client.force_authenticate(django_user_model.objects.create_user("root", is_staff=True, is_superuser=True))

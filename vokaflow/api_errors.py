@@ -4,7 +4,7 @@ Every VokaFlow error carries its own status (vokaflow.core.errors.VokaFlowError)
 one place that turns it, and DRF's own errors, into a response.
 """
 
-from django.core.exceptions import RequestDataTooBig
+from django.core.exceptions import DisallowedHost, RequestDataTooBig
 from django.http import JsonResponse
 from django.views import defaults
 from django.views.decorators.csrf import csrf_exempt
@@ -56,6 +56,17 @@ def api_server_error(request, *args, **kwargs):
     if request.path.startswith(API_PREFIXES):
         return JsonResponse({"detail": "internal server error; it has been logged"}, status=500)
     return defaults.server_error(request, *args, **kwargs)
+
+
+def bad_request(request, exception, *args, **kwargs):
+    """JSON 400 for the API (handler400: a Host header not in ALLOWED_HOSTS, or another request
+    Django refuses before any view runs); HTML pages keep Django's."""
+    if not request.path.startswith(API_PREFIXES):
+        return defaults.bad_request(request, exception, *args, **kwargs)
+    if isinstance(exception, DisallowedHost):
+        return JsonResponse({"detail": "the Host header names no host this server answers for (ALLOWED_HOSTS)",
+                             "errors": {"Host": ["not allowed"]}}, status=400)
+    return JsonResponse({"detail": "bad request"}, status=400)
 
 
 def not_found(request, exception, *args, **kwargs):

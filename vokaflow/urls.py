@@ -31,5 +31,6 @@ urlpatterns = [
     path("api-auth/", include("rest_framework.urls")),
     re_path(r"^api/", api_not_found, name="api-not-found"),  # last: any other /api/ path is a JSON 404
 ]
+handler400 = "vokaflow.api_errors.bad_request"
 handler404 = "vokaflow.api_errors.not_found"
 handler500 = "vokaflow.api_errors.api_server_error"
