@@ -12,10 +12,12 @@ import time
 
 from django.db import connection
 
+from vokaflow.core.errors import Unavailable
+
 logger = logging.getLogger(__name__)
 
 
-class HealthProblem(RuntimeError):
+class HealthProblem(Unavailable):
     """A failing check whose message is safe to show anyone."""
 
 
