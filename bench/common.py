@@ -58,6 +58,21 @@ def web_env(database: str) -> dict:
     return env
 
 
+def postgres_database(name: str) -> str | None:
+    """The URL of PostgreSQL database `name` on 127.0.0.1:5432 (created when missing), or None
+    when no PostgreSQL answers there."""
+    try:
+        import psycopg
+
+        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
+                             connect_timeout=2) as conn:
+            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone():
+                conn.execute(f'CREATE DATABASE "{name}"')
+        return f"postgres://postgres@127.0.0.1:5432/{name}"
+    except Exception:
+        return None
+
+
 def free_port() -> int:
     import socket
 

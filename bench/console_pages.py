@@ -17,26 +17,19 @@ import random
 import subprocess
 import time
 
-from common import ROOT, percentile, python
+from common import ROOT, percentile, postgres_database, python
 
 REDIS_DB = 11
-PG_URL = "postgres://postgres@127.0.0.1:5432/vokaflow_console_bench"
 
 
 def database_url() -> str:
     if os.environ.get("DATABASE_URL"):
         return os.environ["DATABASE_URL"]
-    try:
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
-                             connect_timeout=2) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'vokaflow_console_bench'").fetchone():
-                conn.execute("CREATE DATABASE vokaflow_console_bench")
-        return PG_URL
-    except Exception:
-        (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
-        return f"sqlite:///{ROOT / 'bench' / 'results' / 'bench-console.sqlite3'}"
+    url = postgres_database("vokaflow_console_bench")
+    if url:
+        return url
+    (ROOT / "bench" / "results").mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{ROOT / 'bench' / 'results' / 'bench-console.sqlite3'}"
 
 
 def seed_redis(r, workers: int, held: int) -> None:

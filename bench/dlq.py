@@ -17,9 +17,7 @@ import subprocess
 from pathlib import Path
 
 import redis
-from common import ROOT, bench_env, bench_redis_url, clear, python, start, stop
-
-PG_URL = "postgres://postgres@127.0.0.1:5432/vokaflow_bench"
+from common import ROOT, bench_env, bench_redis_url, clear, postgres_database, python, start, stop
 
 FAILURE_PATH = """
 import sys, time, django
@@ -117,19 +115,6 @@ def run_waiting(code: str, args: list[str], env: dict, workers: list[list[str]],
     return float(out.strip().splitlines()[-1])
 
 
-def postgres_available() -> bool:
-    try:
-        import psycopg
-
-        with psycopg.connect("postgresql://postgres@127.0.0.1:5432/postgres", autocommit=True,
-                             connect_timeout=2) as conn:
-            if not conn.execute("SELECT 1 FROM pg_database WHERE datname = 'vokaflow_bench'").fetchone():
-                conn.execute("CREATE DATABASE vokaflow_bench")
-        return True
-    except Exception:
-        return False
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--failures", type=int, default=2000)
@@ -139,8 +124,9 @@ def main() -> None:
     results = ROOT / "bench" / "results"
     results.mkdir(parents=True, exist_ok=True)
     databases = {"sqlite": f"sqlite:///{results / 'bench-dlq.sqlite3'}"}
-    if postgres_available():
-        databases["postgresql"] = PG_URL
+    postgres = postgres_database("vokaflow_bench")
+    if postgres:
+        databases["postgresql"] = postgres
     client = redis.Redis.from_url(bench_redis_url())
     worker = [python(), "-m", "celery", "-A", "vokaflow", "worker", "--type", "general", "-P", "threads", "-c", "2",
               "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"]

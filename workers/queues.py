@@ -148,19 +148,19 @@ def paused_queue_names() -> set[str]:
 def pause_level(worker_type: str, priority: str) -> dict:
     """Stop consuming a level: recorded in Redis first (workers that start later read it), then
     every live worker that consumes its queues is told to cancel them."""
-    paused = level(worker_type, priority)
-    get_redis().sadd(keys.PAUSED, paused.key)
-    _tell_workers("cancel_consumer", paused)
-    logger.info("paused %s", paused.key)
-    return {**paused.as_dict(), "paused": True}
+    return _set_paused(level(worker_type, priority), True)
 
 
 def resume_level(worker_type: str, priority: str) -> dict:
-    resumed = level(worker_type, priority)
-    get_redis().srem(keys.PAUSED, resumed.key)
-    _tell_workers("add_consumer", resumed)
-    logger.info("resumed %s", resumed.key)
-    return {**resumed.as_dict(), "paused": False}
+    return _set_paused(level(worker_type, priority), False)
+
+
+def _set_paused(lv: Level, paused: bool) -> dict:
+    r = get_redis()
+    (r.sadd if paused else r.srem)(keys.PAUSED, lv.key)
+    _tell_workers("cancel_consumer" if paused else "add_consumer", lv)
+    logger.info("%s %s", "paused" if paused else "resumed", lv.key)
+    return {**lv.as_dict(), "paused": paused}
 
 
 def _tell_workers(command: str, lv: Level) -> None:

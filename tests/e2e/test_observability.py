@@ -19,9 +19,11 @@ from tasks.submit import enqueue, prepare, submit_task
 from tests.conftest import (
     HEARTBEAT_TTL,
     ROOT,
+    client_as,
     free_port,
     http_status,
     run_python,
+    user_with_perms,
     wait_for,
     wait_for_state,
     worker_env,
@@ -32,11 +34,9 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def client(django_user_model):
+def client():
     """Staff: sees where everything runs (hosts, worker names, pids, the Redis URL)."""
-    client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("watcher", is_staff=True))
-    return client
+    return client_as(user_with_perms("watcher", is_staff=True))
 
 
 def test_plain_users_see_the_fleet_without_hosts_pids_or_the_redis_address(start_worker, client, django_user_model):

@@ -6,17 +6,15 @@ import pytest
 from rest_framework.test import APIClient
 
 from tasks.submit import enqueue, prepare
-from tests.conftest import wait_for, wait_for_state
+from tests.conftest import client_as, user_with_perms, wait_for, wait_for_state
 
 BASE = "/api/high-scale-tasks"
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
 @pytest.fixture
-def staff(django_user_model):
-    client = APIClient()
-    client.force_authenticate(django_user_model.objects.create_user("operator", is_staff=True))
-    return client
+def staff():
+    return client_as(user_with_perms("operator", is_staff=True))
 
 
 def submit(priority: str, n: int = 1, partition_key: str = "k") -> list[str]:
