@@ -74,11 +74,13 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     try:
         duplicates = claim_idempotency_keys(r, requests, owner)
         fresh = [req for req in requests if req.task_id not in duplicates]
-        submissions = {req.task_id: _submission(req, now, _owner_of(req, owner)) for req in fresh}
+        # A request that names its owner (a dead letter's retry) is that user's task.
+        submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
+                       for req in fresh}
         reserved = False
         try:
             reserved = reserve_pending(r, owner, fresh)
-            _push(r, fresh, submissions, owner)
+            _push(r, fresh, submissions)
         except BaseException:
             release_idempotency_keys(r, fresh, owner)
             if reserved:
@@ -100,7 +102,7 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     return answers
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], owner: int | None = None) -> None:
+def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) -> None:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), and SET each task's record, in one MULTI."""
     if not requests:
@@ -116,7 +118,7 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         message = task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock, retried_from=req.retried_from, owner=_owner_of(req, owner))
+            lock=req.lock, retried_from=req.retried_from, owner=submissions[req.task_id].owner)
         if req.eta is not None and is_delayed(req.eta, now):
             delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
         else:
@@ -127,10 +129,6 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission], ow
         schedule(pipe, delayed)
         store_records(pipe, list(submissions.values()), settings.VOKAFLOW_RESULT_TTL)
         pipe.execute()
-
-
-def _owner_of(req: TaskRequest, owner: int | None) -> int | None:
-    return owner if req.owner is None else req.owner
 
 
 def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
