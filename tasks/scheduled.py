@@ -56,7 +56,8 @@ for _, set in ipairs(KEYS) do
     if type(queue) == 'string' and type(id) == 'string' then
       local revoked_until = redis.call('ZSCORE', ARGV[4], id)
       if revoked_until and tonumber(revoked_until) > now then
-        local owner = headers['vokaflow_owner']
+        local owner = headers['vokaflow_owner']  -- the user's id: a JSON number (a string in older messages)
+        if type(owner) == 'number' then owner = string.format('%d', owner) end
         if type(owner) == 'string' then redis.call('ZREM', ARGV[6] .. owner, id) end
       else
         redis.call('LPUSH', queue, item)

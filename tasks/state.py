@@ -11,6 +11,7 @@ from celery import states
 from tasks.backends import NOTICE
 from tasks.cancellation import cancel_requested, request_cancel
 from tasks.ownership import may_see
+from tasks.quota import release_pending
 from tasks.records import task_record
 from vokaflow.celery import app
 from vokaflow.core import keys
@@ -81,8 +82,9 @@ def revoke_task(task_id: str, *, user=None) -> dict:
     REVOKED and acknowledges it (no failure handler: no dead letter, no retry). A thread
     cannot be killed: the task is asked to stop (tasks.cancellation) and becomes REVOKED when
     it does. The result backend never overwrites a final state (vokaflow.result_store), so a
-    late SUCCESS cannot undo the revoke, nor a late revoke a SUCCESS. With a `user`, only a
-    task that user may see (tasks.ownership).
+    late SUCCESS cannot undo the revoke, nor a late revoke a SUCCESS. A task whose REVOKED is
+    stored here gives its place in its owner's pending quota back at once (a delayed one would
+    otherwise hold it until its eta). With a `user`, only a task that user may see (tasks.ownership).
     """
     from django.conf import settings
 
@@ -99,11 +101,21 @@ def revoke_task(task_id: str, *, user=None) -> dict:
         app.backend.mark_as_revoked(task_id, reason="revoked through the API")
     status = task_status(task_id)
     _raise_if_finished(status, unless=states.REVOKED)  # it finished before the revoke was stored
+    if status["state"] == states.REVOKED:  # a thread asked to stop frees its place when it stops
+        _free_quota_place(task_id)
     if pool == "prefork":
         app.control.revoke(task_id, terminate=True, signal="SIGTERM", destination=[worker])
     else:
         app.control.revoke(task_id)
     return status
+
+
+def _free_quota_place(task_id: str) -> None:
+    """The revoked task's place in its owner's pending quota (tasks.quota) is free now, not when a
+    worker would have met it: a delayed task is met only at its eta."""
+    record = task_record(task_id)
+    if record is not None and record.owner is not None:
+        release_pending(get_redis(), record.owner, [task_id])
 
 
 def _running_pool(status: dict) -> str | None:

@@ -78,6 +78,36 @@ def test_a_revoked_scheduled_task_is_dropped_when_it_comes_due(redis_client):
     assert queued(redis_client) == {} and scheduled_count() == 0
 
 
+def submit_delayed_as(client, days: int = 30) -> str:
+    response = client.post(f"{BASE}/tasks/", {"task": "vokaflow.echo", "countdown": days * 86400}, format="json")
+    assert response.status_code == 202, response.content
+    return response.json()["task_id"]
+
+
+def test_revoking_a_users_delayed_task_frees_its_quota_place_at_once(api, user, redis_client):
+    task_id = submit_delayed_as(api)
+    pending = f"vokaflow:pending:{user.pk}"
+    assert redis_client.zscore(pending, task_id) is not None
+    response = api.delete(f"{BASE}/tasks/{task_id}/")
+    assert response.status_code == 200 and response.json()["state"] == "REVOKED"
+    assert redis_client.zscore(pending, task_id) is None
+    assert api.get(f"{BASE}/tasks/{task_id}/").json()["state"] == "REVOKED"
+
+
+def test_a_users_delayed_task_that_comes_due_revoked_gives_its_place_back(api, user, redis_client):
+    task_id = submit_delayed_as(api)
+    other = submit_delayed_as(api)
+    pending = f"vokaflow:pending:{user.pk}"
+    # a revoke recorded while the place was not freed (the user's id travels as a JSON number)
+    redis_client.zadd("vokaflow:revoked", {task_id: time.time() + 60 * 86400})
+    assert json.loads(redis_client.zrange("vokaflow:scheduled:general", 0, 0)[0])["headers"]["vokaflow_owner"] \
+        == user.pk
+    assert move_due(redis_client, now=time.time() + 30 * 86400 + 3600) == 1
+    assert redis_client.zscore(pending, task_id) is None
+    assert redis_client.zscore(pending, other) is not None  # moved to its queue: still pending
+    assert queued(redis_client) and scheduled_count() == 0
+
+
 @pytest.mark.parametrize("body, field", [
     ({"countdown": 4e8}, "countdown"),
     ({"countdown": 1e300}, "countdown"),
