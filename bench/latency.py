@@ -14,15 +14,11 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import redis
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from bench.common import ROOT, bench_env, bench_redis_url, clear, percentile, python, stop, wait_until  # noqa: E402
+from common import ROOT, bench_env, bench_redis_url, clear, percentile, python, stop, wait_until
 
 CLIENT = """
 import json, sys, time

@@ -2,6 +2,7 @@
 """Screenshots of the console for the README: overview, queues and dead letters, with sample data.
 
     .venv/bin/python scripts/screenshots.py            # writes docs/console-*.png
+    .venv/bin/python scripts/screenshots.py --out /tmp # elsewhere
 
 Uses Redis database 10 (flushed before and after) and a SQLite file under .run/, seeds a fleet
 (queues, heartbeats, a day of throughput, dead letters, one paused level), serves the project
@@ -11,6 +12,7 @@ with gunicorn on a free port and photographs the pages with headless Chromium at
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import random
@@ -23,7 +25,6 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 REDIS_DB = 10
 PASSWORD = "screenshots-only"
 PAGES = [("console-overview.png", "/console/"), ("console-queues.png", "/console/queues/"),
@@ -117,6 +118,9 @@ def seed(r) -> None:
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / "docs", help="folder to write the PNG files to")
+    args = parser.parse_args()
     chromium, chromedriver = shutil.which("chromium") or shutil.which("chromium-browser"), shutil.which("chromedriver")
     if not chromium or not chromedriver:
         sys.exit("no headless browser: apt-get install chromium chromium-driver")
@@ -152,14 +156,14 @@ def main() -> None:
                 if getattr(exc, "code", None):
                     break  # it answers (503 without live workers is fine)
                 time.sleep(0.1)
-        photograph(url, chromium, chromedriver)
+        photograph(url, chromium, chromedriver, args.out.resolve())
     finally:
         server.terminate()
         server.wait(10)
         r.flushdb()
 
 
-def photograph(url: str, chromium: str, chromedriver: str) -> None:
+def photograph(url: str, chromium: str, chromedriver: str, out: Path) -> None:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
@@ -183,9 +187,9 @@ def photograph(url: str, chromium: str, chromedriver: str) -> None:
             driver.execute_cdp_cmd("Emulation.setDeviceMetricsOverride", {  # the whole page, up to 1,500 px
                 "width": 1366, "height": min(max(height, 700), 1500), "deviceScaleFactor": 1, "mobile": False})
             time.sleep(0.3)
-            target = ROOT / "docs" / name
+            target = out / name
             driver.save_screenshot(str(target))
-            print(f"wrote {target.relative_to(ROOT)}")
+            print(f"wrote {target}")
     finally:
         driver.quit()
 

@@ -26,6 +26,7 @@ from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import as_text
+from workers.live import live_workers
 
 logger = logging.getLogger(__name__)
 
@@ -167,7 +168,6 @@ def _tell_workers(command: str, lv: Level) -> None:
     """Celery's remote control (cancel_consumer / add_consumer) to the live workers of this level's
     type, queue by queue for the partitions each one owns; no reply is awaited."""
     from vokaflow.celery import app
-    from workers.status import live_workers
 
     owners: dict[str, list[str]] = {}
     for worker in live_workers():

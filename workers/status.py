@@ -16,18 +16,10 @@ from vokaflow.core.queues import all_queues, parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import as_text, redacted_url
+from workers.live import live_workers
+from workers.queues import paused_levels
 
 THROUGHPUT_WINDOW = 60
-
-
-def live_workers() -> list[dict]:
-    """Heartbeats that have not expired, newest first."""
-    r = get_redis()
-    names = [as_text(n) for n in r.zrangebyscore(keys.WORKERS, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
-    if not names:
-        return []
-    beats = r.mget([keys.WORKER.format(n) for n in names])
-    return sorted((json.loads(b) for b in beats if b), key=lambda w: -w["last_seen"])
 
 
 def queue_depths() -> dict[str, int]:
@@ -144,7 +136,6 @@ def _without(entry: dict, fields: tuple[str, ...]) -> dict:
 def fleet_metrics(depths: dict[str, int] | None = None, workers: list[dict] | None = None) -> dict:
     """Everything GET metrics shows; pass depths and workers already read to avoid reading twice."""
     from tasks.dlq import dead_letter_counts
-    from workers.queues import paused_levels
 
     depths = queue_depths() if depths is None else depths
     workers = live_workers() if workers is None else workers

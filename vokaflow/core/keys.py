@@ -6,9 +6,8 @@ PREFIX = "vokaflow:"
 TASK_RECORD = PREFIX + "task:{}"  # task id → the submission record (JSON), expires with the result
 IDEMPOTENCY = PREFIX + "idem:{}:{}"  # (owner: user id or "system", key) → the first submission's task id
 REVOKED = PREFIX + "revoked"  # sorted set: task id → expiry; revokes a worker started later honours
-CANCEL = PREFIX + "cancel:{}"  # task id → a running task was told to stop (checked by the task)
 REDELIVERIES = PREFIX + "redeliveries:{}"  # task id → deliveries that ended with the worker gone
-CANCEL = PREFIX + "cancel:{}"  # task id → set when a running thread-pool task is asked to stop
+CANCEL = PREFIX + "cancel:{}"  # task id → why a running thread-pool task is asked to stop (revoked, time limit)
 
 # kombu's Redis transport: messages taken but not yet acknowledged (delivery tag → message)
 UNACKED = "unacked"
