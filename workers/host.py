@@ -5,8 +5,8 @@ Django, Celery and the task code once, so they share those pages instead of each
 worker needs, freezes those objects out of the garbage collector (so collections do not touch,
 and copy, the shared pages) and forks one child per process of the plan; each child runs the
 ordinary `celery -A vokaflow worker ...` command line in-process. The host supervises its children
-with the launcher's policy (restart at most 3 times with back-off, then give up loudly) and stops
-them on SIGTERM. Measured with bench/memory.py: see BENCHMARKS.md.
+with the launcher's policy (restart with back-off, at most 3 times within 60 s, then give up
+loudly) and stops them on SIGTERM. Measured with bench/memory.py: see BENCHMARKS.md.
 """
 
 from __future__ import annotations

@@ -5,8 +5,9 @@ file and replaces itself with `python -m workers.launcher PLAN`: the supervisor 
 the fleet's whole life imports no Django and no task code (20 MB instead of 73, bench/memory.py).
 The workers, beat and Flower are forked from one process of their own (workers.host).
 
-Starts each child in its own process group, restarts one that dies (at most 3 times, with
-growing back-off) and gives up on it loudly, and stops every child on SIGINT/SIGTERM:
+Starts each child in its own process group, restarts one that dies (with growing back-off, at
+most 3 times within 60 s, like systemd's StartLimitBurst/StartLimitIntervalSec) and gives up on
+it loudly when it dies again within that window, and stops every child on SIGINT/SIGTERM:
 SIGTERM first, SIGKILL after the grace period, so nothing is left behind.
 """
 
@@ -30,7 +31,8 @@ import psutil
 
 logger = logging.getLogger("vokaflow.launcher")
 
-MAX_RESTARTS = 3
+MAX_RESTARTS = 3  # restarts within RESTART_WINDOW seconds; a process that dies once more is given up on
+RESTART_WINDOW = 60.0
 
 
 @dataclass
@@ -48,8 +50,9 @@ class ProcessSpec:
 class Child:
     spec: ProcessSpec
     proc: Process | None = None
-    restarts: int = 0
+    restarts: int = 0  # in all (the process table shows it)
     restart_at: float | None = None
+    recent_restarts: list[float] = field(default_factory=list)  # when each restart within the window was decided
     given_up: bool = False
     started_at: float = field(default_factory=time.monotonic)
 
@@ -103,14 +106,17 @@ class Launcher:
                  grace_seconds: float = 10.0, backoff_seconds: float = 1.0, env: dict | None = None,
                  report: Callable[[dict], None] | None = None, ready_timeout: float = 90.0,
                  spawn: Callable[[ProcessSpec, dict | None], Process] = popen,
-                 heartbeat: Callable[[str], bool] | None = None):
-        self.children = [Child(spec) for spec in specs]
+                 heartbeat: Callable[[str], bool] | None = None, max_restarts: int = MAX_RESTARTS,
+                 restart_window: float = RESTART_WINDOW, clock: Callable[[], float] = time.monotonic):
+        self.clock = clock  # monotonic seconds: restarts are counted and delayed by it
+        self.children = [Child(spec, started_at=clock()) for spec in specs]
         self.ready_message = ready_message  # printed once every process is ready: the last startup lines
         self.ready_timeout = ready_timeout
         self.spawn = spawn
         self.heartbeat = heartbeat  # is this worker's heartbeat fresh? (readiness of workers)
         self.grace_seconds = grace_seconds
         self.backoff_seconds = backoff_seconds
+        self.max_restarts, self.restart_window = max_restarts, restart_window
         self.env = env
         self.report = report  # called with the process table every few seconds (health reads it)
         self.stopping = False
@@ -157,11 +163,11 @@ class Launcher:
         logger.info("starting %s: %s", child.spec.name, " ".join(child.spec.argv))
         env = {**(self.env or os.environ), **child.spec.env} if child.spec.env else self.env
         child.proc = self.spawn(child.spec, env)
-        child.started_at = time.monotonic()
+        child.started_at = self.clock()
         child.restart_at = None
 
     def _watch(self) -> None:
-        now = time.monotonic()
+        now = self.clock()
         for child in self.children:
             if child.given_up or child.proc is None:
                 continue
@@ -172,17 +178,21 @@ class Launcher:
             code = child.proc.poll()
             if code is None:
                 continue
-            if child.restarts >= MAX_RESTARTS:
+            # Only the restarts of the last restart_window seconds count: a process that dies now and
+            # then is restarted every time, one that keeps dying is given up on.
+            child.recent_restarts = [t for t in child.recent_restarts if now - t < self.restart_window]
+            if len(child.recent_restarts) >= self.max_restarts:
                 child.given_up = True
-                logger.error("GAVE UP on %s: it exited with %s after %d restarts; the rest keeps running",
-                             child.spec.name, code, child.restarts)
+                logger.error("GAVE UP on %s: it exited with %s after %d restarts within %.0f s; the rest keeps "
+                             "running", child.spec.name, code, len(child.recent_restarts), self.restart_window)
                 self._report(force=True)
                 continue
+            delay = self.backoff_seconds * 2 ** len(child.recent_restarts)
+            child.recent_restarts.append(now)
             child.restarts += 1
-            delay = self.backoff_seconds * 2 ** (child.restarts - 1)
             child.restart_at = now + delay
-            logger.warning("%s exited with %s; restart %d of %d in %.1f s", child.spec.name, code,
-                           child.restarts, MAX_RESTARTS, delay)
+            logger.warning("%s exited with %s; restart %d of %d within %.0f s in %.1f s", child.spec.name, code,
+                           len(child.recent_restarts), self.max_restarts, self.restart_window, delay)
 
     def _wait_ready(self) -> None:
         """Print the ready message once every process serves (the API's health passes, each worker's
@@ -250,7 +260,10 @@ def _signal_group(proc: Process, signum: int) -> None:
 
 def systemd_unit(spec: ProcessSpec, *, root: str, env_file: str, grace_seconds: float,
                  exec_start_pre: str | None = None) -> str:
-    """A unit that restarts the process on failure, at most 3 times a minute, like the launcher."""
+    """A unit that restarts the process on failure, at most 3 times a minute, like the launcher.
+
+    (systemd counts starts within StartLimitIntervalSec, the first start included: a unit that
+    fails from its very first start is restarted twice, one that had run for a minute 3 times.)"""
     pre = f"ExecStartPre={exec_start_pre}\n" if exec_start_pre else ""
     return f"""[Unit]
 Description=VokaFlow {spec.name}
