@@ -1,7 +1,8 @@
 """submit_task(): the one path every enqueue takes (REST, Python API, retries).
 
 Validation lives in tasks.validation, records in tasks.records, idempotency keys in
-tasks.idempotency; this module publishes: one atomic, pipelined round trip per batch.
+tasks.idempotency; this module publishes: one atomic, pipelined round trip per batch (a batch
+with idempotency keys first WATCHes and reads them).
 """
 
 from __future__ import annotations
@@ -16,10 +17,10 @@ from celery import Task
 from celery.utils.nodenames import anon_nodename
 from django.conf import settings
 
-from tasks.idempotency import claim_idempotency_keys, release_idempotency_keys
+from tasks.idempotency import KeyLook, watch_idempotency_keys, write_claims
 from tasks.messages import encode_json, task_message
 from tasks.quota import release_pending, reserve_pending
-from tasks.records import Submission, load_records, store_records
+from tasks.records import Submission, store_records
 from tasks.scheduled import is_delayed, schedule
 from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payload
 from vokaflow.celery import app
@@ -61,6 +62,9 @@ def submit_payloads(items: Any, *, owner: int | None = None) -> list[Submission]
     return enqueue([prepare_payload(item, index=i) for i, item in enumerate(items)], owner=owner)
 
 
+ATTEMPTS = 10  # reads of the idempotency keys before a submission whose keys keep being taken gives up
+
+
 def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Submission]:
     """Publish validated requests in one atomic, pipelined round trip (messages and records).
     A request whose idempotency key the same owner used within 24 h returns the first task
@@ -68,43 +72,59 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     and counts them against that user's pending quota (tasks.quota: QuotaExceeded, 429, and
     nothing enqueued when it is full); None = the system: no quota, visible to staff only. A
     request that names its own owner (a dead letter's retry) is that user's task instead, counted
-    against no quota: an operator asked for it."""
+    against no quota: an operator asked for it.
+
+    BrokerUnavailable (nothing was enqueued) comes only from a failure before or during the
+    push; once it succeeded the answer is built without Redis. Idempotency keys are written
+    with the push and WATCHed from their read until then (tasks.idempotency): a key taken by a
+    concurrent submission meanwhile makes the push fail whole, and the keys are read again."""
     r = get_redis()
     now = datetime.now(UTC).isoformat()
-    try:
-        duplicates = claim_idempotency_keys(r, requests, owner)
-        fresh = [req for req in requests if req.task_id not in duplicates]
-        # A request that names its owner (a dead letter's retry) is that user's task.
-        submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
-                       for req in fresh}
-        reserved = False
+    tried: tuple[KeyLook, dict[str, Submission]] | None = None  # the last push that ended in a WatchError
+    for _ in range(ATTEMPTS):
+        attempt = None
         try:
-            reserved = reserve_pending(r, owner, fresh)
-            _push(r, fresh, submissions)
-        except BaseException:
-            release_idempotency_keys(r, fresh, owner)
-            if reserved:
-                release_pending(r, owner, list(submissions))
-            raise
-        firsts = load_records(r, set(duplicates.values()) - submissions.keys())
-    except (redis.RedisError, OSError) as exc:
-        raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable: {exc}. "
-                                "Nothing was enqueued; retry when Redis is back.") from exc
-    firsts.update(submissions)
-    answers = []
-    for req in requests:
-        if req.task_id in duplicates:
-            first_id = duplicates[req.task_id]
-            first = firsts.get(first_id) or replace(_submission(req, now, owner), task_id=first_id)
-            answers.append(replace(first, duplicate=True))
-        else:
-            answers.append(submissions[req.task_id])
-    return answers
+            with r.pipeline(transaction=True) as pipe:
+                look = watch_idempotency_keys(pipe, requests, owner)
+                if tried and any(look.repeats.get(task_id) == task_id for task_id in tried[1]):
+                    return _answers(requests, *tried)  # its EXEC was applied, only the reply was lost
+                fresh = [req for req in requests if req.task_id not in look.repeats]
+                # A request that names its owner (a dead letter's retry) is that user's task.
+                submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
+                               for req in fresh}
+                reserved = reserve_pending(r, owner, fresh)
+                attempt = (look, submissions)
+                try:
+                    _push(pipe, fresh, submissions, look.claims)
+                except BaseException:
+                    if reserved:
+                        release_pending(r, owner, list(submissions))
+                    raise
+        except redis.WatchError:
+            # A key was taken meanwhile (nothing was applied), or the connection dropped while
+            # watching (then an EXEC may have been applied: the next look finds its keys naming
+            # its own tasks). Either way, look again.
+            tried = attempt or tried
+            continue
+        except (redis.RedisError, OSError) as exc:
+            raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable or refused "
+                                    f"the tasks: {exc}. Nothing was enqueued; retry when Redis is back.") from exc
+        return _answers(requests, look, submissions)
+    raise BrokerUnavailable(f"the idempotency keys of this submission were taken by concurrent submissions "
+                            f"{ATTEMPTS} times while it was being enqueued. Nothing was enqueued; retry.")
 
 
-def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) -> None:
+def _answers(requests: list[TaskRequest], look: KeyLook, submissions: dict[str, Submission]) -> list[Submission]:
+    """Each request's answer: its new task, or the first submission's stored record for a repeat."""
+    firsts = {**look.firsts, **submissions}
+    return [replace(firsts[look.repeats[req.task_id]], duplicate=True) if req.task_id in look.repeats
+            else submissions[req.task_id] for req in requests]
+
+
+def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission], claims: dict[str, str]) -> None:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
-    set (tasks.scheduled), and SET each task's record, in one MULTI."""
+    set (tasks.scheduled), SET each task's record and each new idempotency key, in one MULTI on
+    `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key."""
     if not requests:
         return
     now = time.time()
@@ -123,12 +143,24 @@ def _push(r, requests: list[TaskRequest], submissions: dict[str, Submission]) ->
             delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
         else:
             by_queue.setdefault(req.route.queue, []).append(message)
-    with r.pipeline(transaction=True) as pipe:
-        if by_queue:
-            publish(pipe, by_queue)
-        schedule(pipe, delayed)
-        store_records(pipe, list(submissions.values()), settings.VOKAFLOW_RESULT_TTL)
-        pipe.execute()
+    result_ttl = settings.VOKAFLOW_RESULT_TTL
+    keyed_ttl = max(result_ttl, settings.VOKAFLOW_IDEMPOTENCY_TTL)
+    pipe.multi()
+    if by_queue:
+        publish(pipe, by_queue)
+    schedule(pipe, delayed)
+    for ttl, group in _by_ttl(submissions, claims, result_ttl, keyed_ttl).items():
+        store_records(pipe, group, ttl)
+    write_claims(pipe, claims)
+    pipe.execute()
+
+
+def _by_ttl(submissions: dict[str, Submission], claims: dict[str, str], result_ttl: int,
+            keyed_ttl: int) -> dict[int, list[Submission]]:
+    groups: dict[int, list[Submission]] = {}
+    for task_id, submission in submissions.items():
+        groups.setdefault(keyed_ttl if task_id in claims else result_ttl, []).append(submission)
+    return groups
 
 
 def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
