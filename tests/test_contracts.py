@@ -308,3 +308,25 @@ def test_a_live_worker_fetches_with_our_script(start_worker, redis_client):
     db = str(redis_client.connection_pool.connection_kwargs.get("db", 0))
     wait_for(lambda: any(c.get("cmd") == "xread" and c.get("db") == db for c in redis_client.client_list()),
              10, 0.05, "the idle worker to wait on its bell")
+
+
+# --- Celery: workers/host.py ------------------------------------------------------------------
+
+def test_celery_titles_its_processes_through_the_setproctitle_module_it_imported():
+    # workers.host replaces celery.platforms._setproctitle in each forked child with one that keeps
+    # the child's short name (comm): every title Celery sets must go through that module attribute.
+    from celery import platforms
+
+    titles = []
+    recorder = type("Recorder", (), {"setproctitle": staticmethod(titles.append)})()
+    saved = platforms._setproctitle
+    platforms._setproctitle = recorder
+    try:
+        platforms.set_mp_process_title("celeryd", info="-active- (-A vokaflow worker)", hostname="io@h")
+        platforms.set_process_title("celery beat", info="-A vokaflow beat")
+    finally:
+        platforms._setproctitle = saved
+    assert titles == ["[celeryd: io@h:MainProcess] -active- (-A vokaflow worker)", "[celery beat] -A vokaflow beat"]
+    import setproctitle
+
+    assert saved is setproctitle  # installed (requirements.txt): Celery titles its workers

@@ -4,7 +4,9 @@ Django, Celery and the task code once, so they share those pages instead of each
 `python -m workers.host PLAN` (started by the launcher, see workers.launcher) imports everything a
 worker needs, freezes those objects out of the garbage collector (so collections do not touch,
 and copy, the shared pages) and forks one child per process of the plan; each child runs the
-ordinary `celery -A vokaflow worker ...` command line in-process. The host supervises its children
+ordinary `celery -A vokaflow worker ...` command line in-process, under that command line as its
+process title (setproctitle), so `ps` and `pgrep -f 'celery.*worker'` see a celery worker, and
+`celery-<name>` as its short name (`ps -o comm`, top). The host supervises its children
 with the launcher's policy (restart with back-off, at most 3 times within 60 s, then give up
 loudly) and stops them on SIGTERM. Measured with bench/memory.py: see BENCHMARKS.md.
 """
@@ -20,6 +22,8 @@ import subprocess
 import sys
 import time
 import traceback
+
+import setproctitle
 
 from workers.launcher import ProcessSpec, launcher_for, read_plan
 
@@ -60,7 +64,7 @@ def _run_celery(argv: list[str], name: str) -> None:
     try:
         os.setsid()  # its own process group, like the launcher's other children
         _prctl(PR_SET_PDEATHSIG, signal.SIGTERM)  # a killed host leaves no orphan workers (Linux)
-        _prctl(PR_SET_NAME, f"celery-{name}".encode()[:15])  # `ps -o comm` and top tell them apart
+        _set_title(argv, f"celery-{name}".encode()[:15])
         signal.signal(signal.SIGINT, signal.SIG_DFL)
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         from celery.bin.celery import main as celery_main
@@ -79,6 +83,31 @@ def _run_celery(argv: list[str], name: str) -> None:
 
 
 PR_SET_PDEATHSIG, PR_SET_NAME = 1, 15
+
+
+def _set_title(argv: list[str], comm: bytes) -> None:
+    """Show the command line a separate process would have been started with (ps, pgrep -f) and
+    `comm` as the short name (`ps -o comm` and top tell the children apart by it).
+
+    Celery retitles a worker once it runs (`[celeryd: io@host:MainProcess] -active- (-A vokaflow
+    worker ...)`) and beat, as it does every such process when setproctitle is installed; setproctitle
+    also sets the short name from the title, so Celery's calls go through one that keeps `comm`."""
+    from celery import platforms
+
+    setproctitle.setproctitle(" ".join(argv))
+    _prctl(PR_SET_NAME, comm)
+    platforms._setproctitle = _NameKeepingTitles(comm)
+
+
+class _NameKeepingTitles:
+    """Stands in for the setproctitle module Celery calls (celery.platforms._setproctitle)."""
+
+    def __init__(self, comm: bytes):
+        self.comm = comm
+
+    def setproctitle(self, title: str) -> None:
+        setproctitle.setproctitle(title)
+        _prctl(PR_SET_NAME, self.comm)
 
 
 def _prctl(option: int, value: object) -> None:
