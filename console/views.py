@@ -18,6 +18,8 @@ from django.views.decorators.http import require_POST
 from console import rows, selectors
 from console.forms import SubmitForm
 from tasks import catalog, dlq
+from tasks.ownership import owner_id
+from tasks.quota import QuotaExceeded
 from tasks.state import TaskAlreadyFinished, TaskNotFound, revoke_task
 from tasks.submit import BrokerUnavailable, enqueue, prepare_payload
 from tasks.validation import SubmissionError
@@ -165,13 +167,14 @@ def submit(request):
         form = SubmitForm(request.POST, entries=entries, entry=entry)
         if form.is_valid():
             try:
-                submission = enqueue([prepare_payload(form.payload())])[0]
+                # The submitting user's task, as through the API: their quota, theirs to follow.
+                submission = enqueue([prepare_payload(form.payload())], owner=owner_id(request.user))[0]
             except ValidationError as exc:
                 form.add_error(None, exc)
             except SubmissionError as exc:
                 form.add_error(form.field_for(exc.field), f"{exc.field}: {exc.message}" if
                                form.field_for(exc.field) is None else exc.message)
-            except BrokerUnavailable as exc:
+            except (BrokerUnavailable, QuotaExceeded) as exc:
                 form.add_error(None, str(exc))
             else:
                 messages.success(request, f"Submitted {submission.task} to {submission.queue}.")

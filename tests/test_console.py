@@ -64,6 +64,31 @@ def test_submit_errors_show_next_to_their_field_and_nothing_is_enqueued(staff, r
     assert redis_client.llen("io.high.p0") + sum(redis_client.llen(f"io.high.p{p}") for p in range(1, 8)) == 1
 
 
+def test_a_task_submitted_from_the_console_is_the_submitting_users(staff, django_user_model, redis_client):
+    from tasks.records import task_record
+    from tests.conftest import client_as
+
+    response = staff.post("/console/submit/", {"task": "vokaflow.echo", "priority": "LOW"})
+    assert response.status_code == 302, response.content
+    task_id = response.headers["Location"].rstrip("/").rsplit("/", 1)[1]
+    operator = django_user_model.objects.get(username="operator")
+    assert task_record(task_id).owner == operator.pk
+    assert redis_client.zscore(f"vokaflow:pending:{operator.pk}", task_id) is not None  # counted in the quota
+    operator.is_staff = False  # no longer staff: the task is still the operator's own
+    operator.save()
+    assert client_as(operator).get(f"/api/high-scale-tasks/tasks/{task_id}/").status_code == 200
+    other = django_user_model.objects.create_user("someone-else")
+    assert client_as(other).get(f"/api/high-scale-tasks/tasks/{task_id}/").status_code == 404
+
+
+def test_the_console_submits_under_the_users_quota(staff, redis_client, settings):
+    settings.VOKAFLOW_USER_PENDING_QUOTA = 1
+    assert staff.post("/console/submit/", {"task": "vokaflow.echo", "priority": "LOW"}).status_code == 302
+    response = staff.post("/console/submit/", {"task": "vokaflow.echo", "priority": "LOW"})
+    assert response.status_code == 200 and b"VOKAFLOW_USER_PENDING_QUOTA" in response.content
+    assert sum(redis_client.llen(f"general.low.p{p}") for p in range(8)) == 1
+
+
 def test_task_page_of_an_unknown_task_is_a_404(staff, redis_client):
     response = staff.get("/console/tasks/no-such-task/")
     assert response.status_code == 404 and b"No task with id" in response.content
