@@ -31,6 +31,7 @@ from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
+from vokaflow.transport import unacked_record
 
 SCHEDULE_AFTER = 1.0  # seconds: a task due sooner goes straight to its queue
 LOOKAHEAD = 0.5  # seconds: what is due this soon is moved now (the worker waits for the eta)
@@ -178,7 +179,7 @@ def _held(limit: int) -> list[ScheduledTask]:
 
 def _scheduled(raw: bytes, eta: datetime) -> ScheduledTask | None:
     try:
-        message, _exchange, queue = json.loads(raw)
+        message, _exchange, queue = unacked_record(raw)
         headers = message["headers"]
     except (ValueError, KeyError, TypeError):
         return None  # not a Celery task message

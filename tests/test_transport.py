@@ -64,7 +64,7 @@ def test_a_redis_stopped_mid_drain_keeps_every_message_queued_or_unacked(tmp_pat
             thread.join(10)
         client = own.start()
         queued = [numbers(raw) for raw in client.lrange(QUEUE.name, 0, -1)]
-        unacked = [numbers(json.loads(raw)[0]) for raw in client.hvals("unacked")]
+        unacked = [numbers(transport.unacked_record(raw)[0]) for raw in client.hvals("unacked")]
         assert set(received) | set(queued) | set(unacked) == set(range(total))
     finally:
         own.stop()

@@ -86,6 +86,7 @@ def celery_config(settings) -> dict:
             # One Redis list per queue, named exactly like the queue.
             "priority_steps": [0],
             "prefetch_wait_ms": settings.VOKAFLOW_PREFETCH_WAIT_MS,
+            "prefetch_max_bytes": settings.VOKAFLOW_PREFETCH_MAX_BYTES,
             "socket_connect_timeout": timeout,
             "socket_timeout": max(timeout, 10),
             "max_retries": 2,

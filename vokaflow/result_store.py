@@ -36,7 +36,7 @@ local function store_unless_final(key, value, ttl)
       end
     end
   end
-  if ttl and ttl > 0 then
+  if ttl and ttl ~= '0' then  -- a string: a Lua number would be formatted again for the call
     redis.call('SET', key, value, 'EX', ttl)
   else
     redis.call('SET', key, value)
@@ -45,8 +45,8 @@ local function store_unless_final(key, value, ttl)
   return 1
 end
 """
-# KEYS[1]: the meta key. ARGV[1]: the new meta (JSON), ARGV[2]: its TTL in seconds (0: none).
-STORE_UNLESS_FINAL = STORE_LUA + "return store_unless_final(KEYS[1], ARGV[1], tonumber(ARGV[2]))"
+# KEYS[1]: the meta key. ARGV[1]: the new meta (JSON), ARGV[2]: its TTL in whole seconds (0: none).
+STORE_UNLESS_FINAL = STORE_LUA + "return store_unless_final(KEYS[1], ARGV[1], ARGV[2])"
 
 _script = None
 

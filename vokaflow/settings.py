@@ -146,6 +146,9 @@ VOKAFLOW_RESTORE_INTERVAL = env.float("VOKAFLOW_RESTORE_INTERVAL", default=10)
 # (ms): a worker takes several short tasks per fetch only as many as their measured duration
 # fits into this bound (at most 8); longer tasks come one per fetch.
 VOKAFLOW_PREFETCH_WAIT_MS = env.float("VOKAFLOW_PREFETCH_WAIT_MS", default=20)
+# And at most this many bytes of messages per fetch (the first message always comes): one fetch
+# script copies what it takes, and every Redis client waits while it runs.
+VOKAFLOW_PREFETCH_MAX_BYTES = env.int("VOKAFLOW_PREFETCH_MAX_BYTES", default=1024 * 1024)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)
@@ -190,6 +193,9 @@ VOKAFLOW_MAX_DELAY = env.int("VOKAFLOW_MAX_DELAY", default=10 * 365 * 24 * 3600)
 VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 1024)
 # VOKAFLOW_FENCE_TTL (seconds a lock's fencing counter outlives its last use) is read by
 # vokaflow.locks itself, which needs no Django.
+# Acquires over HTTP that wait for a taken lock at once in one web process (each holds one of its
+# threads while it waits); another one is answered 429 with Retry-After at once (tasks.api.locks).
+VOKAFLOW_LOCK_WAITERS = env.int("VOKAFLOW_LOCK_WAITERS", default=1)
 
 CACHES = {
     "default": {

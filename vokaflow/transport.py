@@ -29,6 +29,7 @@ import hashlib
 import itertools
 import logging
 from collections import deque
+from math import ceil
 from queue import Empty
 from time import monotonic, time
 from typing import TYPE_CHECKING
@@ -47,74 +48,98 @@ from vokaflow.result_store import STORE_LUA
 logger = logging.getLogger(__name__)
 
 
+# Where kombu's JSON keeps the fields the script reads, searched first (then the whole message):
+# the delivery tag ends the message; the task name opens Celery's headers, which end with
+# argsrepr and kwargsrepr (1 KiB each at most by Celery's default) and VokaFlow's few headers.
+TAIL_WINDOW = 128
+HEADERS_WINDOW = 8192
+
 # KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
-# ARGV: queue count, now, level count, the size of each level, most messages to look at,
-#       cost count, (task name, cost) pairs, result count, (key, value, ttl) triples, then the
-#       delivery tags to acknowledge.
+# ARGV: queue count, now, level count, the size of each level, most messages to look at per
+#       queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
+#       (key, value, ttl) triples, then the delivery tags to acknowledge.
 # Results are written before the acknowledgements are removed from `unacked`: acknowledged ⇒
 # stored. Each level is probed with one EXISTS; a batch comes from the first non-empty level
-# only, messages in queue order, as many as the budget allows (the first always), each
-# recorded as unacknowledged before it leaves its queue (if Redis refuses the record, out of
-# memory, nothing has been taken off the queue). Result keys travel as ARGV: fine for a single
-# primary or Sentinel, not for Redis Cluster.
+# only, messages in queue order, as many as the budgets allow (expected run time and bytes; the
+# first message always), each recorded as unacknowledged before it leaves its queue (if Redis
+# refuses the record, out of memory, nothing has been taken off the queue).
+#
+# Nothing here decodes a message: a 2 MiB task would cost Redis milliseconds of JSON parsing,
+# and every client of the fleet waits behind a script. The delivery tag and the task name are
+# read with plain substring searches in the message's tail, where kombu's JSON puts them (after
+# the body, which is base64 and holds no quote); JSON escapes every quote inside a string, so
+# the searched `"key": "` can only match a key. A message without a task name costs the whole
+# budget (a batch of one); one without a delivery tag is recorded by kombu's own QoS after
+# delivery, as before. Messages are read one at a time (LINDEX from the right), so a batch never
+# copies more than one message past its byte budget.
+#
+# The unacknowledged record is the message itself, not kombu's `[message, exchange, routing
+# key]`: building that copy cost a tenth of the script (Lua hashes every string it makes, whole).
+# QoS.restore_by_tag and unacked_record() read both forms; a bare record goes back to the queue
+# its delivery_info names, as kombu's would. Scores in the unacked index are whole seconds
+# (rounded up): a fraction costs a printf per entry, and the visibility timeout counts seconds.
+# Result keys travel as ARGV: fine for a single primary or Sentinel.
 _FETCH = STORE_LUA + """
+local find, sub = string.find, string.sub
+local function field(item, name, window)
+  local _, e = find(item, name, -window, true)
+  if not e and window < #item then _, e = find(item, name, 1, true) end
+  if not e then return nil end
+  local close = find(item, '"', e + 1, true)
+  return close and sub(item, e + 1, close - 1)
+end
 local p = 3
 local levels = {}
 for l = 1, tonumber(ARGV[p]) do levels[l] = tonumber(ARGV[p + l]) end
 p = p + #levels + 1
-local limit = tonumber(ARGV[p])
+local limit, max_bytes = tonumber(ARGV[p]), tonumber(ARGV[p + 1])
 local cost = {}
-for i = 1, tonumber(ARGV[p + 1]) do cost[ARGV[p + 2 * i]] = tonumber(ARGV[p + 2 * i + 1]) end
-p = p + 2 + 2 * tonumber(ARGV[p + 1])
+for i = 1, tonumber(ARGV[p + 2]) do cost[ARGV[p + 1 + 2 * i]] = tonumber(ARGV[p + 2 + 2 * i]) end
+p = p + 3 + 2 * tonumber(ARGV[p + 2])
 local results = tonumber(ARGV[p])
 for i = 0, results - 1 do
-  store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], tonumber(ARGV[p + 3 + 3 * i]))
+  store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], ARGV[p + 3 + 3 * i])
 end
 p = p + 1 + 3 * results
 if p <= #ARGV then
   redis.call('ZREM', KEYS[2], unpack(ARGV, p))
   redis.call('HDEL', KEYS[1], unpack(ARGV, p))
 end
+-- list indexes as strings: a Lua number passed to a command is formatted with printf each time
+local from_right = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8', '-9'}
 local first = 3
 for l = 1, #levels do
   local last = first + levels[l] - 1
   if redis.call('EXISTS', unpack(KEYS, first, last)) > 0 then
     local out = {'message'}
-    local budget, full = BUDGET, false
+    local budget, bytes, full = BUDGET, max_bytes, false
     for i = first, last do
-      local items = redis.call('LRANGE', KEYS[i], -limit, -1)
       local zadd, hset, taken = {}, {}, 0
-      for j = #items, 1, -1 do
-        local item = items[j]
-        local ok, message = pcall(cjson.decode, item)
-        if not ok or type(message) ~= 'table' then message = {} end
-        local headers = type(message['headers']) == 'table' and message['headers'] or {}
-        local price = cost[headers['task']] or BUDGET
-        if #out > 1 and price > budget then full = true break end
-        budget = budget - price
-        taken = taken + 1
-        local props = message['properties']
-        local tag = type(props) == 'table' and props['delivery_tag']
+      for j = 1, limit do
+        local item = redis.call('LINDEX', KEYS[i], from_right[j])
+        if not item then break end
+        local price = cost[field(item, '"task": "', HEADERS) or ''] or BUDGET
+        if #out > 1 and (price > budget or #item > bytes) then full = true break end
+        budget, bytes, taken = budget - price, bytes - #item, taken + 1
+        local tag = field(item, '"delivery_tag": "', TAIL)
         local recorded = 0
-        if type(tag) == 'string' then
-          local info = props['delivery_info'] or {}
+        if tag then
           zadd[#zadd + 1] = ARGV[2]
           zadd[#zadd + 1] = tag
           hset[#hset + 1] = tag
-          hset[#hset + 1] = '[' .. item .. ',' .. cjson.encode(info['exchange'] or '') .. ','
-                            .. cjson.encode(info['routing_key'] or '') .. ']'
+          hset[#hset + 1] = item
           recorded = 1
         end
         out[#out + 1] = KEYS[i]
         out[#out + 1] = item
         out[#out + 1] = recorded
-        if budget <= 0 then full = true break end
+        if budget <= 0 or bytes <= 0 then full = true break end
       end
       if #zadd > 0 then
         redis.call('ZADD', KEYS[2], unpack(zadd))
         redis.call('HSET', KEYS[1], unpack(hset))
       end
-      if taken > 0 then redis.call('LTRIM', KEYS[i], 0, -taken - 1) end
+      if taken > 0 then redis.call('LTRIM', KEYS[i], '0', from_right[taken + 1]) end
       if full then break end
     end
     return out
@@ -123,11 +148,11 @@ for l = 1, #levels do
 end
 local seen = {'empty'}
 for i = tonumber(ARGV[1]) + 3, #KEYS do
-  local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', 1)[1]
+  local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', '1')[1]
   seen[#seen + 1] = last and last[1] or '0-0'
 end
 return seen
-""".replace("BUDGET", str(BUDGET))
+""".replace("BUDGET", str(BUDGET)).replace("HEADERS", str(HEADERS_WINDOW)).replace("TAIL", str(TAIL_WINDOW))
 _FETCH_SHA = hashlib.sha1(_FETCH.encode()).hexdigest()
 BELL_ENTRY = {"m": 1}
 
@@ -163,6 +188,18 @@ def _level(queue: str) -> str:
     return parts[1] if len(parts) == 3 else queue
 
 
+def unacked_record(raw: bytes | str) -> tuple[dict, str, str]:
+    """A message held in `unacked` and where it goes back: (message, exchange, routing key).
+    The fetch script records the bare message (its delivery_info names its queue); kombu's own
+    QoS records `[message, exchange, routing key]`."""
+    record = loads(bytes_to_str(raw))
+    if isinstance(record, dict):
+        info = (record.get("properties") or {}).get("delivery_info") or {}
+        return record, info.get("exchange") or "", info.get("routing_key") or ""
+    message, exchange, routing_key = record
+    return message, exchange, routing_key
+
+
 class QoS(kombu_redis.QoS):
     @override
     def append(self, message, delivery_tag):
@@ -186,6 +223,19 @@ class QoS(kombu_redis.QoS):
             channel.flush()
 
     @override
+    def restore_by_tag(self, tag, client=None, leftmost=False):
+        # kombu's, reading both forms of the record (unacked_record).
+        def restore_transaction(pipe):
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            self._remove_from_indices(tag, pipe)
+            if raw:
+                self.channel._do_restore_message(*unacked_record(raw), pipe, leftmost)
+
+        with self.channel.conn_or_acquire(client) as client:
+            client.transaction(restore_transaction, self.unacked_key)
+
+    @override
     def restore_unacked(self, client=None):
         # A clean stop hands back what this worker took but never started (up to a batch). That
         # is no redelivery: the flag counts deliveries that ended with the worker gone, towards
@@ -195,6 +245,14 @@ class QoS(kombu_redis.QoS):
             super().restore_unacked(client)
         finally:
             self.channel._handing_back = False
+            self.channel.ring_restored(client)
+
+    @override
+    def restore_visible(self, *args, **kwargs):
+        try:
+            return super().restore_visible(*args, **kwargs)
+        finally:
+            self.channel.ring_restored()
 
     @override
     def restore_unacked_once(self, stderr=None):
@@ -228,6 +286,8 @@ class ReliableFetch(_ChannelBase):
     QoS = QoS
     #: transport option: how long an urgent task may wait behind a fetched batch (ms).
     prefetch_wait_ms = 20
+    #: transport option: most bytes of messages one fetch takes (the first message always).
+    prefetch_max_bytes = 1 << 20
     _bells_seen: list[bytes] | None = None  # set after a fetch found every queue empty
     _packed_keys: dict[str, bytes]
     _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
@@ -238,6 +298,7 @@ class ReliableFetch(_ChannelBase):
     def __init__(self, *args, **kwargs):
         self._acks: deque[str] = deque()
         self._recorded_tags: set[str] = set()
+        self._restored_queues: set[str] = set()  # put back since the last ring_restored()
         self._sent: tuple[list, list] | None = None  # what the fetch in flight carries
         super().__init__(*args, **kwargs)
         durations.bound = self.prefetch_wait_ms / 1000
@@ -270,11 +331,13 @@ class ReliableFetch(_ChannelBase):
         return self._layout_for[1], self._layout_for[2]
 
     def _cost_args(self) -> list[bytes]:
-        """Most messages to look at per queue, then (task name, cost) of the types that may
-        come several to a fetch; any other type costs the whole budget (a batch of one)."""
+        """Most messages to look at per queue, most bytes per batch, then (task name, cost) of the
+        types that may come several to a fetch; any other type costs the whole budget (a batch
+        of one)."""
         if self._costs_for[0] != durations.version:
             caps = dict(durations.caps)
-            parts = [_bulk(b"%d" % max(caps.values(), default=1)), _bulk(b"%d" % len(caps))]
+            parts = [_bulk(b"%d" % max(caps.values(), default=1)), _bulk(b"%d" % self.prefetch_max_bytes),
+                     _bulk(b"%d" % len(caps))]
             for name, cap in caps.items():
                 parts += [_bulk(name), _bulk(b"%d" % (BUDGET // cap))]
             self._costs_for = (durations.version, parts)
@@ -306,7 +369,7 @@ class ReliableFetch(_ChannelBase):
     def _pending_args(self, results, acks) -> list[bytes]:
         parts = [_bulk(b"%d" % len(results))]
         for key, value, ttl in results:
-            parts += [_bulk(key), _bulk(value), _bulk(b"%d" % (ttl or 0))]
+            parts += [_bulk(key), _bulk(value), _bulk(b"%d" % ceil(ttl or 0))]
         parts += [_bulk(tag) for tag in acks]
         return parts
 
@@ -324,9 +387,9 @@ class ReliableFetch(_ChannelBase):
         if not pending[0] and not pending[1]:
             return
         keys = [self.unacked_key, self.unacked_index_key]
-        args = [0, repr(time()), 0, 1, 0, len(pending[0])]
+        args = [0, repr(time()), 0, 1, 0, 0, len(pending[0])]
         for key, value, ttl in pending[0]:
-            args += [key, value, ttl or 0]
+            args += [key, value, ceil(ttl or 0)]
         args += pending[1]
         try:
             with self.conn_or_acquire(client) as conn:
@@ -359,7 +422,7 @@ class ReliableFetch(_ChannelBase):
     def _fetch_command(self, queues, bells, levels) -> list[bytes]:
         keys = [self.unacked_key, self.unacked_index_key, *queues, *bells]
         self._sent = self._take_pending()
-        argv = [_bulk(b"%d" % len(queues)), _bulk(repr(time())), *levels, *self._cost_args(),
+        argv = [_bulk(b"%d" % len(queues)), _bulk(b"%d" % ceil(time())), *levels, *self._cost_args(),
                 *self._pending_args(*self._sent)]
         script = [b"$7\r\nEVALSHA\r\n", _bulk(_FETCH_SHA)] if self._script_loaded \
             else [b"$4\r\nEVAL\r\n", _bulk(_FETCH)]
@@ -455,25 +518,65 @@ class ReliableFetch(_ChannelBase):
 
     @override
     def _do_restore_message(self, payload, exchange, routing_key, pipe, leftmost=False):
-        if self._handing_back:
-            # kombu's own would mark the message redelivered; put it back as it came.
-            for queue in self._lookup(exchange, routing_key):
-                pri = self._get_message_priority(payload, reverse=False)
-                (pipe.lpush if leftmost else pipe.rpush)(self._q_for_pri(queue, pri), dumps(payload))
-        else:
+        if not self._handing_back:
             super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
-        if self._reliable() and routing_key:
-            ring(pipe, [routing_key])  # redelivered messages wake idle consumers too
+        else:
+            # kombu's own would mark the message redelivered; put it back as it came. The same
+            # guard as kombu's: a payload that cannot be put back is logged and left in
+            # `unacked` (redelivered after the visibility timeout), the others go on.
+            try:
+                for queue in self._lookup(exchange, routing_key):
+                    pri = self._get_message_priority(payload, reverse=False)
+                    (pipe.lpush if leftmost else pipe.rpush)(self._q_for_pri(queue, pri), dumps(payload))
+            except self.connection_errors:
+                raise  # aborts the transaction: it would remove the record without the push
+            except Exception:
+                logger.critical("could not hand back message: %r", payload, exc_info=True)
+                return
+        if routing_key:
+            self._restored_queues.add(routing_key)
+
+    def ring_restored(self, client=None) -> None:
+        """Wake idle consumers of what was put back, once per worker type, after the restores
+        (their own transactions): a bell that fails costs at most the idle wait, never a
+        message, and never stops the hand-back."""
+        restored, self._restored_queues = self._restored_queues, set()
+        if not restored or not self._reliable():
+            return
+        try:
+            with self.conn_or_acquire(client) as conn, conn.pipeline(transaction=False) as pipe:
+                ring(pipe, restored)
+                pipe.execute()
+        except Exception as exc:
+            logger.warning("could not ring the bells of handed-back messages: %s", exc)
+
+    @override
+    def _restore(self, message, leftmost=False):
+        # kombu's, reading both forms of the record (unacked_record).
+        if not self.ack_emulation:
+            return super()._restore(message)
+        tag = message.delivery_tag
+
+        def restore_transaction(pipe):
+            raw = pipe.hget(self.unacked_key, tag)
+            pipe.multi()
+            pipe.hdel(self.unacked_key, tag)
+            if raw:
+                self._do_restore_message(*unacked_record(raw), pipe, leftmost)
+
+        with self.conn_or_acquire() as client:
+            client.transaction(restore_transaction, self.unacked_key)
+        self.ring_restored()
 
 
 class Channel(ReliableFetch, kombu_redis.Channel):
     from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
-                              "prefetch_wait_ms")
+                              "prefetch_wait_ms", "prefetch_max_bytes")
 
 
 class SentinelChannel(ReliableFetch, kombu_redis.SentinelChannel):
     from_transport_options = (*kombu_redis.SentinelChannel.from_transport_options,  # type: ignore[assignment]
-                              "prefetch_wait_ms")
+                              "prefetch_wait_ms", "prefetch_max_bytes")
 
 
 class Transport(kombu_redis.Transport):

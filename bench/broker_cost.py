@@ -1,0 +1,177 @@
+"""Redis CPU per task: what one enqueued and one drained no-op cost the broker, VokaFlow against
+plain Celery and Dramatiq, same machine, same run, systems alternating.
+
+    .venv/bin/python bench/broker_cost.py --tasks 20000 --rounds 3
+    .venv/bin/python bench/broker_cost.py --root /tmp/before --root . --only vokaflow   # code before/after
+
+Each system and round gets a redis-server of its own on a free port (`--save '' --appendonly no`),
+so nothing else on the machine enters the figure. Redis's own accounting (`INFO cpu`:
+used_cpu_user + used_cpu_sys) is read before and after each phase: CPU time, stable on a noisy
+machine, unlike wall time.
+- Enqueue: N `vokaflow.noop` through tasks.submit.enqueue in batches of 1,000 (plain Celery:
+  `send_task` with one producer; Dramatiq: `.send()`).
+- Drain: two solo worker processes (`celery -A vokaflow worker --type general -P solo`; plain
+  Celery: two solo workers on one queue, acks late, prefetch 1; Dramatiq `-p 2 -t 8`) until
+  nothing is queued or unacknowledged, then 3 s more for deferred acknowledgements. The idle
+  polling cost per second, measured for 5 s after, is subtracted for those 3 s.
+- `INFO commandstats` calls per task (commands run inside scripts included), and the drain rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import redis
+from common import median, own_redis_log_dir, python, services, start, stop
+
+ENQUEUE = {
+    "vokaflow": "import django; django.setup()\nfrom tasks.submit import enqueue, prepare\n"
+                "for _ in range(N // 1000): enqueue([prepare('vokaflow.noop') for _ in range(1000)])\n",
+    "celery": "from bench.plain_celery import app\n"
+              "with app.producer_or_acquire() as producer:\n"
+              "    for _ in range(N): app.send_task('plain.noop', producer=producer)\n",
+    "dramatiq": "from bench.dramatiq_app import noop\nfor _ in range(N): noop.send()\n",
+}
+WORKERS = {
+    "vokaflow": [["-m", "celery", "-A", "vokaflow", "worker", "--type", "general", "-P", "solo", "-n", f"w{i}@%h",
+                  "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"] for i in range(2)],
+    "celery": [["-m", "celery", "-A", "bench.plain_celery", "worker", "-Q", "plain", "-P", "solo", "-n", f"p{i}@%h",
+                "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"] for i in range(2)],
+    "dramatiq": [["-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8"]],
+}
+
+
+class OwnRedis:
+    def __init__(self, folder: str, *extra: str):
+        self.port, self.folder, self.extra, self.proc = services.free_port(6600), folder, extra, None
+
+    def start(self) -> redis.Redis:
+        self.proc = subprocess.Popen([services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", self.folder, "--save", "", "--appendonly", "no", *self.extra],
+                                     stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the benchmark's Redis did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def cpu(client: redis.Redis) -> float:
+    info = client.info("cpu")
+    return info["used_cpu_user"] + info["used_cpu_sys"]
+
+
+def calls(client: redis.Redis) -> int:
+    return sum(v["calls"] for k, v in client.info("commandstats").items()
+               if k not in ("cmdstat_info", "cmdstat_ping", "cmdstat_config|resetstat"))
+
+
+def waiting(client: redis.Redis, system: str) -> int:
+    if system == "dramatiq":
+        return client.hlen("bench-dramatiq:noop.msgs") + client.llen("bench-dramatiq:noop")
+    queues = [f"general.normal.p{p}" for p in range(8)] if system == "vokaflow" else ["plain"]
+    with client.pipeline(transaction=False) as pipe:
+        for queue in queues:
+            pipe.llen(queue)
+        pipe.hlen("unacked")
+        return sum(pipe.execute())
+
+
+def env_for(port: int, root: Path, folder: str) -> dict:
+    url = f"redis://127.0.0.1:{port}/0"
+    env = os.environ.copy()
+    env.update({"REDIS_URL": url, "BENCH_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": "vokaflow.settings",
+                "DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3", "PYTHONPATH": f"{root}:{root / 'bench'}",
+                "SECRET_KEY": env.get("SECRET_KEY", "vokaflow-bench-key-not-secret-0123456789")})
+    return env
+
+
+def measure(system: str, n: int, root: Path, log_dir: Path) -> dict:
+    with tempfile.TemporaryDirectory() as folder:
+        own = OwnRedis(folder)
+        client = own.start()
+        env = env_for(own.port, root, folder)
+        try:
+            if system == "vokaflow":
+                subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=root, env=env, check=True)
+            client.config_resetstat()
+            before = cpu(client)
+            subprocess.run([python(), "-c", f"N = {n}\n" + ENQUEUE[system]], cwd=root, env=env, check=True)
+            enqueue_cpu, enqueue_calls = cpu(client) - before, calls(client)
+            assert waiting(client, system) == n, f"{system}: {waiting(client, system)} queued, expected {n}"
+            client.config_resetstat()
+            before = cpu(client)
+            procs = [start([python(), *argv], env, log_dir / f"cost-{system}-{i}.log")
+                     for i, argv in enumerate(WORKERS[system])]
+            try:
+                deadline = time.monotonic() + 600
+                while waiting(client, system) >= n:
+                    if time.monotonic() > deadline - 480:
+                        raise TimeoutError(f"{system} workers took nothing; see {log_dir}")
+                    time.sleep(0.01)
+                began = time.perf_counter()
+                while waiting(client, system) > 0:
+                    if time.monotonic() > deadline:
+                        raise TimeoutError(f"{system} did not drain; see {log_dir}")
+                    time.sleep(0.01)
+                rate = n / (time.perf_counter() - began)
+                time.sleep(3)
+                drain_cpu, drain_calls = cpu(client) - before, calls(client)
+                idle_before = cpu(client)
+                time.sleep(5)
+                idle_per_s = (cpu(client) - idle_before) / 5
+            finally:
+                stop(procs)
+        finally:
+            own.stop()
+    drain_cpu -= 3 * idle_per_s
+    return {"enqueue_us": enqueue_cpu / n * 1e6, "drain_us": drain_cpu / n * 1e6, "enqueue_calls": enqueue_calls / n,
+            "drain_calls": drain_calls / n, "drain_per_s": rate, "idle_us_per_s": idle_per_s * 1e6}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--tasks", type=int, default=20000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--only", default="vokaflow,celery,dramatiq", help="systems, comma-separated")
+    parser.add_argument("--root", type=Path, action="append",
+                        help="a VokaFlow checkout to measure (repeat to compare code before and after)")
+    args = parser.parse_args()
+    log_dir = own_redis_log_dir()
+    roots = [r.resolve() for r in args.root] if args.root else [Path(__file__).resolve().parent.parent]
+    systems = [(f"vokaflow@{r}" if len(roots) > 1 else "vokaflow", r) for r in roots] if "vokaflow" in args.only else []
+    systems += [(s, roots[-1]) for s in ("celery", "dramatiq") if s in args.only.split(",")]
+    results: dict[str, list[dict]] = {}
+    for round_no in range(args.rounds):
+        for label, root in (systems if round_no % 2 == 0 else systems[::-1]):
+            system = label.split("@")[0]
+            outcome = measure(system, args.tasks, root, log_dir)
+            results.setdefault(label, []).append(outcome)
+            print(f"round {round_no + 1} {label:<24} enqueue {outcome['enqueue_us']:5.1f} µs "
+                  f"({outcome['enqueue_calls']:.2f} cmd)  drain {outcome['drain_us']:5.1f} µs "
+                  f"({outcome['drain_calls']:.2f} cmd)  {outcome['drain_per_s']:6.0f}/s  "
+                  f"idle {outcome['idle_us_per_s']:.0f} µs/s", flush=True)
+    print(f"\nmedians over {args.rounds} rounds, {args.tasks} no-op tasks each (Redis CPU per task):")
+    print(f"  {'system':<24} {'enqueue µs':>10} {'drain µs':>9} {'cmd enq/drain':>14} {'drain/s':>8} "
+          f"{'one core carries':>17}")
+    for label, runs in results.items():
+        m = {k: median([r[k] for r in runs]) for k in runs[0]}
+        carries = 1e6 / (m["enqueue_us"] + m["drain_us"])
+        print(f"  {label:<24} {m['enqueue_us']:10.1f} {m['drain_us']:9.1f} "
+              f"{m['enqueue_calls']:6.2f} / {m['drain_calls']:<5.2f} {m['drain_per_s']:8.0f} {carries:12,.0f} tasks/s")
+
+
+if __name__ == "__main__":
+    main()
