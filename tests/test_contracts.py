@@ -330,3 +330,240 @@ def test_celery_titles_its_processes_through_the_setproctitle_module_it_imported
     import setproctitle
 
     assert saved is setproctitle  # installed (requirements.txt): Celery titles its workers
+
+
+# --- The hot path's private names, by what they do against the real Redis --------------------
+
+QUEUE = "general.batch.p7"
+
+
+@pytest.fixture
+def consuming(redis_client):
+    """A channel of our transport consuming QUEUE: (channel, publish(body), receive() → message)."""
+    from kombu import Consumer, Exchange, Producer, Queue
+
+    received = []
+    with app.connection() as conn:
+        channel = conn.channel()
+        assert isinstance(channel, transport.Channel) and channel._reliable()
+        consumer = Consumer(channel, queues=[Queue(QUEUE, Exchange(""), routing_key=QUEUE)], accept=["json"],
+                            callbacks=[lambda body, message: received.append(message)])
+        consumer.consume()
+        producer = Producer(channel, exchange=Exchange(""), routing_key=QUEUE, serializer="json")
+
+        def receive():
+            received.clear()
+            conn.drain_events(timeout=10)  # our fetch script takes it and records it unacknowledged
+            assert len(received) == 1, received
+            return received[0]
+        try:
+            yield channel, producer.publish, receive
+        finally:
+            channel.close()
+
+
+def test_a_requeued_reject_acknowledges_in_memory_only_never_through_our_deferred_ack(consuming, redis_client):
+    # kombu's QoS.reject puts the message back (restore_by_tag, which removes its record) and then
+    # acknowledges through the base class (virtual.QoS.ack), never self.ack. If it reached our
+    # deferred ack, the tag's removal would ride a later fetch: by then the requeued message may be
+    # another worker's, recorded under the same tag, and that record would be deleted.
+    assert "super().ack(delivery_tag)" in source(kombu_redis.QoS.reject)
+    channel, publish, receive = consuming
+    publish({"n": 1})
+    message = receive()
+    tag = message.delivery_tag
+    assert redis_client.hexists(keys.UNACKED, tag)
+    message.reject(requeue=True)
+    assert list(channel._acks) == []  # nothing deferred
+    assert not redis_client.hexists(keys.UNACKED, tag) and redis_client.zscore("unacked_index", tag) is None
+    assert redis_client.llen(QUEUE) == 1
+    again = receive()
+    assert again.delivery_tag == tag and redis_client.hexists(keys.UNACKED, tag)  # the same tag, recorded again
+    again.ack()
+    assert list(channel._acks) == [tag]  # an ack, by contrast, waits for the next fetch
+
+
+def test_unacked_index_scores_are_delivery_times_compared_with_the_visibility_timeout(consuming, redis_client):
+    # kombu's QoS.append scores a delivery with time() and restore_visible brings back what was
+    # delivered longer than visibility_timeout ago; the fetch script scores with the same clock.
+    import time
+
+    assert "{delivery_tag: time()}" in source(kombu_redis.QoS.append)
+    assert "ceil = time() - self.visibility_timeout" in source(kombu_redis.QoS.restore_visible)
+    channel, publish, receive = consuming
+    before = time.time()
+    publish({"n": 2})
+    tag = receive().delivery_tag
+    score = redis_client.zscore("unacked_index", tag)
+    assert before - 1 <= score <= time.time() + 1  # epoch seconds of the delivery (rounded up)
+    qos = channel.qos
+    qos.restore_visible(start=0, num=100, interval=1)  # delivered just now: not visible yet
+    assert redis_client.hexists(keys.UNACKED, tag) and redis_client.llen(QUEUE) == 0
+    redis_client.zadd("unacked_index", {tag: time.time() - qos.visibility_timeout - 5})
+    qos.restore_visible(start=0, num=100, interval=1)  # delivered before the visibility timeout: back
+    assert not redis_client.hexists(keys.UNACKED, tag) and redis_client.llen(QUEUE) == 1
+
+
+def test_a_clean_stop_hands_back_through_the_anonymous_exchange_to_the_routing_keys_queue(consuming, redis_client):
+    # Celery publishes with the anonymous exchange '' (vokaflow.celery); kombu's _lookup routes it
+    # to the queue its routing key names, which our hand-back (_do_restore_message) relies on.
+    with app.connection() as conn:
+        assert conn.default_channel._lookup("", QUEUE) == [QUEUE]
+    assert params(virtual.Channel._lookup) == ["self", "exchange", "routing_key", "default"]
+    channel, publish, receive = consuming
+    publish({"n": 3})
+    message = receive()
+    assert message.delivery_info["exchange"] == "" and message.delivery_info["routing_key"] == QUEUE
+    channel.qos.restore_unacked()
+    assert not redis_client.hexists(keys.UNACKED, message.delivery_tag)
+    (raw,) = redis_client.lrange(QUEUE, 0, -1)
+    assert '"redelivered": true' not in raw.decode()  # handed back as it came, not a redelivery
+
+
+def test_a_channel_lists_its_consumed_queues_and_keeps_them_in_our_cycle(redis_client):
+    # ReliableFetch reads channel.active_queues (a list, in consume order) and _queue_cycle.items,
+    # which kombu keeps up to date through update() on every consume and cancel.
+    from kombu import Consumer, Exchange, Queue
+    from kombu.utils.scheduling import cycle_by_name, round_robin_cycle
+
+    from vokaflow.core.queues import PriorityFairCycle
+
+    assert cycle_by_name(app.conf.broker_transport_options["queue_order_strategy"]) is PriorityFairCycle
+    assert issubclass(PriorityFairCycle, round_robin_cycle)
+    queues = ["general.low.p1", "general.high.p0", "general.low.p0"]
+    with app.connection() as conn:
+        channel = conn.channel()
+        try:
+            consumers = [Consumer(channel, queues=[Queue(q, Exchange(""), routing_key=q)], accept=["json"])
+                         for q in queues]
+            for consumer in consumers:
+                consumer.consume()
+            assert channel.active_queues == queues
+            cycle = channel._queue_cycle
+            assert type(cycle) is PriorityFairCycle
+            assert cycle.items == ["general.high.p0", "general.low.p1", "general.low.p0"]
+            consumers[1].cancel()
+            assert channel.active_queues == ["general.low.p1", "general.low.p0"] == cycle.items
+        finally:
+            channel.close()
+
+
+def test_the_round_robin_cycle_our_queue_cycle_derives_from():
+    # PriorityFairCycle overrides update() and rotate(); it keeps round_robin_cycle's list `items`
+    # (which the fetch reads) and its consume(n), which kombu's own BRPOP calls; kombu rotates the
+    # queue a message came from after each delivery.
+    from kombu.utils.scheduling import round_robin_cycle
+
+    from vokaflow.core.queues import PriorityFairCycle
+
+    assert round_robin_cycle().items == [] and round_robin_cycle().items is not round_robin_cycle().items
+    cycle = PriorityFairCycle()
+    items = cycle.items
+    cycle.update(["io.low.p0", "io.high.p1", "io.low.p1", "io.high.p0"])
+    assert cycle.items is items == ["io.high.p1", "io.high.p0", "io.low.p0", "io.low.p1"]  # in place
+    assert cycle.consume(2) == ["io.high.p1", "io.high.p0"]
+    cycle.rotate("io.high.p1")  # to the back of its own level, not of the list
+    assert items == ["io.high.p0", "io.high.p1", "io.low.p0", "io.low.p1"]
+    assert "self._queue_cycle.consume(len(self.active_queues))" in source(kombu_redis.Channel._brpop_start)
+    assert "self._queue_cycle.rotate(dest)" in source(kombu_redis.Channel._brpop_read)
+
+
+def test_redis_py_sends_a_packed_command_and_parses_its_reply_as_the_fetch_does(redis_client):
+    # ReliableFetch writes its prebuilt EVALSHA/XREAD command on the channel client's connection
+    # (which kombu's poller sets) and reads the reply with parse_response.
+    import redis
+    from django.conf import settings
+    from redis.exceptions import NoScriptError
+
+    assert "client.connection = client.connection_pool.get_connection(" in source(
+        kombu_redis.MultiChannelPoller._client_registered)
+    client = redis.Redis.from_url(settings.REDIS_URL)
+    client.connection = client.connection_pool.get_connection()
+    try:
+        sha = client.script_load("return {'message', KEYS[1], ARGV[1]}")
+        b = transport._bulk
+        client.connection.send_packed_command([b"".join([b"*5\r\n", b(b"EVALSHA"), b(sha), b(b"1"), b(b"k"),
+                                                         b(b"v")])])
+        assert client.parse_response(client.connection, "EVALSHA") == [b"message", b"k", b"v"]
+        client.connection.send_packed_command([b"".join([b"*3\r\n", b(b"EVALSHA"), b(b"0" * 40), b(b"0")])])
+        with pytest.raises(NoScriptError):  # a restarted Redis: the fetch sends the script itself next
+            client.parse_response(client.connection, "EVALSHA")
+        client.connection.send_packed_command([b"".join([b"*6\r\n", b(b"XREAD"), b(b"BLOCK"), b(b"1"),
+                                                         b(b"STREAMS"), b(b"vokaflow:bell:contract"), b(b"$")])])
+        assert client.parse_response(client.connection, "XREAD") in (None, [], {})  # nothing rang
+        assert client.ping()  # the connection is in step again
+    finally:
+        client.connection_pool.release(client.connection)
+        client.close()
+
+
+def test_merge_revoked_adds_the_ids_a_starting_worker_loads(redis_client):
+    # workers.bootsteps.LoadRevoked passes tasks.state.revoked_task_ids() (a list of ids).
+    import uuid
+
+    from celery.worker import request as worker_request
+    from celery.worker.state import merge_revoked
+
+    assert params(merge_revoked) == ["task_ids"]
+    assert worker_request.revoked_tasks is worker_state.revoked  # what a Request checks before it runs
+    ids = [f"contract-{uuid.uuid4()}" for _ in range(3)]
+    try:
+        merge_revoked(ids)
+        merge_revoked([])  # nothing revoked: nothing to do
+        assert all(task_id in worker_state.revoked for task_id in ids)
+    finally:
+        for task_id in ids:
+            worker_state.revoked.discard(task_id)
+
+
+def test_setup_queues_consumes_what_it_includes_less_what_it_excludes():
+    # workers.bootsteps.ConsumeWorkerTypeQueues: worker.setup_queues(queues, exclude=paused).
+    from types import SimpleNamespace
+
+    from celery import Celery
+    from celery.worker import WorkController
+    from kombu import Queue
+
+    assert params(WorkController.setup_queues) == ["self", "include", "exclude"]
+    probe = Celery("contract", set_as_current=False)
+    probe.conf.task_queues = [Queue(q) for q in ("io.high.p0", "io.low.p0", "io.batch.p0", "cpu.high.p0")]
+    WorkController.setup_queues(SimpleNamespace(app=probe, hostname="io@contract"),
+                                ["io.high.p0", "io.low.p0", "io.batch.p0"], exclude=["io.low.p0"])
+    assert list(probe.amqp.queues.consume_from) == ["io.high.p0", "io.batch.p0"]
+
+
+def test_our_results_backend_does_not_subscribe_when_a_task_is_sent(redis_client):
+    # Celery's send_task calls backend.on_task_call, where the Redis backend subscribes to the task's
+    # result channel; SubmitOnlyRedisBackend makes it a no-op (tasks/backends.py).
+    from celery import Celery
+
+    assert "self.backend.on_task_call(P, task_id)" in source(Celery.send_task)
+    assert params(RedisBackend.on_task_call) == ["self", "producer", "task_id"]
+    assert "self.result_consumer.consume_from(task_id)" in source(RedisBackend.on_task_call)
+    backend = app.backend
+    assert isinstance(backend, SubmitOnlyRedisBackend)
+    sent = app.send_task("vokaflow.noop", queue=QUEUE)
+    key = backend.get_key_for_task(sent.id)
+    assert key not in backend.result_consumer.subscribed_to
+    try:  # Celery's own would have subscribed
+        RedisBackend.on_task_call(backend, None, sent.id)
+        assert key in backend.result_consumer.subscribed_to
+    finally:
+        backend.result_consumer.cancel_for(sent.id)
+
+
+@pytest.mark.django_db(transaction=True)
+def test_celery_db_reuse_max_keeps_the_workers_database_connections_open():
+    # Celery's Django fix-up closes every database connection after every task unless
+    # CELERY_DB_REUSE_MAX is set (vokaflow.celery sets it; workers.bootsteps drops only broken ones).
+    from celery.fixups.django import DjangoWorkerFixup
+    from django.db import connection
+
+    fixup = DjangoWorkerFixup(app)
+    assert fixup.db_reuse_max == app.conf.CELERY_DB_REUSE_MAX == 1 << 30
+    connection.ensure_connection()
+    fixup.close_database()  # what the fix-up runs after each task
+    assert connection.connection is not None
+    fixup.db_reuse_max = None  # Celery's default
+    fixup.close_database()
+    assert connection.connection is None
