@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import re
 import subprocess
 import sys
 
@@ -245,3 +246,55 @@ def test_a_chunked_body_is_read_by_gunicorn(gunicorn, django_user_model, redis_c
     status, body = chunked_post(gunicorn, f"{BASE}/tasks/", big, token)
     assert status == 413 and "limit" in body["detail"]
     assert sum(queued(redis_client).values()) == 1
+
+
+@pytest.mark.parametrize("query, field", [
+    ("page_size=null", "page_size"), ("page_size=0", "page_size"), ("page_size=-3", "page_size"),
+    ("page_size=2.5", "page_size"), ("page_size=", "page_size"), ("page=null", "page"), ("page=0", "page"),
+])
+def test_a_dlq_page_or_page_size_that_is_not_a_whole_number_from_1_is_a_400(admin_api, redis_client, query, field):
+    assert_400_naming(admin_api.get(f"{BASE}/dlq/?{query}"), field)
+
+
+def test_dlq_pages_still_take_whole_numbers_last_and_a_size_over_500(admin_api, redis_client):
+    for i in range(3):
+        DeadLetter.objects.create(task_id=f"dead-{i}", task_name="vokaflow.fail", worker_type="GENERAL_PURPOSE",
+                                  priority="LOW", partition=0, queue="general.low.p0", reason="not_retried",
+                                  dlq_timestamp=timezone.now())
+    assert len(admin_api.get(f"{BASE}/dlq/?page_size=2&page=2").json()["results"]) == 1
+    assert len(admin_api.get(f"{BASE}/dlq/?page_size=2&page=last").json()["results"]) == 1
+    assert admin_api.get(f"{BASE}/dlq/?page_size=100000").json()["count"] == 3
+    assert admin_api.get(f"{BASE}/dlq/?page=3&page_size=2").status_code == 404  # past the last page
+
+
+def error_detail_pattern(client) -> re.Pattern:
+    """What the schema says every error's `detail` matches."""
+    schema = client.get("/api/schema/?format=json").json()
+    return re.compile(schema["components"]["schemas"]["Error"]["properties"]["detail"]["pattern"])
+
+
+@pytest.mark.parametrize("path, body", [
+    ("/queues/pause", {"worker_type": "\x00", "priority": "LOW"}),
+    ("/queues/resume", {"worker_type": "GENERAL_PURPOSE", "priority": "\x00\x1b[31m"}),
+    ("/dlq/retry", {"worker_type": "\x00"}),
+    ("/dlq/retry?priority=%00", None),
+    ("/dlq/dead-1/retry", {"priority": "LOW\x00"}),
+    ("/tasks/", {"task": "vokaflow.echo", "\x00": 1}),
+    ("/tasks/batch/", {"tasks": [{"task": "vokaflow.echo", "ab\x00c": 1}]}),
+])
+def test_an_error_that_quotes_a_control_character_escapes_it(admin_api, redis_client, path, body):
+    response = admin_api.post(BASE + path, body, format="json") if body is not None else admin_api.post(BASE + path)
+    assert response.status_code == 400, response.content
+    answer = response.json()
+    assert error_detail_pattern(admin_api).fullmatch(answer["detail"]), answer
+    texts = [answer["detail"], *answer["errors"], *(r for reasons in answer["errors"].values() for r in reasons)]
+    assert all(text.isprintable() for text in texts), answer
+    assert "\\x00" in answer["detail"]  # the value is still shown, escaped
+    assert_nothing_enqueued(redis_client)
+
+
+def test_a_get_filter_and_an_unknown_path_escape_what_they_quote(admin_api, redis_client):
+    answer = admin_api.get(f"{BASE}/dlq/?status=%00%07").json()
+    assert answer["detail"] == 'status: "\\x00\\x07" is not a valid choice.', answer
+    missing = admin_api.get("/api/no-such%00thing/")
+    assert missing.status_code == 404 and missing.json()["detail"].endswith("/api/no-such\\x00thing/")

@@ -19,7 +19,7 @@ API_PREFIXES = ("/api/", "/metrics")
 
 def exception_handler(exc, context):
     if isinstance(exc, VokaFlowError):
-        return Response(exc.body(), status=exc.status, headers=exc.headers)
+        return Response(_safe_body(exc.body()), status=exc.status, headers=exc.headers)
     if isinstance(exc, RequestDataTooBig):
         return Response({"detail": "request body too large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     response = drf_exception_handler(exc, context)
@@ -27,7 +27,30 @@ def exception_handler(exc, context):
         errors = _flat_errors(response.data if isinstance(response.data, dict) else {"body": response.data})
         response.data = {"detail": "; ".join(f"{field}: {' '.join(reasons)}" for field, reasons in errors.items()),
                          "errors": errors}
+    if response is not None and isinstance(response.data, dict):
+        response.data = _safe_body(response.data)
     return response
+
+
+def safe_text(text: str) -> str:
+    """`text` with every character that is not printable (NUL and the other control characters,
+    lone surrogates, line separators) written as its escape, as repr() does (\\x00, \\u2028).
+    Error messages quote what the caller sent; this keeps them readable, valid JSON text of
+    the schema's `detail` pattern (no NUL), and free of terminal escapes."""
+    if text.isprintable():
+        return text
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def _safe_body(body: dict) -> dict:
+    """The error body with `detail` and `errors` (field names and reasons) made safe_text."""
+    body = dict(body)
+    if isinstance(body.get("detail"), str):
+        body["detail"] = safe_text(body["detail"])
+    if isinstance(body.get("errors"), dict):
+        body["errors"] = {safe_text(str(field)): [safe_text(str(reason)) for reason in reasons]
+                          if isinstance(reasons, list) else reasons for field, reasons in body["errors"].items()}
+    return body
 
 
 def _flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
@@ -48,7 +71,7 @@ def _flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
 @csrf_exempt  # a POST to a path that names nothing is a 404, not a CSRF failure
 def api_not_found(request, exception=None, *args, **kwargs):
     """JSON 404 for every path under /api/ that names nothing (a catch-all route and handler404)."""
-    return JsonResponse({"detail": f"no such API endpoint or id: {request.path}"}, status=404)
+    return JsonResponse({"detail": safe_text(f"no such API endpoint or id: {request.path}")}, status=404)
 
 
 def api_server_error(request, *args, **kwargs):

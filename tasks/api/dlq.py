@@ -4,11 +4,13 @@ Viewing needs tasks.view_deadletter, retrying and discarding tasks.change_deadle
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict
 
 from drf_spectacular.types import OpenApiTypes
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
+from rest_framework.exceptions import ValidationError
 from rest_framework.pagination import PageNumberPagination
 from rest_framework.response import Response
 from rest_framework.views import APIView
@@ -77,14 +79,40 @@ FILTER_PARAMETERS = [OpenApiParameter(name, OpenApiTypes.DATETIME if name in ("s
                                       pattern=drf_string_pattern(field),
                                       required=False, description=field.help_text or "")
                      for name, field in FilterSerializer().fields.items()]
-PAGE_PARAMETERS = [OpenApiParameter("page", int, required=False, description="1 and up; 404 past the last page"),
-                   OpenApiParameter("page_size", int, required=False, description="1 to 500 (default 50)")]
+PAGE_PARAMETERS = [
+    OpenApiParameter("page", {"type": "integer", "minimum": 1}, required=False,
+                     description="1 and up; 404 past the last page"),
+    OpenApiParameter("page_size", {"type": "integer", "minimum": 1}, required=False,
+                     description="1 to 500 (default 50; more is 500)"),
+]
+_POSITIVE = re.compile(r"[0-9]+")
 
 
 class DeadLetterPagination(PageNumberPagination):
+    """DRF's page numbers, except that a `page` or `page_size` that is not a whole number of 1 or
+    more is a 400 naming it (DRF takes a bad page_size for the default, and a bad page for a 404)."""
+
     page_size = 50
     page_size_query_param = "page_size"
     max_page_size = 500
+
+    def get_page_size(self, request):
+        size = _positive(request, self.page_size_query_param, f"a whole number from 1 to {self.max_page_size}")
+        return self.page_size if size is None else min(size, self.max_page_size)
+
+    def get_page_number(self, request, paginator):
+        if request.query_params.get(self.page_query_param) in self.last_page_strings:
+            return paginator.num_pages
+        return _positive(request, self.page_query_param, "a whole number of 1 or more, or 'last'") or 1
+
+
+def _positive(request, name: str, expected: str) -> int | None:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return None
+    if not _POSITIVE.fullmatch(raw) or int(raw) < 1:
+        raise ValidationError({name: [f"must be {expected}"]})
+    return int(raw)
 
 
 class DLQView(APIView):
