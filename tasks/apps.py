@@ -10,8 +10,13 @@ class TasksConfig(AppConfig):
         # Creates the Celery app and registers the built-in tasks with it, in web and worker
         # processes alike (the Django convention of importing the app in the project package's
         # __init__ would make `import vokaflow.locks` create it too).
+        from django.conf import settings
+
         import vokaflow.celery  # noqa: F401
         from tasks import builtin, periodic  # noqa: F401
+        from vokaflow import transport
+
+        transport.INLINE_BYTES = settings.VOKAFLOW_INLINE_BODY_BYTES
         from tasks.messages import stamp_enqueue_time
 
         signals.before_task_publish.connect(stamp_enqueue_time, weak=False)

@@ -31,13 +31,14 @@ from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from vokaflow.transport import unacked_record
+from vokaflow.transport import BODY_BYTES, outline_all, unacked_record
 
 SCHEDULE_AFTER = 1.0  # seconds: a task due sooner goes straight to its queue
 LOOKAHEAD = 0.5  # seconds: what is due this soon is moved now (the worker waits for the eta)
 BATCH = 500  # messages moved per set per call: bounds how long one script holds Redis
 
-# KEYS: the scheduled sets. ARGV: now, lookahead, batch, revoked set, bell key prefix, pending key prefix.
+# KEYS: the scheduled sets. ARGV: now, lookahead, batch, revoked set, bell key prefix, pending key
+# prefix, body key prefix, the property that marks a message whose body waits in its own key.
 # Queue, bell and pending keys are named inside the script (read from each message): VokaFlow
 # runs on one Redis primary, never a cluster. The bell is transport.ring's XADD, written here.
 MOVE_DUE = """
@@ -60,6 +61,10 @@ for _, set in ipairs(KEYS) do
         local owner = headers['vokaflow_owner']  -- the user's id: a JSON number (a string in older messages)
         if type(owner) == 'number' then owner = string.format('%d', owner) end
         if type(owner) == 'string' then redis.call('ZREM', ARGV[6] .. owner, id) end
+        -- a large message's body, kept in its own key (transport.outline), goes with it
+        if props[ARGV[8]] ~= nil and type(props['delivery_tag']) == 'string' then
+          redis.call('DEL', ARGV[7] .. props['delivery_tag'])
+        end
       else
         redis.call('LPUSH', queue, item)
         bells[ARGV[5] .. string.match(queue, '^[^.]+')] = true
@@ -82,9 +87,10 @@ def is_delayed(eta: datetime | None, now: float) -> bool:
 
 
 def schedule(pipe, delayed: dict[str, dict[str, float]]) -> None:
-    """Add to `pipe` the ZADD of each worker type's delayed messages ({type short: {message: due}})."""
+    """Add to `pipe` the ZADD of each worker type's delayed messages ({type short: {message: due}});
+    a large message's body goes to its own key first (transport.outline)."""
     for short, messages in delayed.items():
-        pipe.zadd(keys.SCHEDULED.format(short), messages)
+        pipe.zadd(keys.SCHEDULED.format(short), dict(zip(outline_all(pipe, messages), messages.values(), strict=True)))
 
 
 _scripts: dict[int, Any] = {}  # a registered Script per client
@@ -97,7 +103,8 @@ def move_due(r=None, now: float | None = None) -> int:
     if script is None:
         script = _scripts[id(r)] = r.register_script(MOVE_DUE)
     return script(keys=scheduled_keys(), args=[time.time() if now is None else now, LOOKAHEAD, BATCH, keys.REVOKED,
-                                              keys.BELL.format(""), keys.PENDING.format("")])
+                                              keys.BELL.format(""), keys.PENDING.format(""),
+                                              keys.BODY.format(""), BODY_BYTES])
 
 
 def scheduled_count() -> int:

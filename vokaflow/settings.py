@@ -148,7 +148,10 @@ VOKAFLOW_RESTORE_INTERVAL = env.float("VOKAFLOW_RESTORE_INTERVAL", default=10)
 VOKAFLOW_PREFETCH_WAIT_MS = env.float("VOKAFLOW_PREFETCH_WAIT_MS", default=20)
 # And at most this many bytes of messages per fetch (the first message always comes): one fetch
 # script copies what it takes, and every Redis client waits while it runs.
-VOKAFLOW_PREFETCH_MAX_BYTES = env.int("VOKAFLOW_PREFETCH_MAX_BYTES", default=1024 * 1024)
+VOKAFLOW_PREFETCH_MAX_BYTES = env.int("VOKAFLOW_PREFETCH_MAX_BYTES", default=256 * 1024)
+# A message larger than this waits in its queue without its body, which waits in a key of its own
+# until the task is acknowledged (vokaflow.transport.outline): no script ever copies it.
+VOKAFLOW_INLINE_BODY_BYTES = env.int("VOKAFLOW_INLINE_BODY_BYTES", default=64 * 1024)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)

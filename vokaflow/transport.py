@@ -52,12 +52,14 @@ logger = logging.getLogger(__name__)
 # the delivery tag ends the message; the task name opens Celery's headers, which end with
 # argsrepr and kwargsrepr (1 KiB each at most by Celery's default) and VokaFlow's few headers.
 TAIL_WINDOW = 128
+BODY_BYTES = "vokaflow_body_bytes"  # property of a message whose body waits in keys.BODY (outline)
 HEADERS_WINDOW = 8192
 
 # KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
 # ARGV: queue count, now, level count, the size of each level, most messages to look at per
 #       queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
-#       (key, value, ttl) triples, then the delivery tags to acknowledge.
+#       (key, value, ttl) triples, body key count, the body keys of acknowledged large messages,
+#       then the delivery tags to acknowledge.
 # Results are written before the acknowledgements are removed from `unacked`: acknowledged ⇒
 # stored. Each level is probed with one EXISTS; a batch comes from the first non-empty level
 # only, messages in queue order, as many as the budgets allow (expected run time and bytes; the
@@ -101,6 +103,9 @@ for i = 0, results - 1 do
   store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], ARGV[p + 3 + 3 * i])
 end
 p = p + 1 + 3 * results
+local bodies = tonumber(ARGV[p])
+if bodies > 0 then redis.call('DEL', unpack(ARGV, p + 1, p + bodies)) end
+p = p + 1 + bodies
 if p <= #ARGV then
   redis.call('ZREM', KEYS[2], unpack(ARGV, p))
   redis.call('HDEL', KEYS[1], unpack(ARGV, p))
@@ -119,8 +124,10 @@ for l = 1, #levels do
         local item = redis.call('LINDEX', KEYS[i], from_right[j])
         if not item then break end
         local price = cost[field(item, '"task": "', HEADERS) or ''] or BUDGET
-        if #out > 1 and (price > budget or #item > bytes) then full = true break end
-        budget, bytes, taken = budget - price, bytes - #item, taken + 1
+        -- a message whose body waits in its own key comes alone: the worker GETs one body a fetch
+        local size = find(item, '"BODY_BYTES": ', -TAIL, true) and max_bytes or #item
+        if #out > 1 and (price > budget or size > bytes) then full = true break end
+        budget, bytes, taken = budget - price, bytes - size, taken + 1
         local tag = field(item, '"delivery_tag": "', TAIL)
         local recorded = 0
         if tag then
@@ -152,7 +159,8 @@ for i = tonumber(ARGV[1]) + 3, #KEYS do
   seen[#seen + 1] = last and last[1] or '0-0'
 end
 return seen
-""".replace("BUDGET", str(BUDGET)).replace("HEADERS", str(HEADERS_WINDOW)).replace("TAIL", str(TAIL_WINDOW))
+""".replace("BUDGET", str(BUDGET)).replace("HEADERS", str(HEADERS_WINDOW)).replace("TAIL", str(TAIL_WINDOW)) \
+    .replace("BODY_BYTES", BODY_BYTES)
 _FETCH_SHA = hashlib.sha1(_FETCH.encode()).hexdigest()
 BELL_ENTRY = {"m": 1}
 
@@ -168,11 +176,53 @@ def ring(pipe, queues) -> None:
         pipe.xadd(bell, BELL_ENTRY, maxlen=1, approximate=False)
 
 
+# A message larger than this waits in its queue without its body, which waits in a key of its
+# own (keys.BODY, by delivery tag) until the task is acknowledged: every script that reads a
+# queue copies each message it touches into Lua, which hashes every byte of it (4 ms for 2 MB,
+# measured), and every client of the fleet waits behind a running script. The worker reads the
+# body with a plain GET. Set from VOKAFLOW_INLINE_BODY_BYTES by vokaflow.celery.
+INLINE_BYTES = 64 * 1024
+
+
+def outline(message: str) -> tuple[str, tuple[str, str] | None]:
+    """The message to queue and, for a large one, (body key, body) to SET beside it."""
+    if len(message) <= INLINE_BYTES:
+        return message, None
+    envelope = loads(message)
+    props = envelope.get("properties") if isinstance(envelope, dict) else None
+    if not isinstance(props, dict) or not isinstance(envelope.get("body"), str) or BODY_BYTES in props:
+        return message, None
+    tag = props.pop("delivery_tag", None)
+    if not isinstance(tag, str):
+        return message, None
+    body, envelope["body"] = envelope["body"], ""
+    props[BODY_BYTES] = len(body)
+    props["delivery_tag"] = tag  # last, as kombu writes it: the fetch script reads both in the tail
+    return dumps(envelope), (keys.BODY.format(tag), body)
+
+
+def body_keys(messages) -> list[str]:
+    """The body keys of the large messages among `messages` (as queued)."""
+    marker = b'"%s": ' % BODY_BYTES.encode()
+    return [keys.BODY.format(loads(bytes_to_str(m))["properties"]["delivery_tag"]) for m in messages
+            if marker in (m if isinstance(m, bytes) else m.encode())[-TAIL_WINDOW:]]
+
+
+def outline_all(pipe, messages):
+    """Each message as it is queued, the SET of a large one's body added to `pipe` first."""
+    for message in messages:
+        queued, body = outline(message)
+        if body is not None:
+            pipe.set(*body)
+        yield queued
+
+
 def publish(pipe, by_queue: dict[str, list[str]]) -> None:
     """The wire format of an enqueue, in one place: LPUSH each queue's serialised messages (the
-    consumer takes from the right, so the list is FIFO), then ring the bells of their types."""
+    consumer takes from the right, so the list is FIFO; a large one's body goes to its own key
+    first), then ring the bells of their types."""
     for queue, messages in by_queue.items():
-        pipe.lpush(queue, *messages)
+        pipe.lpush(queue, *outline_all(pipe, messages))
     ring(pipe, by_queue)
 
 
@@ -218,9 +268,18 @@ class QoS(kombu_redis.QoS):
         # Deferred: the next fetch script removes it from `unacked` (after the results it
         # carries). An ack no fetch will carry soon (idle wait, no consumer) is written at once.
         channel._acks.append(delivery_tag)
+        if delivery_tag in channel._bodies:
+            channel._bodies.discard(delivery_tag)
+            channel._body_keys.append(keys.BODY.format(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)
         if not channel._fetch_coming():
             channel.flush()
+
+    @override
+    def reject(self, delivery_tag, requeue=False):
+        super().reject(delivery_tag, requeue)
+        if not requeue:  # dropped for good: so is the body of a large message
+            self.channel.drop_body(delivery_tag)
 
     @override
     def restore_by_tag(self, tag, client=None, leftmost=False):
@@ -299,7 +358,9 @@ class ReliableFetch(_ChannelBase):
         self._acks: deque[str] = deque()
         self._recorded_tags: set[str] = set()
         self._restored_queues: set[str] = set()  # put back since the last ring_restored()
-        self._sent: tuple[list, list] | None = None  # what the fetch in flight carries
+        self._bodies: set[str] = set()  # delivered tags whose body waits in keys.BODY
+        self._body_keys: deque[str] = deque()  # bodies to delete with their acknowledgements
+        self._sent: tuple[list, list, list] | None = None  # what the fetch in flight carries
         super().__init__(*args, **kwargs)
         durations.bound = self.prefetch_wait_ms / 1000
 
@@ -346,32 +407,44 @@ class ReliableFetch(_ChannelBase):
     def _has_pending(self) -> bool:
         return bool(self._acks or pending_results)
 
-    def _take_pending(self) -> tuple[list, list]:
+    def _take_pending(self) -> tuple[list, list, list]:
         results = []
         while pending_results:
             try:
                 results.append(pending_results.popleft())
             except IndexError:  # taken by another channel of this process
                 break
-        acks = []
-        while self._acks:
-            acks.append(self._acks.popleft())
-        return results, acks
+        acks, bodies = list(self._acks), list(self._body_keys)
+        self._acks.clear()
+        self._body_keys.clear()
+        return results, acks, bodies
 
-    def _put_back(self, pending: tuple[list, list] | None) -> None:
+    def _put_back(self, pending: tuple[list, list, list] | None) -> None:
         """A script that may not have run: its results and acks go out with the next one
-        (both are idempotent: a stored ready state is kept, a removed tag stays removed)."""
+        (all idempotent: a stored ready state is kept, a removed tag or body stays removed)."""
         if pending:
-            results, acks = pending
+            results, acks, bodies = pending
             pending_results.extendleft(reversed(results))
             self._acks.extendleft(reversed(acks))
+            self._body_keys.extendleft(reversed(bodies))
 
-    def _pending_args(self, results, acks) -> list[bytes]:
-        parts = [_bulk(b"%d" % len(results))]
+    @staticmethod
+    def _pending_values(results, acks, bodies) -> list[bytes | str]:
+        values: list[bytes | str] = [b"%d" % len(results)]
         for key, value, ttl in results:
-            parts += [_bulk(key), _bulk(value), _bulk(b"%d" % ceil(ttl or 0))]
-        parts += [_bulk(tag) for tag in acks]
-        return parts
+            values += [key, value, b"%d" % ceil(ttl or 0)]
+        values.append(b"%d" % len(bodies))
+        return values + bodies + acks
+
+    def _pending_args(self, results, acks, bodies) -> list[bytes]:
+        return [_bulk(value) for value in self._pending_values(results, acks, bodies)]
+
+    def drop_body(self, delivery_tag: str) -> None:
+        """Delete the body of a large message that is gone for good without an acknowledgement."""
+        if delivery_tag in self._bodies:
+            self._bodies.discard(delivery_tag)
+            with self.conn_or_acquire() as client:
+                client.delete(keys.BODY.format(delivery_tag))
 
     def _fetch_coming(self) -> bool:
         """Whether a fetch script will carry what is pending without waiting for the idle bell."""
@@ -384,19 +457,16 @@ class ReliableFetch(_ChannelBase):
     def flush(self, client=None) -> None:
         """Write pending results and acknowledgements now, in one script that fetches nothing."""
         pending = self._take_pending()
-        if not pending[0] and not pending[1]:
+        if not any(pending):
             return
-        keys = [self.unacked_key, self.unacked_index_key]
-        args = [0, repr(time()), 0, 1, 0, 0, len(pending[0])]
-        for key, value, ttl in pending[0]:
-            args += [key, value, ceil(ttl or 0)]
-        args += pending[1]
+        names = [self.unacked_key, self.unacked_index_key]
+        args = [0, 0, 0, 1, 0, 0, *self._pending_values(*pending)]
         try:
             with self.conn_or_acquire(client) as conn:
                 try:
-                    conn.evalsha(_FETCH_SHA, len(keys), *keys, *args)
+                    conn.evalsha(_FETCH_SHA, len(names), *names, *args)
                 except NoScriptError:
-                    conn.eval(_FETCH, len(keys), *keys, *args)
+                    conn.eval(_FETCH, len(names), *names, *args)
         except Exception:
             self._put_back(pending)
             raise
@@ -483,6 +553,8 @@ class ReliableFetch(_ChannelBase):
                 self._queue_cycle.rotate(dest)
                 last = dest
             message = loads(bytes_to_str(reply[i + 1]))
+            if BODY_BYTES in message["properties"] and not self._inline(message, bool(reply[i + 2])):
+                continue
             if reply[i + 2]:
                 recorded.add(message["properties"]["delivery_tag"])
             try:
@@ -491,6 +563,23 @@ class ReliableFetch(_ChannelBase):
                 error = error or exc
         if error is not None:
             raise error
+
+    def _inline(self, message: dict, recorded: bool) -> bool:
+        """Put back the body of a large message (outline); False when it is gone, and with it
+        the task (already acknowledged after an earlier delivery): its record is removed."""
+        props = message["properties"]
+        tag = props["delivery_tag"]
+        with self.conn_or_acquire() as client:
+            body = client.get(keys.BODY.format(tag))
+        if body is None:
+            logger.error("message %s (task %s) has lost its body; dropped", tag, message.get("headers", {}).get("id"))
+            if recorded:
+                self._acks.append(tag)
+            return False
+        del props[BODY_BYTES]
+        message["body"] = bytes_to_str(body)
+        self._bodies.add(tag)
+        return True
 
     @override
     def close(self):

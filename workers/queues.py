@@ -14,8 +14,10 @@ import functools
 import json
 import logging
 import time
+import uuid
 from dataclasses import dataclass
 
+import redis
 from django.conf import settings
 
 from tasks.messages import ENQUEUED_AT_HEADER
@@ -26,6 +28,7 @@ from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import as_text
+from vokaflow.transport import body_keys
 from workers.live import live_workers
 
 logger = logging.getLogger(__name__)
@@ -178,14 +181,29 @@ def _tell_workers(command: str, lv: Level) -> None:
         getattr(app.control, command)(queue, destination=names, reply=False)
 
 
+PURGE_CHUNK = 1000  # messages dropped per round trip of a purge
+
+
 def purge_queue(name: str) -> int:
     """Delete every task waiting in one queue; returns how many. Running tasks are not touched;
     the purged tasks' states stay PENDING until their records expire."""
     if name not in all_queues(settings.VOKAFLOW_PARTITIONS):
         raise UnknownQueue(name)
-    with get_redis().pipeline(transaction=True) as pipe:
-        pipe.llen(name)
-        pipe.delete(name)
-        depth, _ = pipe.execute()
+    r = get_redis()
+    # The queue is emptied at once (RENAME), then its messages are dropped in chunks with the
+    # bodies of the large ones (kept in keys of their own: transport.outline).
+    doomed = keys.PURGING.format(uuid.uuid4().hex)
+    try:
+        r.rename(name, doomed)
+    except redis.ResponseError:  # no such key: the queue was empty
+        return 0
+    depth = 0
+    while chunk := r.lrange(doomed, 0, PURGE_CHUNK - 1):
+        with r.pipeline(transaction=True) as pipe:
+            pipe.ltrim(doomed, len(chunk), -1)
+            if bodies := body_keys(chunk):
+                pipe.delete(*bodies)
+            pipe.execute()
+        depth += len(chunk)
     logger.warning("purged %d tasks from %s", depth, name)
     return depth

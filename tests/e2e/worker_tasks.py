@@ -73,3 +73,16 @@ def stamp(key: str):
 def quiet(key: str):
     """Ignores its result: counts its run and stores nothing in the result backend."""
     get_redis().incr(f"vokaflow:test:{key}")
+
+
+@platform_task("tests.measure", max_retries=0, track_started=False)
+def measure(text: str):
+    """The length of its argument and its first and last characters: a large task's small result."""
+    return [len(text), text[:1], text[-1:]]
+
+
+@platform_task("tests.sleep_then_measure", max_retries=0)
+def sleep_then_measure(seconds: float, text: str):
+    """Sleeps (STARTED is recorded), then answers as tests.measure."""
+    time.sleep(seconds)
+    return [len(text), text[:1], text[-1:]]
