@@ -23,7 +23,7 @@ from kombu.utils.encoding import bytes_to_str
 
 from tasks.counters import counters
 from vokaflow import hotpath
-from vokaflow.result_store import store_unless_final
+from vokaflow.result_store import fits_a_script, store_unless_final
 
 NOTICE = "result_dropped"
 
@@ -86,8 +86,9 @@ class PlatformResults:
         meta["task_id"] = bytes_to_str(task_id)
         key = bytes_to_str(self.get_key_for_task(task_id))
         value = self.encode(meta)
-        if state == states.SUCCESS and hotpath.can_buffer(self.app, request):
-            hotpath.hold(meta["task_id"], (key, self._fit(value), self._ttl(state)))
+        if state == states.SUCCESS and hotpath.can_buffer(self.app, request) \
+                and fits_a_script(fitted := self._fit(value)):
+            hotpath.hold(meta["task_id"], (key, fitted, self._ttl(state)))
         else:
             try:
                 self._set_with_state(key, value, state)

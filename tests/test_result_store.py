@@ -58,3 +58,19 @@ def test_a_value_that_is_not_a_task_meta_is_overwritten(redis_client):
     redis_client.set("vokaflow:test:meta", "not json")
     assert store_unless_final(redis_client, "vokaflow:test:meta", json.dumps({"status": "SUCCESS"}), 0)
     assert redis_client.ttl("vokaflow:test:meta") == -1
+
+
+def test_a_large_meta_keeps_the_rule_without_a_script(redis_client):
+    # Over SCRIPT_VALUE_LIMIT the write is an optimistic transaction (no Lua hashes the value),
+    # the same rule: written over a STARTED, never over a final state.
+    from vokaflow import result_store
+
+    big = json.dumps({"status": "SUCCESS", "result": "r" * (result_store.SCRIPT_VALUE_LIMIT + 1)})
+    key = "celery-task-meta-large"
+    redis_client.set(key, json.dumps({"status": "STARTED"}))
+    redis_client.config_resetstat()
+    assert result_store.store_unless_final(redis_client, key, big, 60) is True
+    assert redis_client.get(key) == big.encode() and 0 < redis_client.ttl(key) <= 60
+    assert "cmdstat_evalsha" not in redis_client.info("commandstats")
+    assert result_store.store_unless_final(redis_client, key, json.dumps({"status": "STARTED"}), 60) is False
+    assert redis_client.get(key) == big.encode()

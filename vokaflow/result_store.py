@@ -14,7 +14,10 @@ through the Celery backend.
 
 from __future__ import annotations
 
+import json
+
 from celery import states
+from redis.exceptions import WatchError
 
 # The states a stored meta keeps for good (Celery's READY_STATES).
 FINAL_STATES = frozenset(states.READY_STATES)
@@ -26,20 +29,21 @@ FINAL_STATES = frozenset(states.READY_STATES)
 # Celery) is overwritten, as Celery would.
 STORE_LUA = """
 local function store_unless_final(key, value, ttl)
-  local current = redis.call('GET', key)
-  if current then
-    local ok, meta = pcall(cjson.decode, current)
+  -- ttl: a string (a Lua number would be formatted again for each call); '0': none
+  local has_ttl = ttl and ttl ~= '0'
+  -- most tasks have no stored state yet (fast ones record no STARTED): one SET NX does it
+  local written
+  if has_ttl then written = redis.call('SET', key, value, 'NX', 'EX', ttl)
+  else written = redis.call('SET', key, value, 'NX') end
+  if not written then
+    local ok, meta = pcall(cjson.decode, redis.call('GET', key))
     if ok and type(meta) == 'table' then
       local status = meta['status']
       if status == 'SUCCESS' or status == 'FAILURE' or status == 'REVOKED' then
         return 0
       end
     end
-  end
-  if ttl and ttl ~= '0' then  -- a string: a Lua number would be formatted again for the call
-    redis.call('SET', key, value, 'EX', ttl)
-  else
-    redis.call('SET', key, value)
+    if has_ttl then redis.call('SET', key, value, 'EX', ttl) else redis.call('SET', key, value) end
   end
   redis.call('PUBLISH', key, value)
   return 1
@@ -51,10 +55,46 @@ STORE_UNLESS_FINAL = STORE_LUA + "return store_unless_final(KEYS[1], ARGV[1], AR
 _script = None
 
 
+# A meta larger than this is written without Lua: a script hashes every byte of every string it
+# is handed (2 ms for 1 MiB, measured), and every client of the fleet waits behind it.
+SCRIPT_VALUE_LIMIT = 64 * 1024
+
+
+def fits_a_script(value: str | bytes) -> bool:
+    return len(value) <= SCRIPT_VALUE_LIMIT
+
+
 def store_unless_final(client, key: str | bytes, value: str | bytes, ttl: float | None) -> bool:
     """Write a task meta unless a final state is stored there; True when it was written.
-    One round trip (EVALSHA; the script is loaded on first use)."""
+    One round trip (EVALSHA; the script is loaded on first use); a large meta takes an
+    optimistic transaction instead (WATCH, GET, MULTI SET PUBLISH EXEC), the same rule."""
+    if not fits_a_script(value):
+        return _store_large(client, key, value, ttl)
     global _script
     if _script is None:
         _script = client.register_script(STORE_UNLESS_FINAL)
     return bool(_script(keys=[key], args=[value, int(ttl or 0)], client=client))
+
+
+def _is_final(stored: bytes | None) -> bool:
+    try:
+        meta = json.loads(stored) if stored else None
+    except ValueError:
+        return False  # not written by Celery: overwritten, as the script does
+    return isinstance(meta, dict) and meta.get("status") in FINAL_STATES
+
+
+def _store_large(client, key, value, ttl) -> bool:
+    with client.pipeline() as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                if _is_final(pipe.get(key)):
+                    return False
+                pipe.multi()
+                pipe.set(key, value, ex=int(ttl) if ttl else None)
+                pipe.publish(key, value)
+                pipe.execute()
+                return True
+            except WatchError:  # written meanwhile: look again
+                continue

@@ -124,3 +124,13 @@ def test_large_tasks_held_by_a_killed_worker_run_after_the_visibility_timeout(st
         assert wait_for_state(task_id, timeout=40)["result"] == [BIG, "k", "k"]
     wait_for(lambda: not bodies(redis_client) and redis_client.hlen("unacked") == 0, 20,
              message="every body and record to go")
+
+
+def test_a_large_result_is_stored_whole_beside_the_fetch(start_worker, redis_client):
+    # A SUCCESS meta over the script limit is written by an optimistic transaction, not carried
+    # by the next fetch script; small ones still ride it.
+    start_worker("general")
+    large = submit_task("vokaflow.echo", args=["r" * 200_000], worker_type="general")
+    small = submit_task("vokaflow.echo", args=["s"], worker_type="general")
+    assert wait_for_state(large)["result"] == {"args": ["r" * 200_000], "kwargs": {}}
+    assert wait_for_state(small)["result"] == {"args": ["s"], "kwargs": {}}
