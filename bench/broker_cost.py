@@ -20,14 +20,13 @@ machine, unlike wall time.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import redis
-from common import median, own_redis_log_dir, python, services, start, stop
+from common import OwnRedis, median, own_env, own_redis_log_dir, python, start, stop
 
 ENQUEUE = {
     "vokaflow": "import django; django.setup()\nfrom tasks.submit import enqueue, prepare\n"
@@ -44,28 +43,6 @@ WORKERS = {
                 "-l", "WARNING", "--without-mingle", "--without-gossip", "--without-heartbeat"] for i in range(2)],
     "dramatiq": [["-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8"]],
 }
-
-
-class OwnRedis:
-    def __init__(self, folder: str, *extra: str):
-        self.port, self.folder, self.extra, self.proc = services.free_port(6600), folder, extra, None
-
-    def start(self) -> redis.Redis:
-        self.proc = subprocess.Popen([services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", self.folder, "--save", "", "--appendonly", "no", *self.extra],
-                                     stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return client
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("the benchmark's Redis did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
 
 
 def cpu(client: redis.Redis) -> float:
@@ -89,20 +66,11 @@ def waiting(client: redis.Redis, system: str) -> int:
         return sum(pipe.execute())
 
 
-def env_for(port: int, root: Path, folder: str) -> dict:
-    url = f"redis://127.0.0.1:{port}/0"
-    env = os.environ.copy()
-    env.update({"REDIS_URL": url, "BENCH_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": "vokaflow.settings",
-                "DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3", "PYTHONPATH": f"{root}:{root / 'bench'}",
-                "SECRET_KEY": env.get("SECRET_KEY", "vokaflow-bench-key-not-secret-0123456789")})
-    return env
-
-
 def measure(system: str, n: int, root: Path, log_dir: Path) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         own = OwnRedis(folder)
         client = own.start()
-        env = env_for(own.port, root, folder)
+        env = own_env(own.port, root, folder)
         try:
             if system == "vokaflow":
                 subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=root, env=env, check=True)

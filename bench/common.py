@@ -133,3 +133,39 @@ def own_redis_log_dir() -> Path:
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     return log_dir
+
+
+class OwnRedis:
+    """A redis-server of the benchmark's own on a free port (`--save '' --appendonly no`, then
+    `extra`, which may override them), so nothing else on the machine enters its figures."""
+
+    def __init__(self, folder: str, *extra: str):
+        self.port, self.folder, self.extra, self.proc = services.free_port(6600), folder, extra, None
+
+    def start(self) -> redis.Redis:
+        self.proc = subprocess.Popen([services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
+                                      "--dir", self.folder, "--save", "", "--appendonly", "no", *self.extra],
+                                     stdout=subprocess.DEVNULL)
+        client = redis.Redis(port=self.port)
+        for _ in range(200):
+            try:
+                client.ping()
+                return client
+            except redis.ConnectionError:
+                time.sleep(0.05)
+        raise RuntimeError("the benchmark's Redis did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(30)
+
+
+def own_env(port: int, root: Path, folder: str) -> dict:
+    """The environment of VokaFlow code under `root` (a checkout) talking to Redis on `port`,
+    with a SQLite database in `folder`."""
+    url = f"redis://127.0.0.1:{port}/0"
+    env = os.environ.copy()
+    env.update({"REDIS_URL": url, "BENCH_REDIS_URL": url, "DJANGO_SETTINGS_MODULE": "vokaflow.settings",
+                "DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3", "PYTHONPATH": f"{root}:{root / 'bench'}",
+                "SECRET_KEY": env.get("SECRET_KEY", "vokaflow-bench-key-not-secret-0123456789")})
+    return env

