@@ -117,7 +117,7 @@ def scheduled_count() -> int:
 
 
 # Held records per HSCAN call: each is at most VOKAFLOW_INLINE_BODY_BYTES (a larger body waits
-# in its own key), so one call copies at most 2 MiB and never holds Redis for long.
+# in its own key), so one call copies at most 512 KiB and never holds Redis for long.
 SCAN_COUNT = 32
 # Most held messages are running tasks without an ETA: their `"eta": null` is skipped without
 # decoding the message, and only the `limit` soonest are decoded whole (a full json.loads of

@@ -57,7 +57,7 @@ _script = None
 
 # A meta larger than this is written without Lua: a script hashes every byte of every string it
 # is handed (2 ms for 1 MiB, measured), and every client of the fleet waits behind it.
-SCRIPT_VALUE_LIMIT = 64 * 1024
+SCRIPT_VALUE_LIMIT = 16 * 1024
 
 
 def fits_a_script(value: str | bytes) -> bool:

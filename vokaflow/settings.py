@@ -151,7 +151,7 @@ VOKAFLOW_PREFETCH_WAIT_MS = env.float("VOKAFLOW_PREFETCH_WAIT_MS", default=20)
 VOKAFLOW_PREFETCH_MAX_BYTES = env.int("VOKAFLOW_PREFETCH_MAX_BYTES", default=256 * 1024)
 # A message larger than this waits in its queue without its body, which waits in a key of its own
 # until the task is acknowledged (vokaflow.transport.outline): no script ever copies it.
-VOKAFLOW_INLINE_BODY_BYTES = env.int("VOKAFLOW_INLINE_BODY_BYTES", default=64 * 1024)
+VOKAFLOW_INLINE_BODY_BYTES = env.int("VOKAFLOW_INLINE_BODY_BYTES", default=16 * 1024)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)

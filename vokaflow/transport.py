@@ -182,7 +182,7 @@ def ring(pipe, queues) -> None:
 # queue copies each message it touches into Lua, which hashes every byte of it (4 ms for 2 MB,
 # measured), and every client of the fleet waits behind a running script. The worker reads the
 # body with a plain GET. Set from VOKAFLOW_INLINE_BODY_BYTES by vokaflow.celery.
-INLINE_BYTES = 64 * 1024
+INLINE_BYTES = 16 * 1024
 
 
 def outline(message: str) -> tuple[str, tuple[str, str] | None]:

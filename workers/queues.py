@@ -11,7 +11,6 @@ work stays queued.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import time
 import uuid
@@ -74,43 +73,41 @@ def level(worker_type: str, priority: str) -> Level:
     return Level(WorkerType.parse(worker_type), Priority.parse(priority))
 
 
-# One script for every queue: the depth, and the enqueue time of the message a worker takes next
-# (the list's right end). The script builds the 320 names itself and answers one line per
-# non-empty queue in one string: the names as arguments and 960 separate replies cost 30 ms of
-# packing and parsing in redis-py (bench/console_pages.py). The header is found by a string match, not
-# by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
+# One script per worker type: the depth of each of its queues, and the enqueue time of the message
+# a worker takes next (the list's right end), one line per non-empty queue in one string (960
+# separate replies cost 30 ms of packing and parsing in redis-py: bench/console_pages.py). Every
+# key is passed in KEYS. One call per type, one after the other: a script copies each message it
+# reads into Lua (at most VOKAFLOW_INLINE_BODY_BYTES: a larger body waits in its own key), so a
+# call holds Redis for at most a type's 64 queues. The header is found by a plain substring search,
+# not by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
 # (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`.
 _SCAN = """
-local pattern, partitions = '"' .. ARGV[1] .. '": ([%d%.]+)', tonumber(ARGV[2])
-local types, priorities = cjson.decode(ARGV[3]), cjson.decode(ARGV[4])
+local marker = '"' .. ARGV[1] .. '": '
 local out = {}
-for _, kind in ipairs(types) do
-  for _, priority in ipairs(priorities) do
-    for p = 0, partitions - 1 do
-      local key = kind .. '.' .. priority .. '.p' .. p
-      local depth = redis.call('LLEN', key)
-      if depth > 0 then
-        local at = string.match(redis.call('LINDEX', key, -1), pattern) or ''
-        out[#out + 1] = key .. ' ' .. depth .. ' ' .. at
-      end
-    end
+for _, key in ipairs(KEYS) do
+  local depth = redis.call('LLEN', key)
+  if depth > 0 then
+    local item = redis.call('LINDEX', key, '-1')
+    local _, e = string.find(item, marker, 1, true)
+    local at = e and string.match(item, '^[%d%.]+', e + 1) or ''
+    out[#out + 1] = key .. ' ' .. depth .. ' ' .. at
   end
 end
 return table.concat(out, '\\n')
 """
-_TYPES = json.dumps([w.short for w in WorkerType])
-_PRIORITIES = json.dumps([p.name.lower() for p in Priority])
 
 
 def non_empty_queues() -> list[QueueInfo]:
     """Every non-empty VokaFlow queue with its depth and the age of its oldest waiting task,
     highest priority first."""
     r = get_redis()
-    lines = r.register_script(_SCAN)(args=[ENQUEUED_AT_HEADER, settings.VOKAFLOW_PARTITIONS, _TYPES, _PRIORITIES])
+    scan = r.register_script(_SCAN)
+    lines = [line for worker_type in WorkerType
+             for line in as_text(scan(keys=_type_queues(worker_type), args=[ENQUEUED_AT_HEADER])).split("\n") if line]
     paused = paused_levels_set()
     now = time.time()
     found = []
-    for line in lines.decode().split("\n") if lines else []:
+    for line in lines:
         name, depth, at = line.split(" ")
         route = _route(name)
         found.append(QueueInfo(
@@ -119,6 +116,11 @@ def non_empty_queues() -> list[QueueInfo]:
             oldest_age_seconds=round(max(0.0, now - float(at)), 1) if at else None,
             paused=Level(route.worker_type, route.priority) in paused))
     return sorted(found, key=lambda q: int(Priority[q.priority]))  # stable: type and partition order stay
+
+
+@functools.lru_cache(maxsize=16)
+def _type_queues(worker_type: WorkerType) -> list[str]:
+    return [queue_name(worker_type, priority, p) for priority in Priority for p in range(settings.VOKAFLOW_PARTITIONS)]
 
 
 @functools.lru_cache(maxsize=4096)

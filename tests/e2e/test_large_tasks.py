@@ -51,12 +51,14 @@ def test_a_large_task_waits_as_a_small_message_and_its_body_goes_with_its_acknow
 def test_large_tasks_come_one_per_fetch_and_small_ones_as_a_batch_within_the_byte_budget(redis_client):
     # The fetch script itself, as a worker calls it: two large tasks and twenty small ones queued.
     requests = [prepare("tests.measure", args=["y" * BIG], worker_type="general", partition=0) for _ in range(2)]
-    requests += [prepare("tests.measure", args=["s" * 20_000], worker_type="general", partition=0)
+    requests += [prepare("tests.measure", args=["s" * 8_000], worker_type="general", partition=0)
                  for _ in range(20)]
     enqueue(requests)
+    small_size = len(redis_client.lindex(QUEUES[0], 0))
+    assert small_size < transport.INLINE_BYTES  # queued whole
     keys_ = ["unacked", "unacked_index", *QUEUES, transport.bell_key(QUEUES[0])]
     levels = [1, 8]  # one level of 8 queues
-    costs = [8, 60_000, 1, "tests.measure", transport.BUDGET // 8]  # cap 8 a fetch, 60 kB a batch
+    costs = [8, int(2.5 * small_size), 1, "tests.measure", transport.BUDGET // 8]  # cap 8 a fetch, 2.5 smalls a batch
     sizes = []
     while True:
         reply = redis_client.eval(transport._FETCH, len(keys_), *keys_, 8, 1, *levels, *costs, 0, 0)
@@ -66,7 +68,7 @@ def test_large_tasks_come_one_per_fetch_and_small_ones_as_a_batch_within_the_byt
         assert all(reply[i + 2] == 1 for i in range(1, len(reply), 3))  # each recorded as unacked
     large, small = sizes[:2], sizes[2:]
     assert [len(batch) for batch in large] == [1, 1] and all(s < 2048 for batch in large for s in batch)
-    # 28.6 kB each once encoded: two fit the 60 kB budget
+    # two fit the byte budget
     assert [len(batch) for batch in small] == [2] * 10, sizes
     assert redis_client.hlen("unacked") == 22 and len(bodies(redis_client)) == 2
 
