@@ -14,7 +14,10 @@ machine, unlike wall time.
   Celery: two solo workers on one queue, acks late, prefetch 1; Dramatiq `-p 2 -t 8`) until
   nothing is queued or unacknowledged, then 3 s more for deferred acknowledgements. The idle
   polling cost per second, measured for 5 s after, is subtracted for those 3 s.
-- `INFO commandstats` calls per task (commands run inside scripts included), and the drain rate.
+- `INFO commandstats` calls per task (commands run inside scripts included; not the benchmark's
+  own LLEN/HLEN polling), the drain rate, and for VokaFlow the tasks per fetch script: a busy
+  machine slows the workers, whose batches then shrink (they are sized by measured run time), so
+  compare figures taken at similar batch sizes, or on a quiet machine.
 """
 
 from __future__ import annotations
@@ -50,14 +53,17 @@ def cpu(client: redis.Redis) -> float:
     return info["used_cpu_user"] + info["used_cpu_sys"]
 
 
-def calls(client: redis.Redis) -> int:
-    return sum(v["calls"] for k, v in client.info("commandstats").items()
-               if k not in ("cmdstat_info", "cmdstat_ping", "cmdstat_config|resetstat"))
+def calls(client: redis.Redis) -> tuple[int, int]:
+    """Commands run (inside scripts too; not the benchmark's own), and scripts run."""
+    stats = client.info("commandstats")
+    ours = ("cmdstat_info", "cmdstat_ping", "cmdstat_config|resetstat", "cmdstat_llen", "cmdstat_hlen")
+    return (sum(v["calls"] for k, v in stats.items() if k not in ours),
+            sum(stats.get(k, {}).get("calls", 0) for k in ("cmdstat_evalsha", "cmdstat_eval")))
 
 
 def waiting(client: redis.Redis, system: str) -> int:
     if system == "dramatiq":
-        return client.hlen("bench-dramatiq:noop.msgs") + client.llen("bench-dramatiq:noop")
+        return client.hlen("bench-dramatiq:noop.msgs")  # bodies stay in this hash until acknowledged
     queues = [f"general.normal.p{p}" for p in range(8)] if system == "vokaflow" else ["plain"]
     with client.pipeline(transaction=False) as pipe:
         for queue in queues:
@@ -77,7 +83,7 @@ def measure(system: str, n: int, root: Path, log_dir: Path) -> dict:
             client.config_resetstat()
             before = cpu(client)
             subprocess.run([python(), "-c", f"N = {n}\n" + ENQUEUE[system]], cwd=root, env=env, check=True)
-            enqueue_cpu, enqueue_calls = cpu(client) - before, calls(client)
+            enqueue_cpu, (enqueue_calls, _) = cpu(client) - before, calls(client)
             assert waiting(client, system) == n, f"{system}: {waiting(client, system)} queued, expected {n}"
             client.config_resetstat()
             before = cpu(client)
@@ -96,7 +102,7 @@ def measure(system: str, n: int, root: Path, log_dir: Path) -> dict:
                     time.sleep(0.01)
                 rate = n / (time.perf_counter() - began)
                 time.sleep(3)
-                drain_cpu, drain_calls = cpu(client) - before, calls(client)
+                drain_cpu, (drain_calls, scripts) = cpu(client) - before, calls(client)
                 idle_before = cpu(client)
                 time.sleep(5)
                 idle_per_s = (cpu(client) - idle_before) / 5
@@ -106,7 +112,8 @@ def measure(system: str, n: int, root: Path, log_dir: Path) -> dict:
             own.stop()
     drain_cpu -= 3 * idle_per_s
     return {"enqueue_us": enqueue_cpu / n * 1e6, "drain_us": drain_cpu / n * 1e6, "enqueue_calls": enqueue_calls / n,
-            "drain_calls": drain_calls / n, "drain_per_s": rate, "idle_us_per_s": idle_per_s * 1e6}
+            "drain_calls": drain_calls / n, "drain_per_s": rate, "idle_us_per_s": idle_per_s * 1e6,
+            "tasks_per_script": n / scripts if scripts else 0.0}
 
 
 def main() -> None:
@@ -130,7 +137,8 @@ def main() -> None:
             print(f"round {round_no + 1} {label:<24} enqueue {outcome['enqueue_us']:5.1f} µs "
                   f"({outcome['enqueue_calls']:.2f} cmd)  drain {outcome['drain_us']:5.1f} µs "
                   f"({outcome['drain_calls']:.2f} cmd)  {outcome['drain_per_s']:6.0f}/s  "
-                  f"idle {outcome['idle_us_per_s']:.0f} µs/s", flush=True)
+                  f"idle {outcome['idle_us_per_s']:.0f} µs/s  tasks/script {outcome['tasks_per_script']:.1f}",
+                  flush=True)
     print(f"\nmedians over {args.rounds} rounds, {args.tasks} no-op tasks each (Redis CPU per task):")
     print(f"  {'system':<24} {'enqueue µs':>10} {'drain µs':>9} {'cmd enq/drain':>14} {'drain/s':>8} "
           f"{'one core carries':>17}")
