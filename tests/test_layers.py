@@ -92,7 +92,7 @@ def test_the_scripts_and_benchmarks_import_the_installed_package_without_path_tr
     for path in [*(ROOT / "bench").glob("*.py"), *(ROOT / "scripts").glob("*.py")]:
         assert "sys.path" not in path.read_text(), path
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    for script in ("bench/latency.py", "scripts/screenshots.py"):
+    for script in ("bench/latency.py", "bench/lock_waits.py", "scripts/screenshots.py"):
         # From another folder, so neither the working directory nor PYTHONPATH provides the project.
         result = subprocess.run([sys.executable, str(ROOT / script), "--help"], cwd=tmp_path, env=env,
                                 capture_output=True, text=True, timeout=120)

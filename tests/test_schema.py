@@ -74,6 +74,17 @@ def test_the_lock_schema_has_skip_if_locked_and_an_optional_timeout_with_its_def
     assert lock["additionalProperties"] is False
 
 
+def test_a_waiting_lock_acquire_documents_its_429_with_retry_after(schema):
+    # Beyond VOKAFLOW_LOCK_WAITERS waiting acquires per web process, 429 at once (tests/test_lock_waits.py).
+    answers = operation(schema, f"{BASE}/lock/{{key}}/acquire/", "post")["responses"]
+    assert set(answers) >= {"200", "409", "429"}
+    assert "VOKAFLOW_LOCK_WAITERS" in answers["429"]["description"]
+    assert answers["429"]["headers"]["Retry-After"]["schema"] == {"type": "integer"}
+    assert resolve(schema, answers["429"]["content"]["application/json"]["schema"]) == \
+        schema["components"]["schemas"]["Error"]
+    assert "429 with Retry-After" in schema["components"]["schemas"]["Acquire"]["properties"]["wait"]["description"]
+
+
 def test_task_is_an_enum_of_the_submittable_names(schema, api):
     task = schema["components"]["schemas"]["TaskSubmit"]["properties"]["task"]
     enum = resolve(schema, task["allOf"][0])["enum"]
