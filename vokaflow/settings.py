@@ -199,9 +199,6 @@ VOKAFLOW_MAX_RESULT_BYTES = env.int("VOKAFLOW_MAX_RESULT_BYTES", default=1024 * 
 # Acquires over HTTP that wait for a taken lock at once in one web process (each holds one of its
 # threads while it waits); another one is answered 429 with Retry-After at once (tasks.api.locks).
 VOKAFLOW_LOCK_WAITERS = env.int("VOKAFLOW_LOCK_WAITERS", default=1)
-# Acquires over HTTP that wait for a taken lock at once in one web process (each holds one of its
-# threads while it waits); another one is answered 429 with Retry-After at once (tasks.api.locks).
-VOKAFLOW_LOCK_WAITERS = env.int("VOKAFLOW_LOCK_WAITERS", default=1)
 
 CACHES = {
     "default": {
