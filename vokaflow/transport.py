@@ -266,6 +266,13 @@ class QoS(kombu_redis.QoS):
         channel = self.channel
         if not channel._reliable():
             return super().ack(delivery_tag)
+        if channel.closed:
+            # A task that outlived its channel: Redis went away while it ran (a thread cannot be
+            # stopped) and the consumer reconnected on a new channel. The closed one has no
+            # connection to write with (kombu's client raised AttributeError there, and the worker
+            # died of it), so the record stays in `unacked` and the task comes back after the
+            # visibility timeout, as any unacknowledged one: at least once.
+            return virtual.QoS.ack(self, delivery_tag)
         # Deferred: the next fetch script removes it from `unacked` (after the results it
         # carries). An ack no fetch will carry soon (idle wait, no consumer) is written at once.
         channel._acks.append(delivery_tag)
