@@ -24,6 +24,7 @@ from __future__ import annotations
 import threading
 import time
 
+import redis
 from celery.exceptions import SoftTimeLimitExceeded
 
 from vokaflow.core import keys
@@ -83,7 +84,13 @@ def _stop_reason(task_id: str | None) -> str | None:
     if _seen.task_id != task_id:
         _seen.task_id, _seen.checked_at, _seen.reason = task_id, 0.0, None
     if _seen.reason is None and now - _seen.checked_at >= POLL_SECONDS:
-        raw = get_redis().get(keys.CANCEL.format(task_id))
+        try:
+            raw = get_redis().get(keys.CANCEL.format(task_id))
+        except redis.RedisError:
+            # Redis is away (restarting, unreachable): a stop that cannot be read is not a stop.
+            # The task carries on and asks again at its next check; a task that did nothing wrong
+            # does not fail of the platform's own question.
+            raw = None
         _seen.reason, _seen.checked_at = (as_text(raw) if raw is not None else None), now
     return _seen.reason
 
