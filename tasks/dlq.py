@@ -110,7 +110,15 @@ def _flush(r) -> int:
         if not raw:
             return moved
         records = [json.loads(item) for item in raw]
-        _insert(records)  # a DatabaseError leaves them in Redis for the next flush
+        try:
+            _insert(records)
+        except DatabaseError as exc:
+            # Still away: they wait in Redis for the next flush. Not a failure of the flush task
+            # (which would be dead-lettered itself, one row per flush for as long as the outage lasts).
+            logger.warning("database unavailable, %d dead letters stay in Redis until it is back: %s",
+                           r.llen(keys.DLQ_PENDING), exc)
+            connection.close()
+            return moved
         r.ltrim(keys.DLQ_PENDING, len(raw), -1)  # safe: only this lock holder removes from the head
         moved += len(raw)
 
