@@ -16,6 +16,7 @@ import threading
 import time
 from collections import Counter
 
+from vokaflow import hotpath
 from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 
@@ -44,10 +45,23 @@ class TaskCounters:
             self._start_flusher()
 
     def finished(self, owner: int, task_id: str) -> None:
-        with self._lock:
-            self._finished.append((owner, task_id))
-        if self._owner_pid != os.getpid():
-            self._start_flusher()
+        """Free a finished task's place in its owner's pending quota no later than its
+        acknowledgement: with the consuming process's next fetch script (vokaflow.hotpath), or
+        at once (a prefork child, the API). A place freed by a later flush would stay taken for
+        good when the worker is killed after acknowledging the task."""
+        key = keys.PENDING.format(owner)
+        if hotpath.release_with_fetch(key, task_id):
+            return
+        from vokaflow.redis import get_redis
+
+        try:
+            get_redis().zrem(key, task_id)
+        except Exception as exc:  # Redis away: the background flush tries again
+            logger.warning("could not free a quota place now: %s", exc)
+            with self._lock:
+                self._finished.append((owner, task_id))
+            if self._owner_pid != os.getpid():
+                self._start_flusher()
 
     def _start_flusher(self) -> None:
         with self._lock:

@@ -4,11 +4,16 @@ Each owner has a sorted set `vokaflow:pending:<owner>` of task ids, scored by th
 entry stops counting: when the task is due (now, or its eta) plus VOKAFLOW_RESULT_TTL. An
 enqueue adds its tasks in one Lua script that first drops expired entries and refuses the whole
 batch when it would go over VOKAFLOW_USER_PENDING_QUOTA, so concurrent submissions can never
-overshoot; a finished task's result store removes its id (tasks.counters, batched once a second).
+overshoot; a finished task's result store removes its id no later than the task's
+acknowledgement: in the consuming worker process the next fetch script carries the removal
+before the acknowledgements (vokaflow.hotpath), elsewhere (a prefork child, the API) it is
+written at once (tasks.counters.finished).
 
-Drift: removal is by id, so a task finishing twice (a redelivery) is removed once, and one whose
-removal was missed (its worker killed between storing the result and the flush) stops counting
-when its entry expires: the count is never too high for longer than the result TTL.
+Drift: removal is by id, so a task finishing twice (a redelivery) is removed once; a worker
+killed after storing a result but before its next fetch leaves the task unacknowledged, so it
+is redelivered and its place removed when it finishes again. Should a removal still be missed
+(Redis refused it), the entry stops counting when it expires: the count is never too high for
+longer than the result TTL.
 """
 
 from __future__ import annotations

@@ -43,6 +43,10 @@ REQUEST = "vokaflow.hotpath:Request"  # PlatformTask.Request: the parent side of
 Stored = tuple[str, bytes | str, int]  # (key, encoded meta, ttl seconds)
 # Results waiting for the next fetch of this (consuming) process.
 pending_results: deque[Stored] = deque()
+# (pending quota key, task id) of tasks that finished in the consuming process: their owners'
+# places are freed by the next fetch script, before the acknowledgements it carries, so a worker
+# killed after an acknowledgement never leaves a place taken (tasks.quota).
+pending_releases: deque[tuple[str, str]] = deque()
 _consumer_pid: int | None = None
 _in_pool_child = False
 _handed: dict[str, Stored] = {}  # in a prefork child: task id → its SUCCESS, until the tracer returns
@@ -60,6 +64,15 @@ def consume_here() -> None:
     """Called by the consuming channel before each fetch: results of this process may wait."""
     global _consumer_pid
     _consumer_pid = os.getpid()
+
+
+def release_with_fetch(pending_key: str, task_id: str) -> bool:
+    """Queue a quota place to free with the next fetch; False outside the consuming process
+    (a prefork child, the API), where the caller frees it at once."""
+    if _consumer_pid != os.getpid():
+        return False
+    pending_releases.append((pending_key, task_id))
+    return True
 
 
 def can_buffer(app, request) -> bool:

@@ -42,7 +42,7 @@ from redis.exceptions import NoScriptError
 from typing_extensions import override
 
 from vokaflow.core import keys
-from vokaflow.hotpath import BUDGET, consume_here, durations, pending_results
+from vokaflow.hotpath import BUDGET, consume_here, durations, pending_releases, pending_results
 from vokaflow.result_store import STORE_LUA
 
 logger = logging.getLogger(__name__)
@@ -59,8 +59,8 @@ HEADERS_WINDOW = 8192
 # KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
 # ARGV: queue count, now, level count, the size of each level, most messages to look at per
 #       queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
-#       (key, value, ttl) triples, body key count, the body keys of acknowledged large messages,
-#       then the delivery tags to acknowledge.
+#       (key, value, ttl) triples, release count, (pending quota key, task id) pairs, body key
+#       count, the body keys of acknowledged large messages, then the delivery tags to acknowledge.
 # Results are written before the acknowledgements are removed from `unacked`: acknowledged ⇒
 # stored. Each level is probed with one EXISTS; a batch comes from the first non-empty level
 # only, messages in queue order, as many as the budgets allow (expected run time and bytes; the
@@ -104,6 +104,8 @@ for i = 0, results - 1 do
   store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], ARGV[p + 3 + 3 * i])
 end
 p = p + 1 + 3 * results
+for i = 1, tonumber(ARGV[p]) do redis.call('ZREM', ARGV[p + 2 * i - 1], ARGV[p + 2 * i]) end
+p = p + 1 + 2 * tonumber(ARGV[p])
 local bodies = tonumber(ARGV[p])
 if bodies > 0 then redis.call('DEL', unpack(ARGV, p + 1, p + bodies)) end
 p = p + 1 + bodies
@@ -239,6 +241,21 @@ def _level(queue: str) -> str:
     return parts[1] if len(parts) == 3 else queue
 
 
+# What a fetch script carries besides its fetch: results, quota releases, acks, body keys.
+Pending = tuple[list, list, list, list]
+
+
+def _drain(shared: deque) -> list:
+    """Everything in a deque other channels of this process may take from at the same time."""
+    taken = []
+    while shared:
+        try:
+            taken.append(shared.popleft())
+        except IndexError:  # taken by another channel of this process
+            break
+    return taken
+
+
 def unacked_record(raw: bytes | str) -> tuple[dict, str, str]:
     """A message held in `unacked` and where it goes back: (message, exchange, routing key).
     The fetch script records the bare message (its delivery_info names its queue); kombu's own
@@ -368,7 +385,7 @@ class ReliableFetch(_ChannelBase):
         self._restored_queues: set[str] = set()  # put back since the last ring_restored()
         self._bodies: set[str] = set()  # delivered tags whose body waits in keys.BODY
         self._body_keys: deque[str] = deque()  # bodies to delete with their acknowledgements
-        self._sent: tuple[list, list, list] | None = None  # what the fetch in flight carries
+        self._sent: Pending | None = None  # what the fetch in flight carries
         super().__init__(*args, **kwargs)
         durations.bound = self.prefetch_wait_ms / 1000
 
@@ -413,39 +430,38 @@ class ReliableFetch(_ChannelBase):
         return self._costs_for[1]
 
     def _has_pending(self) -> bool:
-        return bool(self._acks or pending_results)
+        return bool(self._acks or pending_results or pending_releases)
 
-    def _take_pending(self) -> tuple[list, list, list]:
-        results = []
-        while pending_results:
-            try:
-                results.append(pending_results.popleft())
-            except IndexError:  # taken by another channel of this process
-                break
+    def _take_pending(self) -> Pending:
+        results, releases = _drain(pending_results), _drain(pending_releases)
         acks, bodies = list(self._acks), list(self._body_keys)
         self._acks.clear()
         self._body_keys.clear()
-        return results, acks, bodies
+        return results, releases, acks, bodies
 
-    def _put_back(self, pending: tuple[list, list, list] | None) -> None:
-        """A script that may not have run: its results and acks go out with the next one
-        (all idempotent: a stored ready state is kept, a removed tag or body stays removed)."""
+    def _put_back(self, pending: Pending | None) -> None:
+        """A script that may not have run: what it carried goes out with the next one (all
+        idempotent: a stored ready state is kept, a removed tag, place or body stays removed)."""
         if pending:
-            results, acks, bodies = pending
+            results, releases, acks, bodies = pending
             pending_results.extendleft(reversed(results))
+            pending_releases.extendleft(reversed(releases))
             self._acks.extendleft(reversed(acks))
             self._body_keys.extendleft(reversed(bodies))
 
     @staticmethod
-    def _pending_values(results, acks, bodies) -> list[bytes | str]:
+    def _pending_values(results, releases, acks, bodies) -> list[bytes | str]:
         values: list[bytes | str] = [b"%d" % len(results)]
         for key, value, ttl in results:
             values += [key, value, b"%d" % ceil(ttl or 0)]
+        values.append(b"%d" % len(releases))
+        for key, task_id in releases:
+            values += [key, task_id]
         values.append(b"%d" % len(bodies))
         return values + bodies + acks
 
-    def _pending_args(self, results, acks, bodies) -> list[bytes]:
-        return [_bulk(value) for value in self._pending_values(results, acks, bodies)]
+    def _pending_args(self, results, releases, acks, bodies) -> list[bytes]:
+        return [_bulk(value) for value in self._pending_values(results, releases, acks, bodies)]
 
     def drop_body(self, delivery_tag: str) -> None:
         """Delete the body of a large message that is gone for good without an acknowledgement."""
