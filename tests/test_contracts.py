@@ -2,6 +2,7 @@
 when an upgrade changes it."""
 
 import inspect
+import json
 
 import pytest
 from billiard import common as billiard_common
@@ -418,6 +419,26 @@ def test_a_clean_stop_hands_back_through_the_anonymous_exchange_to_the_routing_k
     assert not redis_client.hexists(keys.UNACKED, message.delivery_tag)
     (raw,) = redis_client.lrange(QUEUE, 0, -1)
     assert '"redelivered": true' not in raw.decode()  # handed back as it came, not a redelivery
+
+
+def test_a_bad_payload_or_a_failing_bell_does_not_stop_a_clean_stops_hand_back(consuming, redis_client, caplog):
+    # Each held message is handed back in its own transaction; the bells ring once afterwards,
+    # best effort. One record that is not a message, and a bell that Redis refuses, cost nothing
+    # to the others (both used to raise out of the hand-back, leaving the rest to the visibility
+    # timeout, as redeliveries).
+    channel, publish, receive = consuming
+    publish({"n": 4})
+    first = receive()
+    publish({"n": 5})
+    second = receive()
+    redis_client.hset(keys.UNACKED, first.delivery_tag, '{"not json')
+    redis_client.delete(transport.bell_key(QUEUE))
+    redis_client.set(transport.bell_key(QUEUE), "not a stream")  # XADD answers WRONGTYPE
+    channel.qos.restore_unacked()
+    assert redis_client.hlen(keys.UNACKED) == 0
+    (raw,) = redis_client.lrange(QUEUE, 0, -1)
+    assert json.loads(raw)["properties"]["delivery_tag"] == second.delivery_tag
+    assert "could not hand back unreadable message" in caplog.text and "could not ring the bells" in caplog.text
 
 
 def test_a_channel_lists_its_consumed_queues_and_keeps_them_in_our_cycle(redis_client):

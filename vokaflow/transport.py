@@ -183,7 +183,8 @@ def ring(pipe, queues) -> None:
 # own (keys.BODY, by delivery tag) until the task is acknowledged: every script that reads a
 # queue copies each message it touches into Lua, which hashes every byte of it (4 ms for 2 MB,
 # measured), and every client of the fleet waits behind a running script. The worker reads the
-# body with a plain GET. Set from VOKAFLOW_INLINE_BODY_BYTES by vokaflow.celery.
+# body with plain GETRANGEs (ReliableFetch._inline). Set from VOKAFLOW_INLINE_BODY_BYTES by
+# tasks.apps.
 INLINE_BYTES = 16 * 1024
 
 
@@ -246,7 +247,8 @@ Pending = tuple[list, list, list, list]
 
 
 def _drain(shared: deque) -> list:
-    """Everything in a deque other channels of this process may take from at the same time."""
+    """Everything in a deque that other threads or channels of this process may append to or
+    take from at the same time."""
     taken = []
     while shared:
         try:
@@ -314,7 +316,12 @@ class QoS(kombu_redis.QoS):
             pipe.multi()
             self._remove_from_indices(tag, pipe)
             if raw:
-                self.channel._do_restore_message(*unacked_record(raw), pipe, leftmost)
+                try:
+                    record = unacked_record(raw)
+                except (ValueError, TypeError):  # not a message: dropped, the others go on
+                    logger.critical("could not hand back unreadable message %s: %r", tag, raw[:200])
+                    return
+                self.channel._do_restore_message(*record, pipe, leftmost)
 
         with self.channel.conn_or_acquire(client) as client:
             client.transaction(restore_transaction, self.unacked_key)
@@ -371,7 +378,7 @@ class ReliableFetch(_ChannelBase):
     #: transport option: how long an urgent task may wait behind a fetched batch (ms).
     prefetch_wait_ms = 20
     #: transport option: most bytes of messages one fetch takes (the first message always).
-    prefetch_max_bytes = 1 << 20
+    prefetch_max_bytes = 256 * 1024
     _bells_seen: list[bytes] | None = None  # set after a fetch found every queue empty
     _packed_keys: dict[str, bytes]
     _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
@@ -433,11 +440,8 @@ class ReliableFetch(_ChannelBase):
         return bool(self._acks or pending_results or pending_releases)
 
     def _take_pending(self) -> Pending:
-        results, releases = _drain(pending_results), _drain(pending_releases)
-        acks, bodies = list(self._acks), list(self._body_keys)
-        self._acks.clear()
-        self._body_keys.clear()
-        return results, releases, acks, bodies
+        # element by element: a thread of the pool may acknowledge meanwhile
+        return _drain(pending_results), _drain(pending_releases), _drain(self._acks), _drain(self._body_keys)
 
     def _put_back(self, pending: Pending | None) -> None:
         """A script that may not have run: what it carried goes out with the next one (all
@@ -643,8 +647,8 @@ class ReliableFetch(_ChannelBase):
             super()._do_restore_message(payload, exchange, routing_key, pipe, leftmost)
         else:
             # kombu's own would mark the message redelivered; put it back as it came. The same
-            # guard as kombu's: a payload that cannot be put back is logged and left in
-            # `unacked` (redelivered after the visibility timeout), the others go on.
+            # guard as kombu's: a payload that cannot be put back (not a message at all) is
+            # logged and dropped, and the hand-back goes on with the others.
             try:
                 for queue in self._lookup(exchange, routing_key):
                     pri = self._get_message_priority(payload, reverse=False)
