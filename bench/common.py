@@ -169,3 +169,30 @@ def own_env(port: int, root: Path, folder: str) -> dict:
                 "DATABASE_URL": f"sqlite:///{folder}/bench.sqlite3", "PYTHONPATH": f"{root}:{root / 'bench'}",
                 "SECRET_KEY": env.get("SECRET_KEY", "vokaflow-bench-key-not-secret-0123456789")})
     return env
+
+
+def probe_health(port: int, rate: float, seconds: float, get, threads: int) -> list[float]:
+    """Open-loop probes of `GET /api/health/` (`get(port, path)` sends one), `rate` a second for
+    `seconds`: each latency counts from when its probe was due, so a stalled server hides nothing."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    total = int(rate * seconds)
+    latencies: list[float] = []
+    t0 = time.perf_counter() + 0.05
+
+    def one(i: int) -> None:
+        due = t0 + i / rate
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        get(port, "/api/health/")
+        latencies.append(time.perf_counter() - due)
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(pool.map(one, range(total)))
+    return latencies
+
+
+def latency_figures(latencies: list[float]) -> str:
+    return (f"p50 {percentile(latencies, 50) * 1000:.1f} ms, p99 {percentile(latencies, 99) * 1000:.1f} ms, "
+            f"max {max(latencies) * 1000:.1f} ms ({len(latencies)} probes)")

@@ -29,10 +29,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from common import ROOT, bench_redis_url, clear, free_port, percentile, python, start, stop, web_env
+from common import ROOT, bench_redis_url, clear, free_port, latency_figures, python, start, stop, web_env
+from common import probe_health as common_probe_health
 
 WAITERS = 64  # by default
 WAIT = 30.0  # seconds each acquire asks to wait (the API's maximum)
@@ -114,27 +114,8 @@ def contend(port: int, seconds: float, waiters: int) -> None:
 
 
 def probe_health(port: int, rate: float, seconds: float) -> list[float]:
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    t0 = time.perf_counter() + 0.05
-
-    def one(i: int) -> None:
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        request(port, "GET", "/api/health/")
-        latencies.append(time.perf_counter() - due)
-
-    # Enough threads that a stalled server delays no probe's sending: every latency counts from when it was due.
-    with ThreadPoolExecutor(max_workers=128) as pool:
-        list(pool.map(one, range(total)))
-    return latencies
-
-
-def figures(latencies: list[float]) -> str:
-    return (f"p50 {percentile(latencies, 50) * 1000:.1f} ms, p99 {percentile(latencies, 99) * 1000:.1f} ms, "
-            f"max {max(latencies) * 1000:.1f} ms ({len(latencies)} probes)")
+    # Enough threads that a stalled server delays no probe's sending.
+    return common_probe_health(port, rate, seconds, lambda p, path: request(p, "GET", path), threads=128)
 
 
 def run(label: str, settings: dict, args, env: dict) -> None:
@@ -164,8 +145,8 @@ def run(label: str, settings: dict, args, env: dict) -> None:
         report = json.loads(out.strip().splitlines()[-1])
         handover = report["handover_ms"]
         print(f"{label}: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"{label}: health idle {figures(idle)}")
-        print(f"{label}: health while {args.waiters} acquires wait {figures(during)}")
+        print(f"{label}: health idle {latency_figures(idle)}")
+        print(f"{label}: health while {args.waiters} acquires wait {latency_figures(during)}")
         print(f"{label}: acquires answered {report['statuses']} in {args.seconds:.0f} s; after the release a waiter "
               f"had the lock in " + (f"{handover:.1f} ms" if handover is not None else "(none did)"), flush=True)
     finally:

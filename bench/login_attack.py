@@ -24,10 +24,10 @@ import sys
 import threading
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 
 import redis
-from common import ROOT, bench_redis_url, clear, free_port, percentile, python, start, stop, web_env
+from common import ROOT, bench_redis_url, clear, free_port, latency_figures, python, start, stop, web_env
+from common import probe_health as common_probe_health
 
 ATTACKERS = 32
 _local = threading.local()
@@ -74,26 +74,8 @@ def attack(port: int, seconds: float) -> None:
 
 
 def probe_health(port: int, rate: float, seconds: float) -> list[float]:
-    total = int(rate * seconds)
-    latencies: list[float] = []
-    t0 = time.perf_counter() + 0.05
-
-    def one(i: int) -> None:
-        due = t0 + i / rate
-        delay = due - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
-        request(port, "GET", "/api/health/")
-        latencies.append(time.perf_counter() - due)
-
-    with ThreadPoolExecutor(max_workers=16) as pool:
-        list(pool.map(one, range(total)))
-    return latencies
-
-
-def figures(latencies: list[float]) -> str:
-    return (f"p50 {percentile(latencies, 50) * 1000:.1f} ms, p99 {percentile(latencies, 99) * 1000:.1f} ms, "
-            f"max {max(latencies) * 1000:.1f} ms ({len(latencies)} probes)")
+    # Enough threads that a stalled server delays no probe's sending.
+    return common_probe_health(port, rate, seconds, lambda p, path: request(p, "GET", path), threads=16)
 
 
 def run(label: str, limits: dict, args, env: dict) -> None:
@@ -120,8 +102,8 @@ def run(label: str, limits: dict, args, env: dict) -> None:
         statuses = json.loads(out.strip().splitlines()[-1])
         sent = sum(statuses.values())
         print(f"{label}: load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
-        print(f"{label}: health idle {figures(idle)}")
-        print(f"{label}: health under attack {figures(during)}")
+        print(f"{label}: health idle {latency_figures(idle)}")
+        print(f"{label}: health under attack {latency_figures(during)}")
         print(f"{label}: attack {sent} logins in {args.seconds:.0f} s: {statuses.get('401', 0)} hashed and "
               f"refused (401), {statuses.get('429', 0)} refused before hashing (429); all: {statuses}")
     finally:

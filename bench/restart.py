@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 
 import redis
-from common import ROOT, bench_env, own_redis_log_dir, python, services, start, stop
+from common import ROOT, OwnRedis, bench_env, own_redis_log_dir, python, services, start, stop
 
 VISIBILITY = 5
 ENQUEUE = {
@@ -31,28 +31,6 @@ WORKER = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
           "celery": ["-A", "bench.plain_celery", "worker", "-Q", "plain"]}
 
 
-class OwnRedis:
-    def __init__(self, folder: str):
-        self.port, self.folder, self.proc = services.free_port(6500), folder, None
-
-    def start(self) -> redis.Redis:
-        self.proc = subprocess.Popen([services.redis_server_binary(), "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--dir", self.folder, "--appendonly", "yes", "--save", ""],
-                                     stdout=subprocess.DEVNULL)
-        client = redis.Redis(port=self.port)
-        for _ in range(200):
-            try:
-                client.ping()
-                return client
-            except redis.ConnectionError:
-                time.sleep(0.05)
-        raise RuntimeError("the benchmark's Redis did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(30)
-
-
 def finished(client: redis.Redis, ids: list[str]) -> int:
     done = 0
     for i in range(0, len(ids), 1000):
@@ -63,7 +41,7 @@ def finished(client: redis.Redis, ids: list[str]) -> int:
 
 def one_round(system: str, n: int, log_dir: Path) -> int:
     with tempfile.TemporaryDirectory() as folder:
-        own = OwnRedis(folder)
+        own = OwnRedis(folder, "--appendonly", "yes")
         client = own.start()
         url = f"redis://127.0.0.1:{own.port}/0"
         env = bench_env(REDIS_URL=url, BENCH_REDIS_URL=url, VOKAFLOW_VISIBILITY_TIMEOUT=VISIBILITY,
