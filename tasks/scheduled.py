@@ -31,7 +31,7 @@ from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from vokaflow.transport import BODY_BYTES, outline_all, unacked_record
+from vokaflow.transport import BODY_BYTES, FIELD_LUA, outline_all, unacked_record
 
 SCHEDULE_AFTER = 1.0  # seconds: a task due sooner goes straight to its queue
 LOOKAHEAD = 0.5  # seconds: what is due this soon is moved now (the worker waits for the eta)
@@ -39,32 +39,31 @@ BATCH = 500  # messages moved per set per call: bounds how long one script holds
 
 # KEYS: the scheduled sets. ARGV: now, lookahead, batch, revoked set, bell key prefix, pending key
 # prefix, body key prefix, the property that marks a message whose body waits in its own key.
-# Queue, bell and pending keys are named inside the script (read from each message): VokaFlow
-# runs on one Redis primary, never a cluster. The bell is transport.ring's XADD, written here.
-MOVE_DUE = """
+# Queue, bell, pending and body keys are named inside the script (read from each message):
+# VokaFlow runs on one Redis primary or Sentinel, not yet a cluster. The bell is transport.ring's
+# XADD, written here. No message is decoded: its queue, id, owner and delivery tag are read by
+# substring search, as the fetch script reads its fields (transport.FIELD_LUA).
+MOVE_DUE = FIELD_LUA + """
 local now = tonumber(ARGV[1])
+local whole = 0  -- the window: search the whole message
 local moved = 0
 for _, set in ipairs(KEYS) do
   local due = redis.call('ZRANGEBYSCORE', set, '-inf', now + tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[3]))
   local bells = {}
   for _, item in ipairs(due) do
     redis.call('ZREM', set, item)
-    local ok, message = pcall(cjson.decode, item)
-    local headers = ok and type(message) == 'table' and message['headers']
-    local props = ok and type(message) == 'table' and message['properties']
-    local info = type(props) == 'table' and props['delivery_info']
-    local queue = type(info) == 'table' and info['routing_key']
-    local id = type(headers) == 'table' and headers['id']
-    if type(queue) == 'string' and type(id) == 'string' then
+    local queue = field(item, '"routing_key": "', whole)
+    local id = field(item, '"id": "', whole)
+    if queue and id then
       local revoked_until = redis.call('ZSCORE', ARGV[4], id)
       if revoked_until and tonumber(revoked_until) > now then
-        local owner = headers['vokaflow_owner']  -- the user's id: a JSON number (a string in older messages)
-        if type(owner) == 'number' then owner = string.format('%d', owner) end
-        if type(owner) == 'string' then redis.call('ZREM', ARGV[6] .. owner, id) end
+        -- the user's id: a JSON number (a string in older messages)
+        local _, e = find(item, '"vokaflow_owner": ', 1, true)
+        local owner = e and string.match(item, '^"?(%d+)', e + 1)
+        if owner then redis.call('ZREM', ARGV[6] .. owner, id) end
         -- a large message's body, kept in its own key (transport.outline), goes with it
-        if props[ARGV[8]] ~= nil and type(props['delivery_tag']) == 'string' then
-          redis.call('DEL', ARGV[7] .. props['delivery_tag'])
-        end
+        local tag = field(item, '"delivery_tag": "', whole)
+        if tag and find(item, '"' .. ARGV[8] .. '": ', 1, true) then redis.call('DEL', ARGV[7] .. tag) end
       else
         redis.call('LPUSH', queue, item)
         bells[ARGV[5] .. string.match(queue, '^[^.]+')] = true

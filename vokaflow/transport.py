@@ -56,6 +56,20 @@ BODY_BYTES = "vokaflow_body_bytes"  # property of a message whose body waits in 
 BODY_CHUNK = 256 * 1024  # bytes of such a body read per command
 HEADERS_WINDOW = 8192
 
+# A string field of a kombu message read without decoding it (see the fetch script below): the
+# text between `name` (`"key": "`) and the next quote, searched first in the last `window` bytes,
+# then in the whole message; nil when absent.
+FIELD_LUA = """
+local find, sub = string.find, string.sub
+local function field(item, name, window)
+  local _, e = find(item, name, -window, true)
+  if not e and window < #item then _, e = find(item, name, 1, true) end
+  if not e then return nil end
+  local close = find(item, '"', e + 1, true)
+  return close and sub(item, e + 1, close - 1)
+end
+"""
+
 # KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
 # ARGV: queue count, now, level count, the size of each level, most messages to look at per
 #       queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
@@ -81,16 +95,9 @@ HEADERS_WINDOW = 8192
 # QoS.restore_by_tag and unacked_record() read both forms; a bare record goes back to the queue
 # its delivery_info names, as kombu's would. Scores in the unacked index are whole seconds
 # (rounded up): a fraction costs a printf per entry, and the visibility timeout counts seconds.
-# Result keys travel as ARGV: fine for a single primary or Sentinel.
-_FETCH = STORE_LUA + """
-local find, sub = string.find, string.sub
-local function field(item, name, window)
-  local _, e = find(item, name, -window, true)
-  if not e and window < #item then _, e = find(item, name, 1, true) end
-  if not e then return nil end
-  local close = find(item, '"', e + 1, true)
-  return close and sub(item, e + 1, close - 1)
-end
+# Result, quota and body keys travel as ARGV: fine for a single primary or Sentinel, not yet for
+# Redis Cluster.
+_FETCH = STORE_LUA + FIELD_LUA + """
 local p = 3
 local levels = {}
 for l = 1, tonumber(ARGV[p]) do levels[l] = tonumber(ARGV[p + l]) end
