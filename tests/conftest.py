@@ -295,3 +295,48 @@ def pings(client) -> bool:
         return client.ping()
     except redis.ConnectionError:
         return False
+
+
+class Cluster:
+    """A Redis Cluster of the suite's own: 3 primaries, 3 replicas (scripts/cluster.py)."""
+
+    def __init__(self, ports: list[int], procs: list[subprocess.Popen]):
+        from scripts.cluster import url_for
+
+        self.ports, self.procs, self.url = ports, procs, url_for(ports)
+
+    def client(self):
+        from vokaflow.redis_connect import cluster_client
+
+        return cluster_client(self.url)
+
+    def primaries(self) -> list[redis.Redis]:
+        nodes = [redis.Redis(port=p) for p in self.ports]
+        return [n for n in nodes if n.execute_command("ROLE")[0] == b"master"]
+
+    def flush(self) -> None:
+        for node in self.primaries():
+            node.flushall()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory):
+    """Started once for the suite on VOKAFLOW_TEST_CLUSTER_PORTS (7100-7105), never a cluster
+    someone else runs: a cluster has no SELECT, so the suite isolates itself with processes of
+    its own, which it empties between tests and stops at the end."""
+    import shutil
+
+    from scripts.cluster import cluster_ok, parse_ports, start, stop
+
+    if not (shutil.which("redis-server") and shutil.which("redis-cli")):
+        (pytest.fail if os.environ.get("CI") else pytest.skip)("the cluster tests need redis-server and redis-cli 7+")
+    ports = parse_ports(os.environ.get("VOKAFLOW_TEST_CLUSTER_PORTS", "7100-7105"))
+    procs = [] if cluster_ok(ports) else start(ports, tmp_path_factory.mktemp("cluster"), appendonly=False)
+    yield Cluster(ports, procs)
+    stop(procs)
+
+
+@pytest.fixture
+def cluster(redis_cluster):
+    redis_cluster.flush()
+    return redis_cluster

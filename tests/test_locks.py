@@ -16,9 +16,14 @@ from vokaflow import locks
 BASE = "/api/high-scale-tasks"
 
 
-@pytest.fixture
-def client(redis_client):
-    return redis_client
+@pytest.fixture(params=["redis", "cluster"])
+def client(request, redis_client, settings):
+    """The lock tests run on one Redis and on a real Redis Cluster (the processes they spawn too)."""
+    if request.param == "redis":
+        return redis_client
+    cluster = request.getfixturevalue("cluster")
+    settings.REDIS_URL = cluster.url  # worker_env() hands it to the spawned processes
+    return cluster.client()
 
 
 def spawn(code: str) -> subprocess.Popen:
@@ -98,7 +103,7 @@ def test_the_value_records_owner_and_times(client):
     assert info["owner"] == "billing-7" and "token" not in info
     assert info["expires_at"] - info["acquired_at"] == pytest.approx(30, abs=0.01)
     assert info["fencing_token"] == lease.fencing_token
-    assert client.pttl("vokaflow:lock:ledger") > 29_000
+    assert client.pttl(locks.names("ledger", client)[0]) > 29_000
 
 
 def test_the_watchdog_keeps_a_lock_alive_past_its_ttl(client):
@@ -124,7 +129,7 @@ with locks.RedisLock("crashy", ttl=1.0, watchdog=True):
     os.killpg(holder.pid, signal.SIGKILL)
     holder.wait()
     # Nothing extends it any more: what is left of its life is at most one TTL.
-    assert 0 < client.pttl("vokaflow:lock:crashy") <= 1000
+    assert 0 < client.pttl(locks.names("crashy", client)[0]) <= 1000
     wait_for(lambda: locks.holder("crashy", client=client) is None, 5, 0.02, "the lock to free")
 
 

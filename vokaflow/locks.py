@@ -37,7 +37,7 @@ import redis
 
 from vokaflow.core import keys
 from vokaflow.core.errors import Conflict, NotFound
-from vokaflow.redis_connect import client_from_url
+from vokaflow.redis_connect import client_from_url, is_cluster_client
 
 POLL_START, POLL_MAX = 0.001, 0.016  # seconds between tries while a wait is young
 POLL_PHASE = 0.1  # seconds of polling before a waiter subscribes to the release message
@@ -183,6 +183,11 @@ def fence_ttl_ms() -> int:
     return int(float(os.environ.get("VOKAFLOW_FENCE_TTL") or DEFAULT_FENCE_TTL) * 1000)
 
 
+def names(key: str, client: redis.Redis) -> tuple[str, str]:
+    """The Redis names of lock `key` and of its fencing counter on `client`'s layout."""
+    return keys.lock_keys(_check_key(key), is_cluster_client(client))
+
+
 def _check_key(key: str) -> str:
     if not isinstance(key, str) or not key or len(key) > 200:
         raise ValueError("a lock key must be a non-empty string of at most 200 characters")
@@ -196,7 +201,7 @@ def try_acquire(key: str, ttl: float, *, owner: str | None = None,
     ttl_ms = max(1, int(ttl * 1000))
     token = os.urandom(16).hex()
     owner = owner or default_owner()
-    result = _scripts_for(client).acquire(keys=[keys.LOCK + _check_key(key), keys.FENCE + key],
+    result = _scripts_for(client).acquire(keys=list(names(key, client)),
                                           args=[token, ttl_ms, owner, fence_ttl_ms()])
     if result[0] == 1:
         return Lease(key, token, owner, int(result[1]), result[2] / 1000, result[3] / 1000), None, 0.0
@@ -246,7 +251,7 @@ def acquire(key: str, ttl: float = 30.0, *, wait: float = 0.0, owner: str | None
 def release(lease: Lease, *, client: redis.Redis | None = None) -> None:
     """Release a lease; LockLost when it is no longer ours (expired, maybe held by another)."""
     client = client_for(client)
-    outcome = _scripts_for(client).release(keys=[keys.LOCK + lease.key],
+    outcome = _scripts_for(client).release(keys=[names(lease.key, client)[0]],
                                            args=[lease.token, keys.LOCK_RELEASED + lease.key])
     if outcome != 1:
         raise LockLost(lease.key, holder(lease.key, client=client))
@@ -255,7 +260,7 @@ def release(lease: Lease, *, client: redis.Redis | None = None) -> None:
 def release_by_token(key: str, token: str, *, client: redis.Redis | None = None) -> None:
     """Release `key` if `token` holds it; LockLost when another token does, LockNotHeld when nobody does."""
     client = client_for(client)
-    outcome = int(_scripts_for(client).release(keys=[keys.LOCK + _check_key(key)],
+    outcome = int(_scripts_for(client).release(keys=[names(key, client)[0]],
                                                args=[token, keys.LOCK_RELEASED + key]))
     if outcome == 0:
         raise LockLost(key, holder(key, client=client))
@@ -270,7 +275,7 @@ def extend(lease: Lease, ttl: float, *, client: redis.Redis | None = None) -> Le
 
 def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | None = None) -> Lease:
     client = client_for(client)
-    result = _scripts_for(client).extend(keys=[keys.LOCK + _check_key(key), keys.FENCE + key],
+    result = _scripts_for(client).extend(keys=list(names(key, client)),
                                          args=[token, max(1, int(ttl * 1000)), fence_ttl_ms()])
     if result[0] != 1:
         raise LockLost(key, holder(key, client=client))
@@ -279,7 +284,8 @@ def extend_by_token(key: str, token: str, ttl: float, *, client: redis.Redis | N
 
 def holder(key: str, *, client: redis.Redis | None = None) -> dict | None:
     """Who holds `key` and until when (epoch seconds), without the token; None when free."""
-    raw = client_for(client).get(keys.LOCK + _check_key(key))
+    client = client_for(client)
+    raw = client.get(names(key, client)[0])
     return None if raw is None else _record(raw)
 
 

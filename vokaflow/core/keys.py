@@ -1,4 +1,10 @@
-"""Every Redis key name VokaFlow writes, in one place (`redis-cli --scan --pattern 'vokaflow:*'`)."""
+"""Every Redis key name VokaFlow writes, in one place (`redis-cli --scan --pattern 'vokaflow:*'`).
+
+The rule every script, MULTI and multi-key command follows, on one Redis as on a cluster: each
+key it touches is passed in KEYS (never built inside a script), and on a Redis Cluster all of
+them share one hash tag, so they share a slot (vokaflow.core.slots has the layout). On a single
+Redis or Sentinel the names below are used as they are.
+"""
 
 PREFIX = "vokaflow:"
 
@@ -22,7 +28,7 @@ SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: me
 # Dead letters waiting for the database
 DLQ_PENDING = PREFIX + "dlq:pending"
 
-# Locks
+# Locks (lock_keys: on a cluster the lock and its counter are tagged with the lock's key)
 LOCK = PREFIX + "lock:"  # + key
 FENCE = PREFIX + "fence:"  # + key: the fencing counter
 LOCK_RELEASED = PREFIX + "lock-released:"  # + key: pub/sub channel a waiter listens on
@@ -42,3 +48,11 @@ LOGIN_FAILURES_ADDRESS = PREFIX + "login-failures:addr:{}"  # client address →
 
 # Django's cache (throttling)
 CACHE_PREFIX = PREFIX + "cache"
+
+
+def lock_keys(key: str, cluster: bool) -> tuple[str, str]:
+    """(lock, fencing counter) of lock `key`. On a cluster both carry the hash tag ``{key}``: the
+    acquire script touches both (a ``}`` inside the key ends the tag early, for both alike)."""
+    part = "{" + key + "}" if cluster else key
+    return LOCK + part, FENCE + part
+

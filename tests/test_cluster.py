@@ -1,0 +1,90 @@
+"""Redis Cluster: the layout of keys over slots, URLs, and a real cluster of six redis-server
+processes (tests/conftest.py's redis_cluster)."""
+
+from __future__ import annotations
+
+import subprocess
+
+import pytest
+import redis
+
+from vokaflow.core.slots import SLOTS, key_slot, partition_tag, task_id_for, task_tag
+from vokaflow.redis_connect import BadRedisUrl, cluster_client, cluster_nodes, redacted_url
+
+# The slots `redis-cli --cluster create` gives 3 primaries.
+THIRDS = [range(0, 5461), range(5461, 10923), range(10923, SLOTS)]
+
+
+def per_primary(partitions: int) -> list[int]:
+    slots = [key_slot(partition_tag(p, partitions)) for p in range(partitions)]
+    return [sum(slot in third for slot in slots) for third in THIRDS]
+
+
+def test_key_slots_are_redis_clusters_own(cluster):
+    node = cluster.primaries()[0]
+    for key in ["cpu.high.p3", "cpu.high.p3{a1f0}", "x{}y", "{}{a}", "a{b}c{d}", "é{ü}"]:
+        assert key_slot(key) == node.cluster("keyslot", key), key
+
+
+def test_partitions_of_a_type_spread_over_three_primaries():
+    assert per_primary(8) == [3, 2, 3]  # no primary holds more than 3 of the default 8
+    assert per_primary(12) == [4, 4, 4]
+    assert max(per_primary(24)) == 8
+    assert len({partition_tag(p, 8) for p in range(8)}) == 8
+
+
+def test_a_task_id_carries_its_partitions_tag_and_stays_a_uuid():
+    import uuid
+
+    tag = partition_tag(3, 8)
+    task_id = task_id_for(tag)
+    assert task_tag(task_id) == tag and str(uuid.UUID(task_id)) == task_id
+    assert task_tag("not-hex-id") == "not-hex-id"  # an id from elsewhere: a slot of its own
+
+
+def test_cluster_urls_name_every_node_with_password_and_tls():
+    nodes, user, password, tls = cluster_nodes("redisclusters://app:s%3Acret@a:7000,b:7001,c/")
+    assert nodes == [("a", 7000), ("b", 7001), ("c", 6379)] and (user, password, tls) == ("app", "s:cret", True)
+    assert redacted_url("rediscluster://:pw@a:7000,b:7001/") == "rediscluster://***@a:7000,b:7001/"
+    with pytest.raises(BadRedisUrl, match="names no node"):
+        cluster_nodes("rediscluster:///")
+    with pytest.raises(BadRedisUrl, match="is not host:port"):
+        cluster_nodes("rediscluster://a:notaport/")
+
+
+def test_a_cluster_url_finds_every_primary_from_any_one_node(cluster):
+    client = cluster_client(f"rediscluster://127.0.0.1:{cluster.ports[4]}/")
+    assert len(client.get_primaries()) == 3 and len(client.get_replicas()) == 3
+    client.set("hello", "cluster")
+    assert client.get("hello") == b"cluster"
+
+
+def test_a_url_that_is_no_cluster_or_does_not_answer_says_which_and_why(redis_client, cluster):
+    from django.conf import settings
+
+    port = redis_client.connection_pool.connection_kwargs["port"]
+    with pytest.raises(BadRedisUrl, match=rf"rediscluster://\*\*\*@127.0.0.1:{port}/ cannot be used: it is not a "
+                                          "Redis Cluster") as caught:
+        cluster_client(f"rediscluster://:hunter2@127.0.0.1:{port}/")
+    assert "hunter2" not in str(caught.value) and "\n" not in str(caught.value)
+    with pytest.raises(BadRedisUrl, match="rediscluster://127.0.0.1:1/ cannot be used"):
+        cluster_client("rediscluster://127.0.0.1:1/", timeout=0.5)
+    assert settings.REDIS_URL  # the suite's single Redis is untouched
+
+
+def test_the_clusters_own_check_is_clean(cluster):
+    check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{cluster.ports[0]}"],
+                           capture_output=True, text=True, timeout=30)
+    assert check.returncode == 0 and "[OK] All 16384 slots covered." in check.stdout, check.stdout
+
+
+def test_one_script_may_touch_only_one_slot(cluster):
+    """Why every key set a script touches shares a hash tag."""
+    client = cluster.client()
+    tag = partition_tag(0, 8)
+    assert client.eval("return redis.call('SET', KEYS[1], 1) and redis.call('SET', KEYS[2], 2)", 2,
+                       f"a{{{tag}}}", f"b{{{tag}}}") is not None
+    owner = client.get_node_from_key("a")
+    node = redis.Redis(host=owner.host, port=owner.port)
+    with pytest.raises(redis.ResponseError, match="same slot"):  # Redis itself refuses it (CROSSSLOT)
+        node.eval("return 1", 2, "a", "b{x}")
