@@ -86,8 +86,8 @@ def clear(client: redis.Redis) -> None:
     client.flushdb()
 
 
-def start(argv: list[str], env: dict, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
+def start(argv: list[str], env: dict, log: Path, cwd: Path = ROOT) -> subprocess.Popen:
+    return subprocess.Popen(argv, cwd=cwd, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT,
                             start_new_session=True)
 
 

@@ -1,6 +1,11 @@
 """End-to-end no-op throughput: VokaFlow against plain Celery (and Dramatiq), same Redis, same run.
 
     .venv/bin/python bench/throughput.py --tasks 20000 --rounds 3 --bulk-enqueue --k1
+    .venv/bin/python bench/throughput.py --root /tmp/before --root . --layouts make-run --rounds 5 --no-dramatiq
+
+With several --root, VokaFlow runs from each checkout in turn (code before/after: `vokaflow@0`,
+`vokaflow@1`, ...) beside plain Celery, alternating, and the ratio of each to the first is shown
+per round.
 
 For each worker layout, N no-op tasks are enqueued (VokaFlow with submit_task, plain Celery
 with .delay(), Dramatiq with .send(); --bulk-enqueue: VokaFlow's batch API and copies of a
@@ -15,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -52,12 +58,17 @@ BULK = {
 }
 
 
-def enqueue(system: str, n: int, bulk: bool = False) -> float:
+def base(system: str) -> str:
+    """`vokaflow-k1`, `vokaflow@1` → vokaflow."""
+    return re.split("[-@]", system)[0]
+
+
+def enqueue(system: str, n: int, bulk: bool = False, root: Path = ROOT) -> float:
     """Enqueue n no-ops in a fresh interpreter; returns tasks/s of the enqueue itself."""
-    system = system.split("-")[0]
+    system = base(system)
     if bulk and system in BULK:
         code = f"N = {n}\n" + BULK[system] + "print(time.perf_counter() - started)\n"
-        out = __import__("subprocess").run([python(), "-c", code], cwd=ROOT, env=bench_env(), capture_output=True,
+        out = __import__("subprocess").run([python(), "-c", code], cwd=root, env=bench_env(), capture_output=True,
                                            text=True, check=True)
         return n / float(out.stdout.strip().splitlines()[-1])
     code = {
@@ -68,13 +79,13 @@ def enqueue(system: str, n: int, bulk: bool = False) -> float:
     }[system]
     code += (f"import time\nstarted = time.perf_counter()\nfor _ in range({n}): f()\n"
              "print(time.perf_counter() - started)\n")
-    out = __import__("subprocess").run([python(), "-c", code], cwd=ROOT, env=bench_env(), capture_output=True,
+    out = __import__("subprocess").run([python(), "-c", code], cwd=root, env=bench_env(), capture_output=True,
                                        text=True, check=True)
     return n / float(out.stdout.strip().splitlines()[-1])
 
 
 def depth(client: redis.Redis, system: str) -> int:
-    system = system.split("-")[0]
+    system = base(system)
     with client.pipeline(transaction=False) as pipe:
         if system == "vokaflow":
             for queue in VOKAFLOW_QUEUES:
@@ -91,20 +102,21 @@ def depth(client: redis.Redis, system: str) -> int:
 def worker_commands(system: str, layout: dict) -> list[list[str]]:
     if system == "dramatiq":
         return [[python(), "-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8"]]
-    base = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
-            "celery": ["-A", "bench.plain_celery", "worker", "-Q", "plain"]}[system.split("-")[0]]
-    return [[python(), "-m", "celery", *base, "-P", layout["pool"], "-c", str(layout["concurrency"]),
-             "-n", f"{system}{i}@%h", "-l", layout.get("loglevel", "WARNING"), "--without-mingle", "--without-gossip",
+    app = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
+           "celery": ["-A", "bench.plain_celery", "worker", "-Q", "plain"]}[base(system)]
+    return [[python(), "-m", "celery", *app, "-P", layout["pool"], "-c", str(layout["concurrency"]),
+             "-n", f"{system.replace('@', '-')}{i}@%h", "-l", layout.get("loglevel", "WARNING"), "--without-mingle", "--without-gossip",
              "--without-heartbeat"]
             for i in range(layout["processes"])]
 
 
-def drain(system: str, layout: dict, n: int, log_dir: Path, env: dict | None = None, bulk: bool = False) -> dict:
+def drain(system: str, layout: dict, n: int, log_dir: Path, env: dict | None = None, bulk: bool = False,
+          root: Path = ROOT) -> dict:
     client = redis.Redis.from_url(bench_redis_url())
     clear(client)
-    enqueue_rate = enqueue(system, n, bulk)
+    enqueue_rate = enqueue(system, n, bulk, root)
     assert depth(client, system) == n, f"{system}: expected {n} queued, found {depth(client, system)}"
-    procs = [start(argv, env or bench_env(), log_dir / f"{system}-{i}.log")
+    procs = [start(argv, env or bench_env(), log_dir / f"{system}-{i}.log", root)
              for i, argv in enumerate(worker_commands(system, layout))]
     try:
         deadline = time.monotonic() + 120
@@ -133,16 +145,21 @@ def main() -> None:
     parser.add_argument("--bulk-enqueue", action="store_true",
                         help="enqueue in bulk (faster on a busy machine; the enqueue rate is then not per call)")
     parser.add_argument("--k1", action="store_true", help="also run VokaFlow with one task per fetch")
+    parser.add_argument("--root", type=Path, action="append",
+                        help="a checkout to run VokaFlow from (repeat: code before and after, alternating)")
     args = parser.parse_args()
+    roots = [r.resolve() for r in args.root] if args.root else [ROOT]
+    labels = [f"vokaflow@{i}" for i in range(len(roots))] if len(roots) > 1 else ["vokaflow"]
     log_dir = ROOT / "bench" / "results" / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, list[dict]]] = {}
     for round_no in range(args.rounds):
         for name in args.layouts.split(","):
-            order = ["vokaflow", "celery"] + (["vokaflow-k1"] if args.k1 else [])
+            order = [*labels, "celery"] + (["vokaflow-k1"] if args.k1 else [])
             for system in (order if round_no % 2 == 0 else order[::-1]):
                 env = bench_env(**VARIANTS[system]) if system in VARIANTS else None
-                outcome = drain(system, LAYOUTS[name], args.tasks, log_dir, env, args.bulk_enqueue)
+                root = roots[int(system.split("@")[1])] if "@" in system else roots[-1]
+                outcome = drain(system, LAYOUTS[name], args.tasks, log_dir, env, args.bulk_enqueue, root)
                 results.setdefault(name, {}).setdefault(system, []).append(outcome)
                 print(f"round {round_no + 1} {name:<12} {system:<9} drain {outcome['drain_per_s']:7.0f}/s  "
                       f"enqueue {outcome['enqueue_per_s']:7.0f}/s", flush=True)
@@ -166,6 +183,13 @@ def main() -> None:
             per_round = [v["drain_per_s"] / c["drain_per_s"] for v, c in zip(systems["vokaflow"], systems["celery"],
                                                                              strict=False)]
             print(f"  {'':<12} vokaflow/celery per round: {', '.join(f'{r:.2f}' for r in per_round)}")
+        first = labels[0]
+        for label in labels[1:]:
+            per_round = [b["drain_per_s"] / a["drain_per_s"] for a, b in zip(systems[first], systems[label],
+                                                                             strict=False)]
+            ratio = summary[name][label]["drain_per_s"] / summary[name][first]["drain_per_s"]
+            print(f"  {'':<12} {label}/{first} per round: {', '.join(f'{r:.3f}' for r in per_round)}  "
+                  f"ratio of medians {ratio:.3f}")
     celery_best = max(v["celery"]["drain_per_s"] for v in summary.values() if "celery" in v)
     if "dramatiq-2x8" in summary:
         dramatiq = summary["dramatiq-2x8"]["dramatiq"]["drain_per_s"]

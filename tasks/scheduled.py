@@ -4,9 +4,9 @@ A message that sat in a worker's memory (Celery's eta handling) longer than the 
 timeout was handed to a second worker and ran twice. Now a task due more than SCHEDULE_AFTER
 seconds from now is written, in the enqueue's MULTI, to the sorted set
 `vokaflow:scheduled:<type>` (member: the message, score: when it is due). Every worker
-(workers.scheduler) runs MOVE_DUE about once a second: one Lua script takes what is due within
-LOOKAHEAD seconds, LPUSHes each message to the queue named in it and rings that type's bell, and
-removes it from the set, so several workers polling at once never move a message twice. A
+(workers.scheduler) runs move_due about once a second: it reads what is due within LOOKAHEAD
+seconds, and one Lua script removes each message from the set, LPUSHes it to the queue named in
+it and rings that type's bell, so several workers polling at once never move a message twice. A
 message moved early still carries its eta, which the worker waits for (at most LOOKAHEAD).
 
 The console's Scheduled page lists both kinds of waiting task: those in these sets, and those a
@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import heapq
 import json
+import logging
 import re
 import time
 from dataclasses import dataclass
@@ -31,50 +32,44 @@ from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from vokaflow.transport import BODY_BYTES, FIELD_LUA, outline_all, unacked_record
+from vokaflow.transport import BODY_BYTES, bell_key, outline_all, unacked_record
+
+logger = logging.getLogger(__name__)
 
 SCHEDULE_AFTER = 1.0  # seconds: a task due sooner goes straight to its queue
 LOOKAHEAD = 0.5  # seconds: what is due this soon is moved now (the worker waits for the eta)
-BATCH = 500  # messages moved per set per call: bounds how long one script holds Redis
+BATCH = 500  # due messages read per set per call
 
-# KEYS: the scheduled sets. ARGV: now, lookahead, batch, revoked set, bell key prefix, pending key
-# prefix, body key prefix, the property that marks a message whose body waits in its own key.
-# Queue, bell, pending and body keys are named inside the script (read from each message):
-# VokaFlow runs on one Redis primary or Sentinel, not yet a cluster. The bell is transport.ring's
-# XADD, written here. No message is decoded: its queue, id, owner and delivery tag are read by
-# substring search, as the fetch script reads its fields (transport.FIELD_LUA).
-MOVE_DUE = FIELD_LUA + """
+# Moving is two steps, so that every key the script touches is in KEYS (the rule that lets it run
+# on a Redis Cluster): the worker reads what is due (ZRANGEBYSCORE) and the queue, bell, quota
+# and body keys each message names; then the script moves each message whose ZREM succeeds (one
+# another worker moved meanwhile is skipped), so no message is moved twice and none is lost.
+# KEYS: the scheduled set, the revoked set, then the keys the messages name. ARGV: now, then per
+# message: the message, the index in KEYS of its queue (0: unreadable, dropped), of its bell, its
+# task id, the index of its owner's pending quota key (0: none) and of its body key (0: none).
+MOVE_DUE = """
 local now = tonumber(ARGV[1])
-local whole = 0  -- the window: search the whole message
-local moved = 0
-for _, set in ipairs(KEYS) do
-  local due = redis.call('ZRANGEBYSCORE', set, '-inf', now + tonumber(ARGV[2]), 'LIMIT', 0, tonumber(ARGV[3]))
-  local bells = {}
-  for _, item in ipairs(due) do
-    redis.call('ZREM', set, item)
-    local queue = field(item, '"routing_key": "', whole)
-    local id = field(item, '"id": "', whole)
-    if queue and id then
-      local revoked_until = redis.call('ZSCORE', ARGV[4], id)
-      if revoked_until and tonumber(revoked_until) > now then
-        -- the user's id: a JSON number (a string in older messages)
-        local _, e = find(item, '"vokaflow_owner": ', 1, true)
-        local owner = e and string.match(item, '^"?(%d+)', e + 1)
-        if owner then redis.call('ZREM', ARGV[6] .. owner, id) end
-        -- a large message's body, kept in its own key (transport.outline), goes with it
-        local tag = field(item, '"delivery_tag": "', whole)
-        if tag and find(item, '"' .. ARGV[8] .. '": ', 1, true) then redis.call('DEL', ARGV[7] .. tag) end
-      else
-        redis.call('LPUSH', queue, item)
-        bells[ARGV[5] .. string.match(queue, '^[^.]+')] = true
-        moved = moved + 1
-      end
+local moved, rung = 0, {}
+for i = 2, #ARGV, 6 do
+  local item, queue = ARGV[i], tonumber(ARGV[i + 1])
+  if redis.call('ZREM', KEYS[1], item) == 1 and queue > 0 then
+    local id = ARGV[i + 3]
+    local revoked_until = redis.call('ZSCORE', KEYS[2], id)
+    if revoked_until and tonumber(revoked_until) > now then
+      local pending, body = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
+      if pending > 0 then redis.call('ZREM', KEYS[pending], id) end
+      if body > 0 then redis.call('DEL', KEYS[body]) end
+    else
+      redis.call('LPUSH', KEYS[queue], item)
+      rung[tonumber(ARGV[i + 2])] = true
+      moved = moved + 1
     end
   end
-  for bell in pairs(bells) do redis.call('XADD', bell, 'MAXLEN', '=', 1, '*', 'm', 1) end
 end
+for bell in pairs(rung) do redis.call('XADD', KEYS[bell], 'MAXLEN', '=', 1, '*', 'm', 1) end
 return moved
 """
+CHUNK_BYTES = 256 * 1024  # of messages per script: bounds how long one call holds Redis
 
 
 def scheduled_keys() -> list[str]:
@@ -101,9 +96,60 @@ def move_due(r=None, now: float | None = None) -> int:
     script = _scripts.get(id(r))
     if script is None:
         script = _scripts[id(r)] = r.register_script(MOVE_DUE)
-    return script(keys=scheduled_keys(), args=[time.time() if now is None else now, LOOKAHEAD, BATCH, keys.REVOKED,
-                                              keys.BELL.format(""), keys.PENDING.format(""),
-                                              keys.BODY.format(""), BODY_BYTES])
+    now = time.time() if now is None else now
+    moved = 0
+    for key in scheduled_keys():
+        while True:  # BATCH at a time, until what is due is gone (moved here or by another worker)
+            due = r.zrangebyscore(key, "-inf", now + LOOKAHEAD, start=0, num=BATCH)
+            for chunk in _chunks(due):
+                names, args = _move_args(key, chunk)
+                moved += script(keys=names, args=[now, *args])
+            if len(due) < BATCH:
+                break
+    return moved
+
+
+def _chunks(messages: list[bytes]):
+    chunk, size = [], 0
+    for message in messages:
+        if chunk and size + len(message) > CHUNK_BYTES:
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(message)
+        size += len(message)
+    if chunk:
+        yield chunk
+
+
+def _move_args(scheduled_key: str, messages: list[bytes]) -> tuple[list[str], list]:
+    """MOVE_DUE's KEYS and per-message ARGV for these due messages of one scheduled set."""
+    names = [scheduled_key, keys.REVOKED]
+    index: dict[str, int] = {}
+
+    def at(name: str) -> int:
+        if name not in index:
+            names.append(name)
+            index[name] = len(names)
+        return index[name]
+
+    args: list = []
+    for raw in messages:
+        try:
+            message = json.loads(raw)
+            props, headers = message["properties"], message["headers"]
+            queue, task_id = props["delivery_info"]["routing_key"], headers["id"]
+            if not isinstance(queue, str) or not isinstance(task_id, str) or not queue:
+                raise TypeError("no queue or id")
+        except (ValueError, KeyError, TypeError) as exc:
+            logger.error("dropped a scheduled entry that is not a task message (%s): %r", exc, raw[:200])
+            args += [raw, 0, 0, "", 0, 0]
+            continue
+        owner = headers.get("vokaflow_owner")
+        tag = props.get("delivery_tag")
+        args += [raw, at(queue), at(bell_key(queue)), task_id,
+                 at(keys.PENDING.format(owner)) if owner is not None else 0,
+                 at(keys.BODY.format(tag)) if BODY_BYTES in props and isinstance(tag, str) else 0]
+    return names, args
 
 
 def scheduled_count() -> int:

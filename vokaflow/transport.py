@@ -70,11 +70,13 @@ local function field(item, name, window)
 end
 """
 
-# KEYS: unacked hash, unacked index, the queues (highest priority level first), then the bells.
-# ARGV: queue count, now, level count, the size of each level, most messages to look at per
-#       queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
-#       (key, value, ttl) triples, release count, (pending quota key, task id) pairs, body key
-#       count, the body keys of acknowledged large messages, then the delivery tags to acknowledge.
+# KEYS: unacked hash, unacked index, the queues (highest priority level first), the bells, then
+#       what the script carries: the result keys, the pending quota keys (one per release) and
+#       the body keys of acknowledged large messages. Every key it touches is in KEYS.
+# ARGV: queue count, bell count, now, level count, the size of each level, most messages to look
+#       at per queue, most bytes per batch, cost count, (task name, cost) pairs, result count,
+#       (value, ttl) pairs, release count, the released task ids, body key count, then the
+#       delivery tags to acknowledge.
 # Results are written before the acknowledgements are removed from `unacked`: acknowledged ⇒
 # stored. Each level is probed with one EXISTS; a batch comes from the first non-empty level
 # only, messages in queue order, as many as the budgets allow (expected run time and bytes; the
@@ -95,10 +97,10 @@ end
 # QoS.restore_by_tag and unacked_record() read both forms; a bare record goes back to the queue
 # its delivery_info names, as kombu's would. Scores in the unacked index are whole seconds
 # (rounded up): a fraction costs a printf per entry, and the visibility timeout counts seconds.
-# Result, quota and body keys travel as ARGV: fine for a single primary or Sentinel, not yet for
-# Redis Cluster.
 _FETCH = STORE_LUA + FIELD_LUA + """
-local p = 3
+local queues, bells = tonumber(ARGV[1]), tonumber(ARGV[2])
+local k = 3 + queues + bells  -- the first key of what the script carries
+local p = 4
 local levels = {}
 for l = 1, tonumber(ARGV[p]) do levels[l] = tonumber(ARGV[p + l]) end
 p = p + #levels + 1
@@ -107,15 +109,14 @@ local cost = {}
 for i = 1, tonumber(ARGV[p + 2]) do cost[ARGV[p + 1 + 2 * i]] = tonumber(ARGV[p + 2 + 2 * i]) end
 p = p + 3 + 2 * tonumber(ARGV[p + 2])
 local results = tonumber(ARGV[p])
-for i = 0, results - 1 do
-  store_unless_final(ARGV[p + 1 + 3 * i], ARGV[p + 2 + 3 * i], ARGV[p + 3 + 3 * i])
-end
-p = p + 1 + 3 * results
-for i = 1, tonumber(ARGV[p]) do redis.call('ZREM', ARGV[p + 2 * i - 1], ARGV[p + 2 * i]) end
-p = p + 1 + 2 * tonumber(ARGV[p])
+for i = 0, results - 1 do store_unless_final(KEYS[k + i], ARGV[p + 1 + 2 * i], ARGV[p + 2 + 2 * i]) end
+p, k = p + 1 + 2 * results, k + results
+local releases = tonumber(ARGV[p])
+for i = 1, releases do redis.call('ZREM', KEYS[k + i - 1], ARGV[p + i]) end
+p, k = p + 1 + releases, k + releases
 local bodies = tonumber(ARGV[p])
-if bodies > 0 then redis.call('DEL', unpack(ARGV, p + 1, p + bodies)) end
-p = p + 1 + bodies
+if bodies > 0 then redis.call('DEL', unpack(KEYS, k, k + bodies - 1)) end
+p = p + 1
 if p <= #ARGV then
   redis.call('ZREM', KEYS[2], unpack(ARGV, p))
   redis.call('HDEL', KEYS[1], unpack(ARGV, p))
@@ -141,7 +142,7 @@ for l = 1, #levels do
         local tag = field(item, '"delivery_tag": "', TAIL)
         local recorded = 0
         if tag then
-          zadd[#zadd + 1] = ARGV[2]
+          zadd[#zadd + 1] = ARGV[3]
           zadd[#zadd + 1] = tag
           hset[#hset + 1] = tag
           hset[#hset + 1] = item
@@ -164,7 +165,7 @@ for l = 1, #levels do
   first = last + 1
 end
 local seen = {'empty'}
-for i = tonumber(ARGV[1]) + 3, #KEYS do
+for i = queues + 3, queues + 2 + bells do
   local last = redis.call('XREVRANGE', KEYS[i], '+', '-', 'COUNT', '1')[1]
   seen[#seen + 1] = last and last[1] or '0-0'
 end
@@ -390,7 +391,7 @@ class ReliableFetch(_ChannelBase):
     _packed_keys: dict[str, bytes]
     _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
     _script_loaded = True
-    _layout_for: tuple = (None, [], [])  # (active queues, their bells, encoded level sizes)
+    _layout_for: tuple = (None, [], [])  # (active queues, their bells, encoded bell count and level sizes)
     _costs_for: tuple = (None, [])  # (durations.version, encoded limit and costs)
 
     def __init__(self, *args, **kwargs):
@@ -422,12 +423,14 @@ class ReliableFetch(_ChannelBase):
         return parts
 
     def _layout(self, queues) -> tuple[list[str], list[bytes]]:
-        """The bells of the active queues and the size of each priority level, in cycle order."""
+        """The bells of the active queues, then (encoded) their count, the number of priority
+        levels and the size of each, in cycle order."""
         active = frozenset(self.active_queues)
         if self._layout_for[0] != active:
             sizes = [len(list(group)) for _, group in itertools.groupby(queues, _level)]
-            self._layout_for = (active, sorted({bell_key(q) for q in active}),
-                                [_bulk(b"%d" % len(sizes)), *(_bulk(b"%d" % n) for n in sizes)])
+            bells = sorted({bell_key(q) for q in active})
+            self._layout_for = (active, bells, [_bulk(b"%d" % len(bells)), _bulk(b"%d" % len(sizes)),
+                                                *(_bulk(b"%d" % n) for n in sizes)])
         return self._layout_for[1], self._layout_for[2]
 
     def _cost_args(self) -> list[bytes]:
@@ -461,18 +464,16 @@ class ReliableFetch(_ChannelBase):
             self._body_keys.extendleft(reversed(bodies))
 
     @staticmethod
-    def _pending_values(results, releases, acks, bodies) -> list[bytes | str]:
+    def _pending_parts(results, releases, acks, bodies) -> tuple[list, list]:
+        """The keys and the values a fetch script carries: results, quota releases, bodies, acks."""
+        names = [key for key, _, _ in results] + [key for key, _ in releases] + bodies
         values: list[bytes | str] = [b"%d" % len(results)]
-        for key, value, ttl in results:
-            values += [key, value, b"%d" % ceil(ttl or 0)]
+        for _, value, ttl in results:
+            values += [value, b"%d" % ceil(ttl or 0)]
         values.append(b"%d" % len(releases))
-        for key, task_id in releases:
-            values += [key, task_id]
+        values += [task_id for _, task_id in releases]
         values.append(b"%d" % len(bodies))
-        return values + bodies + acks
-
-    def _pending_args(self, results, releases, acks, bodies) -> list[bytes]:
-        return [_bulk(value) for value in self._pending_values(results, releases, acks, bodies)]
+        return names, values + acks
 
     def drop_body(self, delivery_tag: str) -> None:
         """Delete the body of a large message that is gone for good without an acknowledgement."""
@@ -494,8 +495,9 @@ class ReliableFetch(_ChannelBase):
         pending = self._take_pending()
         if not any(pending):
             return
-        names = [self.unacked_key, self.unacked_index_key]
-        args = [0, 0, 0, 1, 0, 0, *self._pending_values(*pending)]
+        carried, values = self._pending_parts(*pending)
+        names = [self.unacked_key, self.unacked_index_key, *carried]
+        args = [0, 0, 0, 0, 1, 0, 0, *values]
         try:
             with self.conn_or_acquire(client) as conn:
                 try:
@@ -512,28 +514,29 @@ class ReliableFetch(_ChannelBase):
         queues = self._queue_cycle.items
         if not queues:
             return
-        bells, levels = self._layout(queues)
+        bells, layout = self._layout(queues)
         # Going to the idle wait with something pending: fetch again instead, carrying it.
         self._waiting_bell = self._bells_seen is not None and not self._has_pending()
         if self._waiting_bell:
             parts = self._wait_command(bells, self.brpop_timeout if timeout is None else timeout)
         else:
             consume_here()
-            parts = self._fetch_command(queues, bells, levels)
+            parts = self._fetch_command(queues, bells, layout)
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
         self.client.connection.send_packed_command([b"".join(parts)])
 
-    def _fetch_command(self, queues, bells, levels) -> list[bytes]:
-        keys = [self.unacked_key, self.unacked_index_key, *queues, *bells]
+    def _fetch_command(self, queues, bells, layout) -> list[bytes]:
+        keys = self._packed([self.unacked_key, self.unacked_index_key, *queues, *bells])
         self._sent = self._take_pending()
-        argv = [_bulk(b"%d" % len(queues)), _bulk(b"%d" % ceil(time())), *levels, *self._cost_args(),
-                *self._pending_args(*self._sent)]
+        carried, values = self._pending_parts(*self._sent)
+        keys += [_bulk(name) for name in carried]  # not cached: a result key is used once
+        argv = [_bulk(b"%d" % len(queues)), layout[0], _bulk(b"%d" % ceil(time())), *layout[1:],
+                *self._cost_args(), *(_bulk(value) for value in values)]
         script = [b"$7\r\nEVALSHA\r\n", _bulk(_FETCH_SHA)] if self._script_loaded \
             else [b"$4\r\nEVAL\r\n", _bulk(_FETCH)]
         self._script_loaded = True
-        return [b"*%d\r\n" % (len(keys) + len(argv) + 3), *script, _bulk(b"%d" % len(keys)),
-                *self._packed(keys), *argv]
+        return [b"*%d\r\n" % (len(keys) + len(argv) + 3), *script, _bulk(b"%d" % len(keys)), *keys, *argv]
 
     def _wait_command(self, bells, timeout) -> list[bytes]:
         seen = self._bells_seen or []

@@ -61,7 +61,7 @@ def test_large_tasks_come_one_per_fetch_and_small_ones_as_a_batch_within_the_byt
     costs = [8, int(2.5 * small_size), 1, "tests.measure", transport.BUDGET // 8]  # cap 8 a fetch, 2.5 smalls a batch
     sizes = []
     while True:
-        reply = redis_client.eval(transport._FETCH, len(keys_), *keys_, 8, 1, *levels, *costs, 0, 0, 0)
+        reply = redis_client.eval(transport._FETCH, len(keys_), *keys_, 8, 1, 1, *levels, *costs, 0, 0, 0)
         if reply[0] == b"empty":
             break
         sizes.append([len(reply[i + 1]) for i in range(1, len(reply), 3)])
@@ -78,7 +78,7 @@ def test_a_fetch_records_a_message_it_cannot_parse(redis_client):
     item = '{"body": "not json at all: {{{", "properties": {"delivery_tag": "tag-1"}}'
     redis_client.lpush(QUEUES[0], item)
     keys_ = ["unacked", "unacked_index", *QUEUES, transport.bell_key(QUEUES[0])]
-    reply = redis_client.eval(transport._FETCH, len(keys_), *keys_, 8, 1, 1, 8, 1, 1 << 20, 0, 0, 0, 0)
+    reply = redis_client.eval(transport._FETCH, len(keys_), *keys_, 8, 1, 1, 1, 8, 1, 1 << 20, 0, 0, 0, 0)
     assert reply[1:] == [QUEUES[0].encode(), item.encode(), 1]
     assert redis_client.hget("unacked", "tag-1") == item.encode()
 
