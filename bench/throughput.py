@@ -104,8 +104,9 @@ def worker_commands(system: str, layout: dict) -> list[list[str]]:
         return [[python(), "-m", "dramatiq", "bench.dramatiq_app", "-p", "2", "-t", "8"]]
     app = {"vokaflow": ["-A", "vokaflow", "worker", "--type", "general"],
            "celery": ["-A", "bench.plain_celery", "worker", "-Q", "plain"]}[base(system)]
+    name = system.replace("@", "-")
     return [[python(), "-m", "celery", *app, "-P", layout["pool"], "-c", str(layout["concurrency"]),
-             "-n", f"{system.replace('@', '-')}{i}@%h", "-l", layout.get("loglevel", "WARNING"), "--without-mingle", "--without-gossip",
+             "-n", f"{name}{i}@%h", "-l", layout.get("loglevel", "WARNING"), "--without-mingle", "--without-gossip",
              "--without-heartbeat"]
             for i in range(layout["processes"])]
 
