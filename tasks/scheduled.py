@@ -110,7 +110,8 @@ def move_due(r=None, now: float | None = None) -> int:
 
 
 def _chunks(messages: list[bytes]):
-    chunk, size = [], 0
+    chunk: list[bytes] = []
+    size = 0
     for message in messages:
         if chunk and size + len(message) > CHUNK_BYTES:
             yield chunk
