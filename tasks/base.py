@@ -71,7 +71,7 @@ class PlatformTask(Task):
 
         from vokaflow.redis import get_redis
 
-        key = keys.REDELIVERIES.format(task_id)
+        key = keys.task_key(keys.REDELIVERIES, task_id)
         with get_redis().pipeline() as pipe:
             pipe.incr(key)
             pipe.expire(key, settings.VOKAFLOW_RESULT_TTL)  # forgotten with the task's result

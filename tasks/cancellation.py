@@ -43,12 +43,12 @@ class TaskCancelled(Exception):
 
 def request_cancel(task_id: str, ttl: float, reason: str = REVOKED) -> None:
     """Ask a running task to stop (the flag outlives it by `ttl` seconds at most)."""
-    get_redis().set(keys.CANCEL.format(task_id), reason, ex=max(1, int(ttl)))
+    get_redis().set(keys.task_key(keys.CANCEL, task_id), reason, ex=max(1, int(ttl)))
 
 
 def cancel_requested(task_id: str) -> bool:
     """Whether a stop was asked for (one Redis call, no cache): for the API, not for loops."""
-    return bool(get_redis().exists(keys.CANCEL.format(task_id)))
+    return bool(get_redis().exists(keys.task_key(keys.CANCEL, task_id)))
 
 
 class _Seen(threading.local):
@@ -85,7 +85,7 @@ def _stop_reason(task_id: str | None) -> str | None:
         _seen.task_id, _seen.checked_at, _seen.reason = task_id, 0.0, None
     if _seen.reason is None and now - _seen.checked_at >= POLL_SECONDS:
         try:
-            raw = get_redis().get(keys.CANCEL.format(task_id))
+            raw = get_redis().get(keys.task_key(keys.CANCEL, task_id))
         except redis.RedisError:
             # Redis is away (restarting, unreachable): a stop that cannot be read is not a stop.
             # The task carries on and asks again at its next check; a task that did nothing wrong

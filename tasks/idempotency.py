@@ -20,11 +20,17 @@ from django.conf import settings
 from tasks.records import Submission, load_records
 from tasks.validation import TaskRequest
 from vokaflow.core import keys
+from vokaflow.core.slots import group_tag, tagged
 from vokaflow.redis_connect import as_text
 
 
-def idempotency_key(owner: int | None, key: str) -> str:
-    return keys.IDEMPOTENCY.format("system" if owner is None else int(owner), key)
+def idempotency_key(owner: int | None, key: str, partition: int = 0) -> str:
+    """The Redis key of an owner's idempotency key; on a cluster in the slot of the partition its
+    task goes to (a keyed task without a partition key is placed by its idempotency key, so a
+    repeat lands on the same partition: tasks.validation)."""
+    name = keys.IDEMPOTENCY.format("system" if owner is None else int(owner), key)
+    tag = group_tag(partition)
+    return tagged(tag) + name if tag else name
 
 
 @dataclass
@@ -42,14 +48,17 @@ def watch_idempotency_keys(pipe, requests: list[TaskRequest], owner: int | None)
     A key that names a task whose record is gone (expired, deleted) counts as free. A second
     request of the same batch with the same key repeats the first one of the batch (whose
     record is the batch's own: not in `firsts`)."""
-    keyed = [(req, idempotency_key(owner, req.idempotency_key)) for req in requests if req.idempotency_key]
+    keyed = [(req, idempotency_key(owner, req.idempotency_key, req.route.partition))
+             for req in requests if req.idempotency_key]
     look = KeyLook({}, {}, {})
     if not keyed:
         return look
     names = sorted({key for _, key in keyed})
     pipe.watch(*names)
-    held = {key: as_text(value) for key, value in zip(names, pipe.mget(names), strict=True) if value is not None}
-    look.firsts = load_records(pipe, set(held.values()))
+    # MGET by name: a cluster pipeline refuses its mget() even for keys of one slot
+    held = {key: as_text(value) for key, value in zip(names, pipe.execute_command("MGET", *names), strict=True)
+            if value is not None}
+    look.firsts = load_records(pipe, set(held.values()), one_slot=True)
     in_batch: dict[str, str] = {}  # key → task id of the batch's request that claims it
     for req, key in keyed:
         first = held.get(key)

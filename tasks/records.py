@@ -32,15 +32,18 @@ class Submission:
 
 
 def task_record(task_id: str) -> Submission | None:
-    raw = get_redis().get(keys.TASK_RECORD.format(task_id))
+    raw = get_redis().get(keys.task_key(keys.TASK_RECORD, task_id))
     return Submission(**json.loads(raw)) if raw else None
 
 
-def load_records(r, task_ids) -> dict[str, Submission]:
+def load_records(r, task_ids, *, one_slot: bool = False) -> dict[str, Submission]:
+    """The records of these tasks that exist. On a cluster they may lie on several slots, unless
+    `one_slot` (a watched look of one partition group: tasks.idempotency)."""
     task_ids = sorted(task_ids)
     if not task_ids:
         return {}
-    raws = r.mget([keys.TASK_RECORD.format(t) for t in task_ids])
+    names = [keys.task_key(keys.TASK_RECORD, t) for t in task_ids]
+    raws = r.mget_nonatomic(names) if keys.cluster_layout() and not one_slot else r.execute_command("MGET", *names)
     return {t: Submission(**json.loads(raw)) for t, raw in zip(task_ids, raws, strict=False) if raw is not None}
 
 
@@ -55,5 +58,6 @@ for i, key in ipairs(KEYS) do redis.call('SET', key, ARGV[i], 'EX', ttl) end
 def store_records(pipe, submissions: list[Submission], ttl: int) -> None:
     """Add to `pipe` the SET of each record. EVAL, not EVALSHA: a missing script inside MULTI
     would fail alone and leave the rest applied."""
-    record_keys = [keys.TASK_RECORD.format(sub.task_id) for sub in submissions]
-    pipe.eval(_STORE_RECORDS, len(record_keys), *record_keys, *(json.dumps(vars(s)) for s in submissions), ttl)
+    record_keys = [keys.task_key(keys.TASK_RECORD, sub.task_id) for sub in submissions]
+    pipe.execute_command("EVAL", _STORE_RECORDS, len(record_keys), *record_keys,  # a cluster pipeline has no eval()
+                         *(json.dumps(vars(s)) for s in submissions), ttl)

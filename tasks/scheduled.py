@@ -28,11 +28,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from django.conf import settings
+
 from vokaflow.core import keys
-from vokaflow.core.queues import parse_queue
+from vokaflow.core.queues import parse_queue, queue_tag
+from vokaflow.core.slots import group_tag
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from vokaflow.transport import BODY_BYTES, bell_key, outline_all, unacked_record
+from vokaflow.transport import BODY_BYTES, body_key, outline_all, ring, unacked_record
 
 logger = logging.getLogger(__name__)
 
@@ -40,40 +43,45 @@ SCHEDULE_AFTER = 1.0  # seconds: a task due sooner goes straight to its queue
 LOOKAHEAD = 0.5  # seconds: what is due this soon is moved now (the worker waits for the eta)
 BATCH = 500  # due messages read per set per call
 
-# Moving is two steps, so that every key the script touches is in KEYS (the rule that lets it run
-# on a Redis Cluster): the worker reads what is due (ZRANGEBYSCORE) and the queue, bell, quota
-# and body keys each message names; then the script moves each message whose ZREM succeeds (one
-# another worker moved meanwhile is skipped), so no message is moved twice and none is lost.
-# KEYS: the scheduled set, the revoked set, then the keys the messages name. ARGV: now, then per
-# message: the message, the index in KEYS of its queue (0: unreadable, dropped), of its bell, its
-# task id, the index of its owner's pending quota key (0: none) and of its body key (0: none).
+# Moving takes three steps, so that one script touches one slot (the rule that lets it run on a
+# Redis Cluster, where each partition group has its own scheduled set per type): the worker reads
+# what is due and which of those tasks are revoked; the script removes each message from the set
+# and, unless it is revoked, pushes it to its queue, only when its own ZREM succeeded (another
+# worker may have moved it meanwhile), so no message is moved twice and none is lost; then the
+# worker rings the bells of the queues it filled and frees the quota places of the revoked ones.
+# KEYS: the scheduled set, then the queues and body keys the messages name. ARGV: per message:
+# the message, the index in KEYS of its queue (0: dropped: revoked or unreadable), of its body key
+# (0: none). Returns, per message, 1 when it was pushed, 2 when it was dropped, 0 when another
+# worker took it.
 MOVE_DUE = """
-local now = tonumber(ARGV[1])
-local moved, rung = 0, {}
-for i = 2, #ARGV, 6 do
-  local item, queue = ARGV[i], tonumber(ARGV[i + 1])
-  if redis.call('ZREM', KEYS[1], item) == 1 and queue > 0 then
-    local id = ARGV[i + 3]
-    local revoked_until = redis.call('ZSCORE', KEYS[2], id)
-    if revoked_until and tonumber(revoked_until) > now then
-      local pending, body = tonumber(ARGV[i + 4]), tonumber(ARGV[i + 5])
-      if pending > 0 then redis.call('ZREM', KEYS[pending], id) end
-      if body > 0 then redis.call('DEL', KEYS[body]) end
+local out = {}
+for i = 1, #ARGV, 3 do
+  local state = 0
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
+    local queue, body = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
+    if queue > 0 then
+      redis.call('LPUSH', KEYS[queue], ARGV[i])
+      state = 1
     else
-      redis.call('LPUSH', KEYS[queue], item)
-      rung[tonumber(ARGV[i + 2])] = true
-      moved = moved + 1
+      if body > 0 then redis.call('DEL', KEYS[body]) end
+      state = 2
     end
   end
+  out[#out + 1] = state
 end
-for bell in pairs(rung) do redis.call('XADD', KEYS[bell], 'MAXLEN', '=', 1, '*', 'm', 1) end
-return moved
+return out
 """
 CHUNK_BYTES = 256 * 1024  # of messages per script: bounds how long one call holds Redis
 
 
+def scheduled_key(worker_type_short: str, partition: int) -> str:
+    """The sorted set a delayed task waits in: one per type, per partition group on a cluster."""
+    return keys.in_group(keys.SCHEDULED.format(worker_type_short), group_tag(partition))
+
+
 def scheduled_keys() -> list[str]:
-    return [keys.SCHEDULED.format(t.short) for t in WorkerType]
+    groups = range(settings.VOKAFLOW_PARTITIONS) if keys.cluster_layout() else [0]
+    return sorted({scheduled_key(t.short, p) for t in WorkerType for p in groups})
 
 
 def is_delayed(eta: datetime | None, now: float) -> bool:
@@ -81,10 +89,11 @@ def is_delayed(eta: datetime | None, now: float) -> bool:
 
 
 def schedule(pipe, delayed: dict[str, dict[str, float]]) -> None:
-    """Add to `pipe` the ZADD of each worker type's delayed messages ({type short: {message: due}});
-    a large message's body goes to its own key first (transport.outline)."""
-    for short, messages in delayed.items():
-        pipe.zadd(keys.SCHEDULED.format(short), dict(zip(outline_all(pipe, messages), messages.values(), strict=True)))
+    """Add to `pipe` the ZADD of delayed messages ({scheduled_key: {message: due}}); a large
+    message's body goes to its own key first (transport.outline), in the set's slot."""
+    for key, messages in delayed.items():
+        queued = outline_all(pipe, messages, queue_tag(key))
+        pipe.zadd(key, dict(zip(queued, messages.values(), strict=True)))
 
 
 _scripts: dict[int, Any] = {}  # a registered Script per client
@@ -102,8 +111,7 @@ def move_due(r=None, now: float | None = None) -> int:
         while True:  # BATCH at a time, until what is due is gone (moved here or by another worker)
             due = r.zrangebyscore(key, "-inf", now + LOOKAHEAD, start=0, num=BATCH)
             for chunk in _chunks(due):
-                names, args = _move_args(key, chunk)
-                moved += script(keys=names, args=[now, *args])
+                moved += _move(r, script, key, chunk, now)
             if len(due) < BATCH:
                 break
     return moved
@@ -122,9 +130,13 @@ def _chunks(messages: list[bytes]):
         yield chunk
 
 
-def _move_args(scheduled_key: str, messages: list[bytes]) -> tuple[list[str], list]:
-    """MOVE_DUE's KEYS and per-message ARGV for these due messages of one scheduled set."""
-    names = [scheduled_key, keys.REVOKED]
+def _move(r, script, scheduled: str, messages: list[bytes], now: float) -> int:
+    """One script's worth of due messages of one set; returns how many this call pushed."""
+    entries = [_entry(raw) for raw in messages]
+    ids = [entry[1] for entry in entries if entry]
+    revoked = {task_id for task_id, until in zip(ids, r.zmscore(keys.REVOKED, ids) if ids else [], strict=True)
+               if until is not None and until > now}
+    names = [scheduled]
     index: dict[str, int] = {}
 
     def at(name: str) -> int:
@@ -133,24 +145,40 @@ def _move_args(scheduled_key: str, messages: list[bytes]) -> tuple[list[str], li
             index[name] = len(names)
         return index[name]
 
+    group = queue_tag(scheduled)
     args: list = []
-    for raw in messages:
-        try:
-            message = json.loads(raw)
-            props, headers = message["properties"], message["headers"]
-            queue, task_id = props["delivery_info"]["routing_key"], headers["id"]
-            if not isinstance(queue, str) or not isinstance(task_id, str) or not queue:
-                raise TypeError("no queue or id")
-        except (ValueError, KeyError, TypeError) as exc:
-            logger.error("dropped a scheduled entry that is not a task message (%s): %r", exc, raw[:200])
-            args += [raw, 0, 0, "", 0, 0]
-            continue
-        owner = headers.get("vokaflow_owner")
-        tag = props.get("delivery_tag")
-        args += [raw, at(queue), at(bell_key(queue)), task_id,
-                 at(keys.PENDING.format(owner)) if owner is not None else 0,
-                 at(keys.BODY.format(tag)) if BODY_BYTES in props and isinstance(tag, str) else 0]
-    return names, args
+    for raw, entry in zip(messages, entries, strict=True):
+        if entry is None:
+            logger.error("dropped a scheduled entry that is not a task message: %r", raw[:200])
+            args += [raw, 0, 0]
+        else:
+            queue, task_id, _owner, body_tag = entry
+            args += [raw, 0 if task_id in revoked else at(queue), at(body_key(body_tag, group)) if body_tag else 0]
+    states = script(keys=names, args=args)
+    filled = {entry[0] for entry, state in zip(entries, states, strict=True) if entry and state == 1}
+    dropped = [entry for entry, state in zip(entries, states, strict=True) if entry and state == 2]
+    if filled or dropped:
+        with r.pipeline(transaction=False) as pipe:
+            ring(pipe, filled)
+            for _queue, task_id, owner, _tag in dropped:  # a revoked task's quota place is free again
+                if owner is not None:
+                    pipe.zrem(keys.PENDING.format(owner), task_id)
+            pipe.execute()
+    return sum(1 for state in states if state == 1)
+
+
+def _entry(raw: bytes) -> tuple[str, str, object, str | None] | None:
+    """(queue, task id, owner, delivery tag of an outlined body) of a scheduled message."""
+    try:
+        message = json.loads(raw)
+        props, headers = message["properties"], message["headers"]
+        queue, task_id = props["delivery_info"]["routing_key"], headers["id"]
+    except (ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(queue, str) or not isinstance(task_id, str) or not queue:
+        return None
+    tag = props.get("delivery_tag")
+    return queue, task_id, headers.get("vokaflow_owner"), tag if BODY_BYTES in props and isinstance(tag, str) else None
 
 
 def scheduled_count() -> int:

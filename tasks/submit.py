@@ -7,6 +7,7 @@ with idempotency keys first WATCHes and reads them).
 
 from __future__ import annotations
 
+import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
@@ -21,14 +22,18 @@ from tasks.idempotency import KeyLook, watch_idempotency_keys, write_claims
 from tasks.messages import encode_json, task_message
 from tasks.quota import release_pending, reserve_pending
 from tasks.records import Submission, store_records
-from tasks.scheduled import is_delayed, schedule
+from tasks.scheduled import is_delayed, schedule, scheduled_key
 from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payload
 from vokaflow.celery import app
+from vokaflow.core import keys
 from vokaflow.core.errors import Unavailable
 from vokaflow.core.queues import Route, partition_for
+from vokaflow.core.slots import group_tag
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import redacted_url
-from vokaflow.transport import publish
+from vokaflow.transport import publish, ring, woken
+
+logger = logging.getLogger(__name__)
 
 
 class BrokerUnavailable(Unavailable):
@@ -77,8 +82,64 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     BrokerUnavailable (nothing was enqueued) comes only from a failure before or during the
     push; once it succeeded the answer is built without Redis. Idempotency keys are written
     with the push and WATCHed from their read until then (tasks.idempotency): a key taken by a
-    concurrent submission meanwhile makes the push fail whole, and the keys are read again."""
+    concurrent submission meanwhile makes the push fail whole, and the keys are read again.
+
+    On a Redis Cluster each partition group (one slot: vokaflow.core.slots) is one such atomic
+    step, and a batch spread over several groups is several: when one fails after others were
+    applied, PartlyEnqueued (503) says which tasks were enqueued; a retry with the same
+    idempotency keys enqueues only the rest."""
     r = get_redis()
+    if not keys.cluster_layout():
+        return _enqueue_atomically(r, requests, owner, bells=True)[0]
+    groups: dict[str | None, list[TaskRequest]] = {}
+    for req in requests:
+        groups.setdefault(group_tag(req.route.partition), []).append(req)
+    answers: dict[str, Submission] = {}
+    filled: set[str] = set()
+    for group in groups.values():
+        try:
+            done, woken_queues = _enqueue_atomically(r, group, owner, bells=False)
+        except BrokerUnavailable as exc:
+            if not answers:
+                raise
+            raise PartlyEnqueued(requests, answers, exc) from exc
+        answers.update((req.task_id, answer) for req, answer in zip(group, done, strict=True))
+        filled |= woken_queues
+    _ring(r, filled)
+    return [answers[req.task_id] for req in requests]
+
+
+def _ring(r, queues: set[str]) -> None:
+    """Wake the idle consumers of queues that were empty; a bell that fails costs them at most
+    their idle wait (transport.ReliableFetch), never a task."""
+    if not queues:
+        return
+    try:
+        with r.pipeline(transaction=False) as pipe:
+            ring(pipe, queues)
+            pipe.execute()
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("could not ring the bells of %s: %s", ", ".join(sorted(queues)), exc)
+
+
+class PartlyEnqueued(BrokerUnavailable):
+    """A batch over several partition groups of a Redis Cluster, cut short by a failing shard:
+    `enqueued` lists the tasks that were (their answers), `not_enqueued` the indexes of the rest."""
+
+    def __init__(self, requests: list[TaskRequest], answers: dict[str, Submission], cause: Exception):
+        enqueued = [{"index": i, **answers[req.task_id].public()} for i, req in enumerate(requests)
+                    if req.task_id in answers]
+        missing = [i for i, req in enumerate(requests) if req.task_id not in answers]
+        super().__init__(f"{len(enqueued)} of {len(requests)} tasks were enqueued before a Redis Cluster shard "
+                         f"failed: {cause}. Retry the others (not_enqueued: their indexes in the batch); with "
+                         "idempotency keys a retry of the whole batch enqueues only those.",
+                         enqueued=enqueued, not_enqueued=missing)
+
+
+def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
+                        bells: bool) -> tuple[list[Submission], set[str]]:
+    """enqueue() of requests whose keys share one slot (all of them, on one Redis): their answers
+    and, without `bells`, the queues that were empty (their bells are the caller's to ring)."""
     now = datetime.now(UTC).isoformat()
     tried: tuple[KeyLook, dict[str, Submission]] | None = None  # the last push that ended in a WatchError
     for _ in range(ATTEMPTS):
@@ -87,7 +148,7 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
             with r.pipeline(transaction=True) as pipe:
                 look = watch_idempotency_keys(pipe, requests, owner)
                 if tried and any(look.repeats.get(task_id) == task_id for task_id in tried[1]):
-                    return _answers(requests, *tried)  # its EXEC was applied, only the reply was lost
+                    return _answers(requests, *tried), set()  # its EXEC was applied, only the reply was lost
                 fresh = [req for req in requests if req.task_id not in look.repeats]
                 # A request that names its owner (a dead letter's retry) is that user's task.
                 submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
@@ -95,7 +156,7 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
                 reserved = reserve_pending(r, owner, fresh)
                 attempt = (look, submissions)
                 try:
-                    _push(pipe, fresh, submissions, look.claims)
+                    filled = _push(pipe, fresh, submissions, look.claims, bells=bells)
                 except BaseException:
                     if reserved:
                         release_pending(r, owner, list(submissions))
@@ -109,7 +170,7 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable or refused "
                                     f"the tasks: {exc}. Nothing was enqueued; retry when Redis is back.") from exc
-        return _answers(requests, look, submissions)
+        return _answers(requests, look, submissions), filled
     raise BrokerUnavailable(f"the idempotency keys of this submission were taken by concurrent submissions "
                             f"{ATTEMPTS} times while it was being enqueued. Nothing was enqueued; retry.")
 
@@ -121,12 +182,14 @@ def _answers(requests: list[TaskRequest], look: KeyLook, submissions: dict[str, 
             else submissions[req.task_id] for req in requests]
 
 
-def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission], claims: dict[str, str]) -> None:
+def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission], claims: dict[str, str], *,
+          bells: bool = True) -> set[str]:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), SET each task's record and each new idempotency key, in one MULTI on
-    `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key."""
+    `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key. Returns,
+    without `bells`, the queues that were empty (transport.publish)."""
     if not requests:
-        return
+        return set()
     now = time.time()
     origin = anon_nodename()
     parent = app.current_worker_task
@@ -140,19 +203,20 @@ def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission],
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
             lock=req.lock, retried_from=req.retried_from, owner=submissions[req.task_id].owner)
         if req.eta is not None and is_delayed(req.eta, now):
-            delayed.setdefault(req.route.worker_type.short, {})[message] = req.eta.timestamp()
+            delayed.setdefault(scheduled_key(req.route.worker_type.short, req.route.partition), {})[message] = \
+                req.eta.timestamp()
         else:
             by_queue.setdefault(req.route.queue, []).append(message)
     result_ttl = settings.VOKAFLOW_RESULT_TTL
     keyed_ttl = max(result_ttl, settings.VOKAFLOW_IDEMPOTENCY_TTL)
     pipe.multi()
-    if by_queue:
-        publish(pipe, by_queue)
+    pushes = publish(pipe, by_queue, bells=bells) if by_queue else []
     schedule(pipe, delayed)
     for ttl, group in _by_ttl(submissions, claims, result_ttl, keyed_ttl).items():
         store_records(pipe, group, ttl)
     write_claims(pipe, claims)
-    pipe.execute()
+    replies = pipe.execute()
+    return set() if bells else woken(pushes, replies)
 
 
 def _by_ttl(submissions: dict[str, Submission], claims: dict[str, str], result_ttl: int,
@@ -182,9 +246,11 @@ def requeue_running(task: Task, delay: float) -> None:
         eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
         root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
         retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None))
-    with get_redis().pipeline(transaction=False) as pipe:
-        publish(pipe, {queue: [message]})
-        pipe.execute()
+    r = get_redis()
+    with r.pipeline(transaction=False) as pipe:
+        pushes = publish(pipe, {queue: [message]}, bells=not keys.cluster_layout())
+        replies = pipe.execute()
+    _ring(r, woken(pushes, replies) if keys.cluster_layout() else set())
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):

@@ -25,6 +25,7 @@ from vokaflow.celery import app
 from vokaflow.core.errors import BadRequest
 from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import Route, partition_for
+from vokaflow.core.slots import LAYOUT, new_task_id
 from vokaflow.core.workers import WorkerType
 from vokaflow.json_input import valid_unicode, value_problem
 
@@ -141,10 +142,13 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
         raise error("idempotency_key", NOT_UNICODE)
     partitions = settings.VOKAFLOW_PARTITIONS
     if partition is None or not 0 <= partition < partitions:  # a partition beyond a shrunk range is rehashed
-        partition = partition_for(partition_key, partitions)
+        # On a cluster a keyed task's key lives in its partition's slot: a repeat must land there too.
+        placed_by = idempotency_key if partition_key is None and LAYOUT.cluster else partition_key
+        partition = partition_for(placed_by, partitions)
     route = Route(chosen_type, chosen_priority, partition)
     return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
-                       idempotency_key=idempotency_key, lock=lock, retried_from=retried_from, owner=owner)
+                       idempotency_key=idempotency_key, lock=lock, retried_from=retried_from, owner=owner,
+                       task_id=new_task_id(partition))
 
 
 def _resolve_task(task_or_name, trusted, error) -> Task:

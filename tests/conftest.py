@@ -340,3 +340,30 @@ def redis_cluster(tmp_path_factory):
 def cluster(redis_cluster):
     redis_cluster.flush()
     return redis_cluster
+
+
+@pytest.fixture
+def on_cluster(cluster, settings):
+    """This test process names keys and talks to Redis as a platform on the cluster does
+    (REDIS_URL=rediscluster://…); one Redis again afterwards."""
+    from vokaflow.core.slots import use_layout
+    from vokaflow.redis import get_redis
+
+    def switch(url: str, is_cluster: bool) -> None:
+        settings.REDIS_URL = url
+        use_layout(cluster=is_cluster, partitions=settings.VOKAFLOW_PARTITIONS)
+        get_redis.cache_clear()
+        _clear_layout_caches()
+
+    single = settings.REDIS_URL
+    switch(cluster.url, True)
+    yield cluster
+    switch(single, False)
+
+
+def _clear_layout_caches() -> None:
+    from vokaflow.core import queues
+    from workers import queues as fleet_queues
+
+    for cached in (queues.priority_rank, fleet_queues._type_queues, fleet_queues._route):
+        cached.cache_clear()

@@ -88,3 +88,30 @@ def test_one_script_may_touch_only_one_slot(cluster):
     node = redis.Redis(host=owner.host, port=owner.port)
     with pytest.raises(redis.ResponseError, match="same slot"):  # Redis itself refuses it (CROSSSLOT)
         node.eval("return 1", 2, "a", "b{x}")
+
+
+def test_a_batch_spreads_over_the_shards_each_task_with_its_record_in_its_queues_slot(on_cluster):
+    from tasks.records import task_record
+    from tasks.submit import enqueue, prepare
+    from vokaflow.core.queues import parse_queue
+
+    client = on_cluster.client()
+    answers = enqueue([prepare("vokaflow.echo", args=[i], partition_key=f"customer-{i}") for i in range(200)])
+    queues = {a.queue for a in answers}
+    assert all(parse_queue(q) and q.endswith("}") for q in queues) and len(queues) == 8
+    for answer in answers[:20]:
+        assert key_slot(answer.queue) == key_slot(f"vokaflow:task:{{{answer.task_id[:4]}}}")
+        assert task_record(answer.task_id).queue == answer.queue
+    per_primary = []
+    for node in client.get_primaries():
+        direct = redis.Redis(host=node.host, port=node.port)
+        per_primary.append(sum(direct.llen(q) for q in queues if client.get_node_from_key(q).name == node.name))
+    assert sum(per_primary) == 200 and all(n > 0 for n in per_primary)  # every primary holds some
+
+
+def test_an_idempotency_key_answers_the_first_task_on_the_cluster(on_cluster):
+    from tasks.submit import enqueue, prepare
+
+    first = enqueue([prepare("vokaflow.echo", args=[1], idempotency_key="order-7")], owner=None)[0]
+    again = enqueue([prepare("vokaflow.echo", args=[2], idempotency_key="order-7")], owner=None)[0]
+    assert again.duplicate and again.task_id == first.task_id and again.queue == first.queue

@@ -6,6 +6,9 @@ from pathlib import Path
 
 import environ
 
+from vokaflow.core.slots import use_layout
+from vokaflow.redis_connect import is_cluster
+
 BASE_DIR = Path(__file__).resolve().parent.parent
 
 env = environ.Env()
@@ -137,6 +140,8 @@ REDIS_URL = env("REDIS_URL", default="redis://127.0.0.1:6379/0")
 # With REDIS_URL=sentinel://host1:26379;sentinel://host2:26379/0: the name of the monitored primary.
 VOKAFLOW_REDIS_SENTINEL_MASTER = env("VOKAFLOW_REDIS_SENTINEL_MASTER", default="") or None
 VOKAFLOW_PARTITIONS = env.int("VOKAFLOW_PARTITIONS", default=8)
+# On a Redis Cluster, queue and task keys carry their partition's hash tag (vokaflow.core.slots).
+use_layout(cluster=is_cluster(REDIS_URL), partitions=VOKAFLOW_PARTITIONS)
 # Seconds before a task taken by a worker that vanished is handed to another worker. Must
 # exceed the longest task and the longest countdown/ETA, or those run twice.
 VOKAFLOW_VISIBILITY_TIMEOUT = env.int("VOKAFLOW_VISIBILITY_TIMEOUT", default=3600)

@@ -42,6 +42,7 @@ from redis.exceptions import NoScriptError
 from typing_extensions import override
 
 from vokaflow.core import keys
+from vokaflow.core.queues import queue_tag
 from vokaflow.hotpath import BUDGET, consume_here, durations, pending_releases, pending_results
 from vokaflow.result_store import STORE_LUA
 
@@ -196,8 +197,15 @@ def ring(pipe, queues) -> None:
 INLINE_BYTES = 16 * 1024
 
 
-def outline(message: str) -> tuple[str, tuple[str, str] | None]:
-    """The message to queue and, for a large one, (body key, body) to SET beside it."""
+def body_key(delivery_tag: str, tag: str | None) -> str:
+    """Where a large message's body waits: by delivery tag, in its partition group's slot on a
+    cluster (`tag`: the group's hash tag, None on one Redis)."""
+    return keys.in_group(keys.BODY.format(delivery_tag), tag)
+
+
+def outline(message: str, group: str | None = None) -> tuple[str, tuple[str, str] | None]:
+    """The message to queue and, for a large one, (body key, body) to SET beside it; `group`: the
+    hash tag of the partition group it is queued in (a cluster), None on one Redis."""
     if len(message) <= INLINE_BYTES:
         return message, None
     envelope = loads(message)
@@ -210,32 +218,45 @@ def outline(message: str) -> tuple[str, tuple[str, str] | None]:
     body, envelope["body"] = envelope["body"], ""
     props[BODY_BYTES] = len(body)
     props["delivery_tag"] = tag  # last, as kombu writes it: the fetch script reads both in the tail
-    return dumps(envelope), (keys.BODY.format(tag), body)
+    return dumps(envelope), (body_key(tag, group), body)
 
 
-def body_keys(messages) -> list[str]:
-    """The body keys of the large messages among `messages` (as queued)."""
+def body_keys(messages, group: str | None = None) -> list[str]:
+    """The body keys of the large messages among `messages` (as queued in `group`'s slot)."""
     marker = b'"%s": ' % BODY_BYTES.encode()
-    return [keys.BODY.format(loads(bytes_to_str(m))["properties"]["delivery_tag"]) for m in messages
+    return [body_key(loads(bytes_to_str(m))["properties"]["delivery_tag"], group) for m in messages
             if marker in (m if isinstance(m, bytes) else m.encode())[-TAIL_WINDOW:]]
 
 
-def outline_all(pipe, messages):
+def outline_all(pipe, messages, group: str | None = None):
     """Each message as it is queued, the SET of a large one's body added to `pipe` first."""
     for message in messages:
-        queued, body = outline(message)
+        queued, body = outline(message, group)
         if body is not None:
             pipe.set(*body)
         yield queued
 
 
-def publish(pipe, by_queue: dict[str, list[str]]) -> None:
+def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True) -> list[tuple[int, str, int]]:
     """The wire format of an enqueue, in one place: LPUSH each queue's serialised messages (the
     consumer takes from the right, so the list is FIFO; a large one's body goes to its own key
-    first), then ring the bells of their types."""
+    first), then ring the bells of their types. Returns (position in `pipe`, queue, count) of each
+    LPUSH: with `bells` off (a cluster, whose bells lie outside a partition group's slot) the
+    caller rings, after the pipeline ran, the bells of the queues that were empty (woken)."""
+    pushes = []
     for queue, messages in by_queue.items():
-        pipe.lpush(queue, *outline_all(pipe, messages))
-    ring(pipe, by_queue)
+        queued = list(outline_all(pipe, messages, queue_tag(queue)))
+        pushes.append((len(pipe), queue, len(queued)))
+        pipe.lpush(queue, *queued)
+    if bells:
+        ring(pipe, by_queue)
+    return pushes
+
+
+def woken(pushes: list[tuple[int, str, int]], replies: list) -> set[str]:
+    """The queues an enqueue found empty (each LPUSH's new length is its own count): only their
+    consumers may be asleep. A queue that had messages has consumers awake, or on their way."""
+    return {queue for at, queue, count in pushes if replies[at] == count}
 
 
 def _bulk(value: bytes | str) -> bytes:

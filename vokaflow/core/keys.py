@@ -6,6 +6,8 @@ them share one hash tag, so they share a slot (vokaflow.core.slots has the layou
 Redis or Sentinel the names below are used as they are.
 """
 
+from vokaflow.core.slots import LAYOUT, tagged, task_part
+
 PREFIX = "vokaflow:"
 
 # Submission
@@ -48,6 +50,22 @@ LOGIN_FAILURES_ADDRESS = PREFIX + "login-failures:addr:{}"  # client address →
 
 # Django's cache (throttling)
 CACHE_PREFIX = PREFIX + "cache"
+
+
+def task_key(template: str, task_id: str) -> str:
+    """A key of one task (TASK_RECORD, REDELIVERIES, CANCEL): on a cluster tagged by its id, so a
+    task's keys share the slot of its queue (vokaflow.core.slots)."""
+    return template.format(task_part(task_id))
+
+
+def in_group(name: str, tag: str | None) -> str:
+    """A key of a partition group (a scheduled set, a large message's body): with the group's tag
+    on a cluster, as it is on one Redis (tag None)."""
+    return name + tagged(tag) if tag else name
+
+
+def cluster_layout() -> bool:
+    return LAYOUT.cluster
 
 
 def lock_keys(key: str, cluster: bool) -> tuple[str, str]:

@@ -1,7 +1,8 @@
 """Where a task goes: (worker type, priority, partition) → queue name, and back.
 
 Pure module (no Django), so a plain Celery task or a script can import it.
-Queue names read ``<type>.<priority>.p<partition>``, for example ``cpu.high.p3``.
+Queue names read ``<type>.<priority>.p<partition>``, for example ``cpu.high.p3``; on a Redis
+Cluster they end with their partition's hash tag, ``cpu.high.p3{1ed4}`` (vokaflow.core.slots).
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ from dataclasses import dataclass
 from kombu.utils.scheduling import round_robin_cycle
 
 from vokaflow.core.priorities import Priority
+from vokaflow.core.slots import group_tag, tagged
 from vokaflow.core.workers import WorkerType
 
-_QUEUE_RE = re.compile(r"^(?P<type>[a-z]+)\.(?P<priority>[a-z]+)\.p(?P<partition>\d+)$")
+_QUEUE_RE = re.compile(r"^(?P<type>[a-z]+)\.(?P<priority>[a-z]+)\.p(?P<partition>\d+)(?P<tag>\{[0-9a-f]{4}\})?$")
 _round_robin = itertools.count()
 
 
@@ -33,7 +35,13 @@ class Route:
 
 
 def queue_name(worker_type: WorkerType, priority: Priority, partition: int) -> str:
-    return f"{worker_type.short}.{priority.name.lower()}.p{partition}"
+    tag = group_tag(partition)
+    return f"{worker_type.short}.{priority.name.lower()}.p{partition}" + (tagged(tag) if tag else "")
+
+
+def queue_tag(name: str) -> str | None:
+    """The hash tag a queue name ends with on a cluster (`cpu.high.p3{1ed4}` → 1ed4), else None."""
+    return name[-5:-1] if name.endswith("}") and name[-6:-5] == "{" else None
 
 
 def parse_queue(name: str) -> Route | None:

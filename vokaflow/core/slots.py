@@ -86,3 +86,37 @@ def task_tag(task_id: str) -> str:
 def tagged(tag: str) -> str:
     """`tag` as it appears in a key: ``{a1f0}``."""
     return "{" + tag + "}"
+
+
+class Layout:
+    """How this process names keys: set once from REDIS_URL and VOKAFLOW_PARTITIONS (vokaflow.settings)."""
+
+    cluster = False
+    partitions = 8
+
+
+LAYOUT = Layout()
+
+
+def use_layout(*, cluster: bool, partitions: int) -> None:
+    LAYOUT.cluster, LAYOUT.partitions = cluster, partitions
+
+
+def group_tag(partition: int) -> str | None:
+    """The hash tag of a partition's keys on a cluster (None on one Redis)."""
+    return partition_tag(partition, LAYOUT.partitions) if LAYOUT.cluster else None
+
+
+def new_task_id(partition: int) -> str:
+    """A task id for a task routed to `partition`: on a cluster it begins with the partition's tag."""
+    tag = group_tag(partition)
+    return task_id_for(tag) if tag else str(uuid.uuid4())
+
+
+def task_part(task_id: str) -> str:
+    """The task id as it appears in its keys: ``{a1f0}3b2e-…`` on a cluster (tagged by its first
+    four characters, or whole), the id itself on one Redis."""
+    if not LAYOUT.cluster:
+        return task_id
+    tag = task_tag(task_id)
+    return tagged(tag) + task_id[len(tag):]
