@@ -23,6 +23,8 @@ from kombu.utils.encoding import bytes_to_str
 
 from tasks.counters import counters
 from vokaflow import hotpath
+from vokaflow.core.slots import tagged, task_part
+from vokaflow.redis_connect import cluster_client
 from vokaflow.result_store import fits_a_script, store_unless_final
 
 NOTICE = "result_dropped"
@@ -143,3 +145,31 @@ class SubmitOnlyRedisBackend(PlatformResults, RedisBackend):
 
 class BoundedSentinelBackend(PlatformResults, SentinelBackend):
     """Celery's Sentinel result backend with the platform's write path."""
+
+
+class ClusterResultBackend(SubmitOnlyRedisBackend):
+    """The platform's results on a Redis Cluster (REDIS_URL=rediscluster://…): the process's
+    RedisCluster, and keys that share their task's slot (vokaflow.core.slots): a result is stored
+    by its task's fetch script, with the acknowledgement. A group's or chord's keys are tagged by
+    the group id, so each of Celery's chord transactions touches one slot."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.pop("url", None)
+        super().__init__(*args, **kwargs)
+
+    def _create_client(self, **params):
+        from django.conf import settings
+
+        return cluster_client(settings.REDIS_URL)
+
+    def get_key_for_task(self, task_id, key=""):
+        return (bytes_to_str(self.task_keyprefix) + task_part(bytes_to_str(task_id)) + bytes_to_str(key)).encode()
+
+    def get_key_for_group(self, group_id, key=""):
+        return (bytes_to_str(self.group_keyprefix) + tagged(bytes_to_str(group_id)) + bytes_to_str(key)).encode()
+
+    def get_key_for_chord(self, group_id, key=""):
+        return (bytes_to_str(self.chord_keyprefix) + tagged(bytes_to_str(group_id)) + bytes_to_str(key)).encode()
+
+    def mget(self, keys):
+        return self.client.mget_nonatomic(keys)

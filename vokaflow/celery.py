@@ -11,6 +11,8 @@ from celery import Celery
 from kombu import Exchange, Queue
 from kombu import connection as kombu_connection
 
+from vokaflow.redis_connect import is_cluster, kombu_url
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "vokaflow.settings")
 # Celery's Django fix-up runs Django's system checks in every worker, which imports the URL
 # configuration and with it the whole API, admin and schema (22 MB per process, measured). The
@@ -31,15 +33,20 @@ def result_backend_url(redis_url: str) -> str:
         return f"tasks.backends:SubmitOnlyRedisBackend+{redis_url}"
     if redis_url.startswith("sentinel://"):
         return f"tasks.backends:BoundedSentinelBackend+{redis_url}"
+    if is_cluster(redis_url):
+        return "tasks.backends:ClusterResultBackend"  # it takes REDIS_URL itself
     return redis_url
 
 
 def _transport_for(redis_url: str) -> str | None:
-    """Our Redis transport (a fetch that cannot lose a message), directly or through Sentinel."""
+    """Our Redis transport (a fetch that cannot lose a message), directly, through Sentinel, or
+    over a Redis Cluster."""
     if _plain_redis(redis_url):
         return "vokaflow.transport:Transport"
     if redis_url.startswith("sentinel://"):
         return "vokaflow.transport:SentinelTransport"
+    if is_cluster(redis_url):
+        return "vokaflow.cluster_transport:ClusterTransport"
     return None
 
 
@@ -52,6 +59,7 @@ def _transport_for(redis_url: str) -> str | None:
 kombu_connection.resolve_aliases.update({
     "vokaflow.transport:Transport": "redis",
     "vokaflow.transport:SentinelTransport": "sentinel",
+    "vokaflow.cluster_transport:ClusterTransport": "redis",
 })
 
 
@@ -70,7 +78,7 @@ def celery_config(settings) -> dict:
     queues = all_queues(settings.VOKAFLOW_PARTITIONS)
     default_exchange = Exchange("", type="direct")  # the anonymous exchange: no binding lookups
     return {
-        "broker_url": settings.REDIS_URL,
+        "broker_url": kombu_url(settings.REDIS_URL) if is_cluster(settings.REDIS_URL) else settings.REDIS_URL,
         "broker_transport": _transport_for(settings.REDIS_URL),
         "result_backend": result_backend_url(settings.REDIS_URL),
         "broker_connection_retry_on_startup": True,
@@ -94,6 +102,7 @@ def celery_config(settings) -> dict:
             "interval_step": 0.2,
             "interval_max": 0.5,
             **_sentinel_options(settings),
+            **({"cluster_url": settings.REDIS_URL} if is_cluster(settings.REDIS_URL) else {}),
         },
         "result_backend_transport_options": {"retry_policy": {"timeout": timeout},
                                              **_sentinel_options(settings)},

@@ -12,6 +12,7 @@ a replica promoted after a failover. Redis 7 or later.
 
 from __future__ import annotations
 
+import functools
 from urllib.parse import unquote, urlparse
 
 import redis
@@ -60,14 +61,16 @@ def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | No
     return nodes, unquote(username) or None, unquote(password) or None, scheme == "redisclusters"
 
 
-def cluster_client(url: str, *, timeout: float = 2.0, **options) -> RedisCluster:
-    """A RedisCluster for a rediscluster:// URL; BadRedisUrl (one line: the URL, password
+@functools.cache
+def cluster_client(url: str, *, timeout: float = 2.0) -> RedisCluster:
+    """The process's RedisCluster for a rediscluster:// URL (one per URL: it learns the slots
+    once, and its pools start afresh after a fork); BadRedisUrl (one line: the URL, password
     redacted, and the reason) when no node answers or the nodes are not a cluster."""
     nodes, username, password, tls = cluster_nodes(url)
     try:
         return RedisCluster(startup_nodes=[ClusterNode(host, port) for host, port in nodes], username=username,
                             password=password, ssl=tls, socket_connect_timeout=timeout,
-                            socket_timeout=max(timeout, 5), health_check_interval=30, **options)
+                            socket_timeout=max(timeout, 5), health_check_interval=30)
     except (RedisClusterException, redis.RedisError, OSError) as exc:
         reason = str(exc).split("\n", 1)[0] or type(exc).__name__
         if "not enabled" in reason or "cluster support disabled" in reason.lower():
@@ -103,6 +106,14 @@ def as_text(value: object) -> str:
 def redacted_url(url: str) -> str:
     """The URL without its passwords, fit for an error message or a status page."""
     return ";".join(_redact_one(part) for part in url.split(";"))
+
+
+def kombu_url(url: str) -> str:
+    """The broker URL kombu is given for a rediscluster:// REDIS_URL: its first node as redis://
+    (kombu parses one host; the cluster transport is handed the whole URL as an option)."""
+    nodes, username, password, tls = cluster_nodes(url)
+    credentials = f"{username or ''}:{password}@" if password else ""
+    return f"{'rediss' if tls else 'redis'}://{credentials}{nodes[0][0]}:{nodes[0][1]}/0"
 
 
 def _redact_one(url: str) -> str:

@@ -325,8 +325,7 @@ class QoS(kombu_redis.QoS):
         # carries). An ack no fetch will carry soon (idle wait, no consumer) is written at once.
         channel._acks.append(delivery_tag)
         if delivery_tag in channel._bodies:
-            channel._bodies.discard(delivery_tag)
-            channel._body_keys.append(keys.BODY.format(delivery_tag))
+            channel._body_keys.append(channel._bodies.pop(delivery_tag))
         virtual.QoS.ack(self, delivery_tag)
         if not channel._fetch_coming():
             channel.flush()
@@ -413,13 +412,13 @@ class ReliableFetch(_ChannelBase):
     _waiting_bell = False  # the command in flight is the bell XREAD (not a fetch script)
     _script_loaded = True
     _layout_for: tuple = (None, [], [])  # (active queues, their bells, encoded bell count and level sizes)
-    _costs_for: tuple = (None, [])  # (durations.version, encoded limit and costs)
+    _costs_for: tuple = (None, [], [])  # (durations.version, limit and costs, the same encoded)
 
     def __init__(self, *args, **kwargs):
         self._acks: deque[str] = deque()
         self._recorded_tags: set[str] = set()
         self._restored_queues: set[str] = set()  # put back since the last ring_restored()
-        self._bodies: set[str] = set()  # delivered tags whose body waits in keys.BODY
+        self._bodies: dict[str, str] = {}  # delivered tag → the key its body waits in (outline)
         self._body_keys: deque[str] = deque()  # bodies to delete with their acknowledgements
         self._sent: Pending | None = None  # what the fetch in flight carries
         super().__init__(*args, **kwargs)
@@ -454,18 +453,23 @@ class ReliableFetch(_ChannelBase):
                                                 *(_bulk(b"%d" % n) for n in sizes)])
         return self._layout_for[1], self._layout_for[2]
 
-    def _cost_args(self) -> list[bytes]:
+    def _cost_values(self) -> list[bytes | str]:
         """Most messages to look at per queue, most bytes per batch, then (task name, cost) of the
         types that may come several to a fetch; any other type costs the whole budget (a batch
         of one)."""
         if self._costs_for[0] != durations.version:
             caps = dict(durations.caps)
-            parts = [_bulk(b"%d" % max(caps.values(), default=1)), _bulk(b"%d" % self.prefetch_max_bytes),
-                     _bulk(b"%d" % len(caps))]
+            values: list[bytes | str] = [b"%d" % max(caps.values(), default=1), b"%d" % self.prefetch_max_bytes,
+                                         b"%d" % len(caps)]
             for name, cap in caps.items():
-                parts += [_bulk(name), _bulk(b"%d" % (BUDGET // cap))]
-            self._costs_for = (durations.version, parts)
+                values += [name, b"%d" % (BUDGET // cap)]
+            self._costs_for = (durations.version, values, [_bulk(v) for v in values])
         return self._costs_for[1]
+
+    def _cost_args(self) -> list[bytes]:
+        """_cost_values, each encoded for the wire."""
+        self._cost_values()
+        return self._costs_for[2]
 
     def _has_pending(self) -> bool:
         return bool(self._acks or pending_results or pending_releases)
@@ -499,9 +503,8 @@ class ReliableFetch(_ChannelBase):
     def drop_body(self, delivery_tag: str) -> None:
         """Delete the body of a large message that is gone for good without an acknowledgement."""
         if delivery_tag in self._bodies:
-            self._bodies.discard(delivery_tag)
             with self.conn_or_acquire() as client:
-                client.delete(keys.BODY.format(delivery_tag))
+                client.delete(self._bodies.pop(delivery_tag))
 
     def _fetch_coming(self) -> bool:
         """Whether a fetch script will carry what is pending without waiting for the idle bell."""
@@ -612,7 +615,8 @@ class ReliableFetch(_ChannelBase):
                 self._queue_cycle.rotate(dest)
                 last = dest
             message = loads(bytes_to_str(reply[i + 1]))
-            if BODY_BYTES in message["properties"] and not self._inline(message, bool(reply[i + 2])):
+            self._taken_from(message, dest)
+            if BODY_BYTES in message["properties"] and not self._inline(message, bool(reply[i + 2]), dest):
                 continue
             if reply[i + 2]:
                 recorded.add(message["properties"]["delivery_tag"])
@@ -623,14 +627,17 @@ class ReliableFetch(_ChannelBase):
         if error is not None:
             raise error
 
-    def _inline(self, message: dict, recorded: bool) -> bool:
+    def _taken_from(self, message: dict, queue: str) -> None:
+        """A delivered message came from `queue` (the cluster channel keeps where its tag lives)."""
+
+    def _inline(self, message: dict, recorded: bool, queue: str) -> bool:
         """Put back the body of a large message (outline); False when it is gone, and with it
         the task (already acknowledged after an earlier delivery): its record is removed. The
         body is read BODY_CHUNK bytes a command, one command at a time: a 2 MB GET holds Redis
         for half a millisecond (its reply buffers), a 256 KiB GETRANGE for 25 µs (measured)."""
         props = message["properties"]
         tag, size = props["delivery_tag"], props[BODY_BYTES]
-        key, parts = keys.BODY.format(tag), []
+        key, parts = body_key(tag, queue_tag(queue)), []
         with self.conn_or_acquire() as client:
             for start in range(0, max(size, 1), BODY_CHUNK):
                 part = client.getrange(key, start, start + BODY_CHUNK - 1)
@@ -645,7 +652,7 @@ class ReliableFetch(_ChannelBase):
             return False
         del props[BODY_BYTES]
         message["body"] = bytes_to_str(body)
-        self._bodies.add(tag)
+        self._bodies[tag] = key
         return True
 
     @override

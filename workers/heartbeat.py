@@ -77,7 +77,9 @@ class Heartbeat(bootsteps.StartStopStep):
             from vokaflow.redis import get_redis
 
             with get_redis().pipeline() as pipe:
-                pipe.delete(keys.WORKER.format(worker.hostname)).zrem(keys.WORKERS, worker.hostname).execute()
+                pipe.delete(keys.WORKER.format(worker.hostname))  # not chained: a cluster pipeline returns None
+                pipe.zrem(keys.WORKERS, worker.hostname)
+                pipe.execute()
         except Exception as exc:
             logger.warning("could not remove the heartbeat of %s: %s", worker.hostname, exc)
 

@@ -120,3 +120,12 @@ def task_part(task_id: str) -> str:
         return task_id
     tag = task_tag(task_id)
     return tagged(tag) + task_id[len(tag):]
+
+
+def tag_in(key: str | bytes) -> str | None:
+    """The partition-group tag a key carries (``celery-task-meta-{a1f0}…`` → a1f0), or None."""
+    text = key.decode() if isinstance(key, bytes) else key
+    start = text.find("{")
+    tag = text[start + 1:start + 1 + TAG_LENGTH] if start >= 0 else ""
+    return tag if len(tag) == TAG_LENGTH and text[start + 1 + TAG_LENGTH:start + 2 + TAG_LENGTH] == "}" \
+        and _HEX.issuperset(tag) else None

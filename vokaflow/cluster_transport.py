@@ -1,0 +1,525 @@
+"""The fetch of vokaflow.transport on a Redis Cluster, keeping strict priority across shards.
+
+Each partition group (one hash tag, one slot: vokaflow.core.slots) holds its queues of every
+level, its own `unacked{tag}` hash and index, and the bodies of its large messages, so the fetch
+script of vokaflow.transport runs unchanged on one group, and a type's work spreads over every
+primary. A fetch round of a consumer:
+
+1. **Probe**: one tiny script per group it consumes (PROBE, pipelined: redis-py sends to every
+   primary at once and then reads) answers which of the group's queues, in level order, is the
+   first with a message.
+2. **Choose**: the group whose first waiting message has the highest level (ties take turns);
+   the fetch script runs on that group with only the queues of that level and above, so it can
+   take a higher level that arrived meanwhile but never a lower one: a worker never takes a task
+   of a lower level while a higher one waited in any group it consumes when it chose. The cost:
+   one probe per group per batch (a few µs of Redis CPU each, spread over the primaries).
+3. **Carry**: the chosen group's fetch script carries that group's acknowledgements, SUCCESS
+   results (a task id made on a cluster carries its group's tag, so its result key lies in the
+   group's slot) and body deletions, as on one Redis. What belongs to other groups waits for
+   their next fetch, at most CARRY_SECONDS, and is then written by a fetch-less call of the same
+   script; quota releases (their keys are per owner, in other slots) go first, in one pipelined
+   call. An idle consumer writes everything at once.
+4. **Idle**: when every group is empty, the consumer reads the type's bell, probes once more
+   (a push between the first probe and that read would otherwise ring unheard), and waits on the
+   bell with XREAD. A publisher rings the bell only when its push found the queue empty
+   (transport.woken): a non-empty queue has consumers awake already, so the bell is no key every
+   task touches.
+
+Rounds run synchronously in the poller (ClusterPoller) before it waits on sockets; only the idle
+XREAD is left to the event loop, on a connection to the node that holds the bell. Everything
+else goes through redis-py's RedisCluster, which follows MOVED and ASK redirections and finds a
+replica promoted after a failover.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import logging
+from math import ceil
+from queue import Empty
+from time import monotonic, time
+
+from kombu.transport import redis as kombu_redis
+from kombu.transport import virtual
+from kombu.utils.encoding import bytes_to_str
+from kombu.utils.json import dumps
+from redis import exceptions as redis_errors
+from redis.cluster import RedisCluster
+from typing_extensions import override
+
+from vokaflow.core import keys
+from vokaflow.core.queues import priority_rank, queue_tag
+from vokaflow.core.slots import tag_in, tagged
+from vokaflow.hotpath import consume_here, pending_releases
+from vokaflow.redis_connect import cluster_client
+from vokaflow.result_store import store_unless_final
+from vokaflow.transport import (
+    _FETCH,
+    _FETCH_SHA,
+    Pending,
+    QoS,
+    ReliableFetch,
+    _bulk,
+    _drain,
+    bell_key,
+    publish,
+    ring,
+    unacked_record,
+    woken,
+)
+
+logger = logging.getLogger(__name__)
+
+# KEYS: a group's queues in level order. Returns the (1-based) index of the first one with a
+# message, 0 when all are empty.
+PROBE = """
+for i = 1, #KEYS do
+  if redis.call('EXISTS', KEYS[i]) == 1 then return i end
+end
+return 0
+"""
+PROBE_SHA = hashlib.sha1(PROBE.encode()).hexdigest()
+CARRY_SECONDS = 0.05  # longest an acknowledgement of another group waits for that group's fetch
+RACES = 3  # rounds whose choice another worker emptied first, before the consumer yields to the loop
+
+# What a cluster's redis-py raises once its own retries (redirections, reconnects) are spent:
+# for kombu these are connection errors, and the consumer reconnects.
+CLUSTER_ERRORS = (redis_errors.ClusterError, redis_errors.RedisClusterException, redis_errors.TryAgainError,
+                  redis_errors.ClusterDownError, redis_errors.SlotNotCoveredError)
+
+
+def unacked_keys(group: str) -> tuple[str, str, str]:
+    """(unacked hash, unacked index, restore mutex) of a partition group."""
+    tag = tagged(group)
+    return "unacked" + tag, "unacked_index" + tag, "unacked_mutex" + tag
+
+
+class ClusterQoS(QoS):
+    """kombu's QoS with one unacked hash and index per partition group."""
+
+    def _group(self, tag: str) -> str | None:
+        group = self.channel._tag_group.get(tag)
+        if group is None:
+            logger.error("no partition group known for delivery %s; it comes back after the visibility timeout", tag)
+        return group
+
+    @override
+    def append(self, message, delivery_tag):
+        recorded = self.channel._recorded_tags
+        if delivery_tag in recorded:
+            recorded.discard(delivery_tag)
+            return virtual.QoS.append(self, message, delivery_tag)
+        # Not recorded by the fetch script (a message without a delivery tag in its tail).
+        info = message.delivery_info
+        group = queue_tag(info["routing_key"])
+        if group is not None:
+            unacked, index, _ = unacked_keys(group)
+            with self.channel._cluster.pipeline(transaction=True) as pipe:
+                pipe.zadd(index, {delivery_tag: time()})
+                pipe.hset(unacked, delivery_tag, dumps([message._raw, info["exchange"], info["routing_key"]]))
+                pipe.execute()
+            self.channel._tag_group[delivery_tag] = group
+        return virtual.QoS.append(self, message, delivery_tag)
+
+    @override
+    def _remove_from_indices(self, delivery_tag, pipe=None):
+        group = self.channel._tag_group.get(delivery_tag)
+        if pipe is None:
+            pipe = self.channel._cluster.pipeline()
+        if group is not None:
+            unacked, index, _ = unacked_keys(group)
+            pipe.zrem(index, delivery_tag)
+            pipe.hdel(unacked, delivery_tag)
+        return pipe
+
+    @override
+    def restore_by_tag(self, tag, client=None, leftmost=False, group=None):
+        group = group or self._group(bytes_to_str(tag))
+        if group is None:
+            return
+        unacked, index, _ = unacked_keys(group)
+
+        def restore_transaction(pipe):
+            raw = pipe.hget(unacked, tag)
+            pipe.multi()
+            pipe.zrem(index, tag)
+            pipe.hdel(unacked, tag)
+            if raw:
+                try:
+                    record = unacked_record(raw)
+                except (ValueError, TypeError):
+                    logger.critical("could not hand back unreadable message %s: %r", tag, raw[:200])
+                    return
+                self.channel._do_restore_message(*record, pipe, leftmost)
+
+        self.channel._cluster.transaction(restore_transaction, unacked)
+        self.channel._tag_group.pop(bytes_to_str(tag), None)
+
+    @override
+    def restore_visible(self, start=0, num=10, interval=10):
+        self._vrestore_count += 1
+        if (self._vrestore_count - 1) % (interval or 1):
+            return
+        client = self.channel._cluster
+        ceiling = time() - self.visibility_timeout
+        try:
+            for group in self.channel.all_groups():
+                unacked, index, mutex = unacked_keys(group)
+                try:
+                    with kombu_redis.Mutex(client, mutex, self.unacked_mutex_expire):
+                        visible = client.zrange(index, ceiling, 0, desc=True, byscore=True,
+                                                offset=num and start, num=num, withscores=True)
+                        for tag, _score in visible or []:
+                            self.restore_by_tag(tag, group=group)
+                except kombu_redis.MutexHeld:
+                    continue
+        finally:
+            self.channel.ring_restored()
+
+
+class ClusterFetch(ReliableFetch):
+    """ReliableFetch whose fetch is a round over the partition groups (see the module text)."""
+
+    QoS = ClusterQoS
+    #: transport option: the rediscluster:// URL (the broker URL names one node for kombu).
+    cluster_url = ""
+    _idle = False  # the last round found every group empty: the poll connection waits on the bell
+    _poll_node: tuple[str, int] | None = None  # (host, port) the poll connection goes to: the bell's node
+    _bell_seen: bytes | str = b"$"
+    _turn = itertools.count()
+    _carried_at = 0.0
+
+    def __init__(self, *args, **kwargs):
+        self._tag_group: dict[str, str] = {}
+        super().__init__(*args, **kwargs)
+
+    @property
+    def _cluster(self) -> RedisCluster:
+        return cluster_client(self.cluster_url)
+
+    @override
+    def _reliable(self) -> bool:
+        return True
+
+    @override
+    def _create_client(self, asynchronous=False):
+        if asynchronous:  # the poll connection: a node client, for the bell's XREAD and pub/sub
+            return super()._create_client(asynchronous=True)
+        return self._cluster
+
+    @override
+    def _connparams(self, asynchronous=False):
+        params = super()._connparams(asynchronous)
+        if asynchronous and self._poll_node:
+            params.update(host=self._poll_node[0], port=self._poll_node[1], db=0)
+        return params
+
+    def ensure_poll_node(self) -> None:
+        """Point the poll connection at the node holding this consumer's bell (before the
+        poller registers it; again after the bell's slot moved)."""
+        node = self._cluster.get_node_from_key(self._bell())
+        if self._poll_node == (node.host, node.port):
+            return
+        client = self.__dict__.pop("client", None)
+        if client is not None and getattr(client, "connection", None) is not None:
+            client.connection.disconnect()  # kombu takes its socket out of the poller
+        self._async_pool = None
+        self._poll_node = (node.host, node.port)
+
+    def _bell(self) -> str:
+        queues = self.active_queues or self._queue_cycle.items
+        return bell_key(next(iter(queues))) if queues else keys.BELL.format("general")
+
+    def all_groups(self) -> list[str]:
+        from vokaflow.core.slots import LAYOUT, partition_tag
+
+        return sorted({partition_tag(p, LAYOUT.partitions) for p in range(LAYOUT.partitions)})
+
+    def _groups(self) -> dict[str, list[str]]:
+        """The active queues by partition group, each in level order (the cycle's order)."""
+        groups: dict[str, list[str]] = {}
+        for queue in self._queue_cycle.items:
+            group = queue_tag(queue)
+            if group is None:
+                logger.error("queue %s is not one of the platform's: it is not consumed on a Redis Cluster", queue)
+                continue
+            groups.setdefault(group, []).append(queue)
+        return groups
+
+    @override
+    def _taken_from(self, message, queue):
+        tag = message["properties"].get("delivery_tag")
+        group = queue_tag(queue)
+        if tag and group:
+            self._tag_group[tag] = group
+
+    # -- a fetch round ------------------------------------------------------------------------
+
+    def fetch_round(self) -> bool:
+        """Probe, choose, fetch and deliver; True when messages were delivered. An empty round
+        leaves the channel idle: the poller then sends the bell's XREAD (_brpop_start)."""
+        groups = self._groups()
+        if not groups:
+            return False
+        consume_here()
+        self._release_quota()
+        for _ in range(RACES):
+            best = self._probe(groups)
+            if best is None:
+                self._bell_seen = self._last_bell()
+                best = self._probe(groups)  # a push before that read is seen here, one after it rings
+                if best is None:
+                    self.flush()
+                    self._idle = True
+                    return False
+            reply = self._fetch(*best)
+            if bytes_to_str(reply[0]) != "empty":
+                self._deliver_batch(reply)
+                return True
+            # taken by another worker since the probe: choose again
+        return False
+
+    def _probe(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
+        """(group, its queues down to its first waiting one) of the highest waiting level; ties
+        take turns."""
+        order = list(groups)
+        start = next(self._turn) % len(order)
+        order = order[start:] + order[:start]
+        def probe():
+            with self._cluster.pipeline(transaction=False) as pipe:
+                for group in order:  # by name: a cluster pipeline refuses its evalsha()
+                    pipe.execute_command("EVALSHA", PROBE_SHA, len(groups[group]), *groups[group])
+                return pipe.execute()
+
+        found = self._with_scripts(probe)
+        best = None
+        for group, first in zip(order, found, strict=True):
+            if first:
+                rank = priority_rank(groups[group][first - 1])
+                if best is None or rank < best[0]:
+                    best = (rank, group, groups[group][:first])
+        return None if best is None else (best[1], best[2])
+
+    _scripts_loaded = False
+
+    def _with_scripts(self, call):
+        """call(), with the probe and fetch scripts loaded on every primary first, and again when
+        a node lacks them (a new primary, a replica promoted after a failover, a restart)."""
+        if not self._scripts_loaded:
+            self._load_scripts()
+        try:
+            return call()
+        except redis_errors.NoScriptError:
+            self._load_scripts()
+            return call()
+
+    def _load_scripts(self) -> None:
+        self._cluster.script_load(PROBE)
+        self._cluster.script_load(_FETCH)
+        self._scripts_loaded = True
+
+    def _fetch(self, group: str, queues: list[str]):
+        unacked, index, _ = unacked_keys(group)
+        carried = self._carry(group)
+        names, values = self._pending_parts(*carried)
+        self._sent = carried
+        keys_ = [unacked, index, *queues, *names]
+        args = [len(queues), 0, ceil(time()), len(queues), *([1] * len(queues)), *self._cost_values(), *values]
+        try:
+            reply = self._with_scripts(lambda: self._cluster.evalsha(_FETCH_SHA, len(keys_), *keys_, *args))
+        except BaseException:
+            self._put_back(self._sent)
+            raise
+        finally:
+            self._sent = None
+        return reply
+
+    def _carry(self, group: str):
+        """The pending results, acknowledgements and body deletions of `group` (for its fetch);
+        those of other groups are written now when they have waited CARRY_SECONDS."""
+        results, _, acks, bodies = self._take_pending()
+        mine: Pending = ([r for r in results if tag_in(r[0]) == group], [],
+                [a for a in acks if self._tag_group.get(a) == group], [b for b in bodies if tag_in(b) == group])
+        rest: Pending = ([r for r in results if tag_in(r[0]) != group], [],
+                [a for a in acks if self._tag_group.get(a) != group], [b for b in bodies if tag_in(b) != group])
+        if any(rest):
+            if monotonic() - self._carried_at >= CARRY_SECONDS:
+                self._write(rest)
+            else:
+                self._put_back(rest)
+        for tag in mine[2]:
+            self._tag_group.pop(tag, None)
+        return mine
+
+    def _release_quota(self) -> None:
+        """Free the quota places of finished tasks before the acknowledgements that follow."""
+        releases = _drain(pending_releases)
+        if not releases:
+            return
+        try:
+            with self._cluster.pipeline(transaction=False) as pipe:
+                for key, task_id in releases:
+                    pipe.zrem(key, task_id)
+                pipe.execute()
+        except BaseException:
+            pending_releases.extendleft(reversed(releases))
+            raise
+
+    def _write(self, pending) -> None:
+        """Write pending results, acknowledgements and body deletions of any groups, one
+        fetch-less script per group (results of tasks whose ids name no group on their own)."""
+        results, _, acks, bodies = pending
+        self._carried_at = monotonic()
+        by_group: dict[str | None, tuple[list, list, list, list]] = {}
+        for result in results:
+            by_group.setdefault(tag_in(result[0]), ([], [], [], []))[0].append(result)
+        for tag in acks:
+            by_group.setdefault(self._tag_group.get(tag), ([], [], [], []))[2].append(tag)
+        for body in bodies:
+            by_group.setdefault(tag_in(body), ([], [], [], []))[3].append(body)
+        try:
+            self._with_scripts(lambda: self._write_groups(by_group))
+        except BaseException:
+            self._put_back(pending)
+            raise
+        for tag in acks:
+            self._tag_group.pop(tag, None)
+
+    def _write_groups(self, by_group) -> None:
+        with self._cluster.pipeline(transaction=False) as pipe:
+            for group, (results, _, acks, bodies) in by_group.items():
+                if group is None:  # results of ids made elsewhere: each its own slot
+                    for key, value, ttl in results:
+                        store_unless_final(self._cluster, key, value, ttl)
+                    for body in bodies:
+                        pipe.delete(body)
+                    if acks:
+                        logger.error("acknowledgements %s name no partition group; they come back after the "
+                                     "visibility timeout", acks[:5])
+                    continue
+                unacked, index, _ = unacked_keys(group)
+                names, values = self._pending_parts(results, [], acks, bodies)
+                pipe.execute_command("EVALSHA", _FETCH_SHA, 2 + len(names), unacked, index, *names,
+                                     0, 0, 0, 0, 1, 0, 0, *values)
+            pipe.execute()
+
+    @override
+    def flush(self, client=None) -> None:
+        self._release_quota()
+        pending = self._take_pending()
+        if any(pending):
+            self._write(pending)
+
+    def _last_bell(self) -> bytes | str:
+        last = self._cluster.xrevrange(self._bell(), "+", "-", count=1)
+        return last[0][0] if last and last[0][0] else b"0-0"
+
+    # -- the idle wait, left to the event loop ------------------------------------------------
+
+    @override
+    def _brpop_start(self, timeout=None):
+        self._waiting_bell = True
+        self._in_poll = self.client.connection
+        self._brpop_sent_at = monotonic()
+        bell = self._bell()
+        wait = int(((self.brpop_timeout if timeout is None else timeout) or 1) * 1000)
+        self.client.connection.send_packed_command(
+            [b"".join([b"*6\r\n$5\r\nXREAD\r\n$5\r\nBLOCK\r\n", _bulk(b"%d" % wait), b"$7\r\nSTREAMS\r\n",
+                       _bulk(bell), _bulk(self._bell_seen)])])
+
+    @override
+    def _brpop_read(self, **options):
+        try:
+            try:
+                self.client.parse_response(self.client.connection, "XREAD", **options)
+            except self.connection_errors:
+                self.client.connection.disconnect()
+                raise
+            except self.ResponseError as exc:  # MOVED: the bell's slot went to another node
+                logger.warning("waiting on the bell failed (%s); reconnecting to its node", exc)
+                self._reconnect_poll()
+        finally:
+            self._in_poll = None
+            self._waiting_bell = False
+            self._idle = False
+            self._bell_seen = b"$"
+        raise Empty()
+
+    def _reconnect_poll(self) -> None:
+        self._cluster.nodes_manager.initialize()
+        self._poll_node = None  # ensure_poll_node finds the bell's node again
+
+    # kombu refreshes the bindings of expiring queues (Celery's remote-control replies) with one
+    # script over the binding table and a deadlines set, two slots of a cluster. Here they are
+    # kept without expiry, as kombu kept every binding before 5.6.
+    @override
+    def _queue_bind(self, exchange, routing_key, pattern, queue):
+        expires = self._expires.pop(queue, None)
+        try:
+            super()._queue_bind(exchange, routing_key, pattern, queue)
+        finally:
+            if expires is not None:
+                self._expires[queue] = expires
+
+    @override
+    def maybe_refresh_binding_expiry(self):
+        pass
+
+    @override
+    def sweep_bindings(self, limit=100):
+        return 0
+
+    @override
+    def _put(self, queue, message, **kwargs):
+        with self._cluster.pipeline(transaction=False) as pipe:
+            pushes = publish(pipe, {queue: [dumps(message)]}, bells=False)
+            replies = pipe.execute()
+        if filled := woken(pushes, replies):
+            with self._cluster.pipeline(transaction=False) as pipe:
+                ring(pipe, filled)
+                pipe.execute()
+
+
+class ClusterChannel(ClusterFetch, kombu_redis.Channel):
+    from_transport_options = (*kombu_redis.Channel.from_transport_options,  # type: ignore[assignment]
+                              "prefetch_wait_ms", "prefetch_max_bytes", "cluster_url")
+
+
+class ClusterPoller(kombu_redis.MultiChannelPoller):
+    """kombu's poller, running the channels' fetch rounds before it waits on their sockets."""
+
+    def _fetch(self) -> bool:
+        delivered = False
+        for channel in list(self._channels):
+            if channel.active_queues and channel.qos.can_consume() and not channel._in_poll:
+                delivered = channel.fetch_round() or delivered
+        return delivered
+
+    def _point_polls(self) -> None:
+        for channel in self._channels:
+            if channel.active_queues and not channel._in_poll:
+                channel.ensure_poll_node()
+
+    @override
+    def get(self, callback, timeout=None):
+        if self._fetch():
+            return None
+        self._point_polls()
+        return super().get(callback, timeout)
+
+    @override
+    def on_poll_start(self):
+        while self._fetch():  # the event loop: fetch until the slots are full or the queues empty
+            pass
+        self._point_polls()
+        super().on_poll_start()
+
+
+class ClusterTransport(kombu_redis.Transport):
+    Channel = ClusterChannel
+    connection_errors = (*kombu_redis.Transport.connection_errors, *CLUSTER_ERRORS)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cycle = ClusterPoller()
