@@ -41,7 +41,8 @@ def held(client, partitions: int = 8) -> int:
 
 
 @pytest.mark.slow
-def test_a_reversed_eight_level_backlog_over_every_partition_drains_in_level_order(on_cluster, start_worker):
+@pytest.mark.parametrize("pool", ["threads", "solo", "prefork"])
+def test_a_reversed_eight_level_backlog_over_every_partition_drains_in_level_order(on_cluster, start_worker, pool):
     client = on_cluster.client()
     submitted = []
     for priority in reversed(Priority):  # the lowest level first, each over all 8 partitions
@@ -49,7 +50,7 @@ def test_a_reversed_eight_level_backlog_over_every_partition_drains_in_level_ord
                                    partition_key=f"k{i}") for i in range(16)])
         submitted += [(int(priority), a.task_id) for a in answers]
     assert len({queue_of(client, t) for _, t in submitted}) > 8  # levels × partitions
-    start_worker("cpu", concurrency=1, pool="threads", env=worker_env(VOKAFLOW_PREFETCH_WAIT_MS=200))
+    start_worker("cpu", concurrency=1, pool=pool, env=worker_env(VOKAFLOW_PREFETCH_WAIT_MS=200))
     results = wait_all(client, [t for _, t in submitted])
     level = dict((t, p) for p, t in submitted)
     by_start = sorted(level, key=lambda t: results[t]["result"]["started_at"])
@@ -89,3 +90,45 @@ def test_an_idle_worker_on_the_cluster_takes_tasks_submitted_later(on_cluster, s
         wait_for(lambda t=task_id: (m := meta(client, t)) and m["status"] == "SUCCESS", 15, 0.05, "the task to run")
         assert meta(client, task_id)["result"]["args"] == [word]
     assert held(client) == 0
+
+
+SEEN = "vokaflow:test:seen"
+
+
+def queued_ids(client) -> set[str]:
+    from vokaflow.core.queues import all_queues
+
+    found = set()
+    for queue in all_queues(8):
+        if queue.startswith("general."):
+            found |= {json.loads(raw)["headers"]["id"] for raw in client.lrange(queue, 0, -1)}
+    return found
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_sigkill_mid_drain_on_the_cluster_loses_nothing(on_cluster, start_worker, pool):
+    client = on_cluster.client()
+    env = worker_env(VOKAFLOW_VISIBILITY_TIMEOUT=3)
+    ids = [a.task_id for start in range(0, 2000, 500)
+           for a in enqueue([prepare("tests.record", kwargs={"seconds": 0.0005}) for _ in range(500)])]
+    worker = start_worker("general", concurrency=2, pool=pool, env=env)
+    wait_for(lambda: client.scard(SEEN) > 400, 60, 0.005, "the drain to be under way")
+    wait_for(lambda: held(client) > 1, 30, 0, "the worker to hold a batch")
+    worker.kill()
+    start_worker("general", concurrency=2, env=env)
+    wait_all(client, ids, timeout=120)
+    assert client.scard(SEEN) == len(ids)
+    wait_for(lambda: held(client) == 0, 15, 0.1, "nothing left unacknowledged")
+
+
+@pytest.mark.parametrize("pool", ["threads", "solo", "prefork"])
+def test_a_clean_stop_on_the_cluster_hands_back_what_it_held(on_cluster, start_worker, pool):
+    client = on_cluster.client()
+    ids = [a.task_id for a in enqueue([prepare("tests.record", kwargs={"seconds": 0.0005}) for _ in range(1000)])]
+    worker = start_worker("general", concurrency=1 if pool == "solo" else 2, pool=pool)
+    wait_for(lambda: client.scard(SEEN) > 200, 60, 0.005, "the drain to be under way")
+    worker.stop()  # warm shutdown, mid-drain
+    assert held(client) == 0
+    done = {t for t in ids if (m := meta(client, t)) and m["status"] == "SUCCESS"}
+    assert done | queued_ids(client) == set(ids), "tasks were lost"
