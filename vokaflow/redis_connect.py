@@ -42,6 +42,11 @@ def is_cluster_client(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def mget(client, names: list) -> list:
+    """MGET of keys that may lie on several slots of a cluster (redis-py splits it by slot there)."""
+    return client.mget_nonatomic(names) if is_cluster_client(client) else client.mget(names)
+
+
 def cluster_nodes(url: str) -> tuple[list[tuple[str, int]], str | None, str | None, bool]:
     """(host, port) of each node a rediscluster:// URL names, its user name, password and TLS."""
     scheme, rest = url.split("://", 1)

@@ -71,6 +71,10 @@ def _run_celery(argv: list[str], name: str) -> None:
 
         # The same command line a separate process would run: `python -m celery ...` or `celery ...`.
         sys.argv = ["celery", *(argv[3:] if argv[1:3] == ["-m", "celery"] else argv[1:])]
+        if "flower" in sys.argv:  # the app was imported before Flower here: vokaflow.celery could not teach it
+            from vokaflow.flower_broker import teach
+
+            teach()
         code = celery_main() or 0
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)

@@ -12,7 +12,7 @@ from django.conf import settings
 
 from vokaflow.core import keys
 from vokaflow.redis import get_redis
-from vokaflow.redis_connect import as_text
+from vokaflow.redis_connect import as_text, mget
 
 
 def live_workers() -> list[dict]:
@@ -21,5 +21,5 @@ def live_workers() -> list[dict]:
     names = [as_text(n) for n in r.zrangebyscore(keys.WORKERS, time.time() - settings.VOKAFLOW_HEARTBEAT_TTL, "+inf")]
     if not names:
         return []
-    beats = r.mget([keys.WORKER.format(n) for n in names])
+    beats = mget(r, [keys.WORKER.format(n) for n in names])
     return sorted((json.loads(b) for b in beats if b), key=lambda w: -w["last_seen"])

@@ -23,7 +23,7 @@ from tasks.messages import ENQUEUED_AT_HEADER
 from vokaflow.core import keys
 from vokaflow.core.errors import NotFound
 from vokaflow.core.priorities import Priority
-from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name
+from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name, queue_tag
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import as_text
@@ -102,8 +102,8 @@ def non_empty_queues() -> list[QueueInfo]:
     highest priority first."""
     r = get_redis()
     scan = r.register_script(_SCAN)
-    lines = [line for worker_type in WorkerType
-             for line in as_text(scan(keys=_type_queues(worker_type), args=[ENQUEUED_AT_HEADER])).split("\n") if line]
+    lines = [line for queues in _scan_groups()
+             for line in as_text(scan(keys=queues, args=[ENQUEUED_AT_HEADER])).split("\n") if line]
     paused = paused_levels_set()
     now = time.time()
     found = []
@@ -116,6 +116,18 @@ def non_empty_queues() -> list[QueueInfo]:
             oldest_age_seconds=round(max(0.0, now - float(at)), 1) if at else None,
             paused=Level(route.worker_type, route.priority) in paused))
     return sorted(found, key=lambda q: int(Priority[q.priority]))  # stable: type and partition order stay
+
+
+def _scan_groups() -> list[list[str]]:
+    """The queues one scan script reads at a time: a worker type's (on a cluster, a type's in
+    one partition group: a script touches one slot)."""
+    if not keys.cluster_layout():
+        return [_type_queues(t) for t in WorkerType]
+    groups: dict[tuple, list[str]] = {}
+    for worker_type in WorkerType:
+        for queue in _type_queues(worker_type):
+            groups.setdefault((worker_type, queue_tag(queue)), []).append(queue)
+    return list(groups.values())
 
 
 @functools.lru_cache(maxsize=16)
@@ -194,7 +206,7 @@ def purge_queue(name: str) -> int:
     r = get_redis()
     # The queue is emptied at once (RENAME), then its messages are dropped in chunks with the
     # bodies of the large ones (kept in keys of their own: transport.outline).
-    doomed = keys.PURGING.format(uuid.uuid4().hex)
+    doomed = keys.in_group(keys.PURGING.format(uuid.uuid4().hex), queue_tag(name))  # RENAME stays in its slot
     try:
         r.rename(name, doomed)
     except redis.ResponseError:  # no such key: the queue was empty
@@ -203,7 +215,7 @@ def purge_queue(name: str) -> int:
     while chunk := r.lrange(doomed, 0, PURGE_CHUNK - 1):
         with r.pipeline(transaction=True) as pipe:
             pipe.ltrim(doomed, len(chunk), -1)
-            if bodies := body_keys(chunk):
+            if bodies := body_keys(chunk, queue_tag(name)):
                 pipe.delete(*bodies)
             pipe.execute()
         depth += len(chunk)

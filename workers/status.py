@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections import defaultdict
+from typing import cast
 
 import psutil
+import redis
 from django.conf import settings
+from redis.cluster import RedisCluster
 
 from tasks.counters import OUTCOMES
 from vokaflow.core import keys
@@ -15,7 +18,7 @@ from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import all_queues, parse_queue
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
-from vokaflow.redis_connect import as_text, redacted_url
+from vokaflow.redis_connect import as_text, is_cluster_client, mget, redacted_url
 from workers.live import live_workers
 from workers.queues import paused_levels
 
@@ -48,7 +51,7 @@ def task_counts() -> dict[str, dict[str, dict[str, int]]]:
 def throughput_per_second() -> float:
     """Tasks finished (succeeded or failed) per second over the last 60 s."""
     now = int(time.time())
-    values = get_redis().mget([keys.DONE.format(s) for s in range(now - THROUGHPUT_WINDOW, now + 1)])
+    values = mget(get_redis(), [keys.DONE.format(s) for s in range(now - THROUGHPUT_WINDOW, now + 1)])
     return round(sum(int(v) for v in values if v) / THROUGHPUT_WINDOW, 3)
 
 
@@ -57,17 +60,46 @@ def outcome_history(bucket: int, count: int) -> list[dict]:
     900), oldest first: the workers' once-a-second flush adds to these buckets, kept 25 h."""
     first = int(time.time()) // bucket - count + 1
     span = range(first, first + count)
-    values = get_redis().mget([keys.HISTORY.format(bucket, outcome, n) for n in span for outcome in ("completed",
-                                                                                                    "failed")])
+    values = mget(get_redis(), [keys.HISTORY.format(bucket, outcome, n) for n in span
+                                for outcome in ("completed", "failed")])
     return [{"start": n * bucket, "completed": int(values[2 * i] or 0), "failed": int(values[2 * i + 1] or 0)}
             for i, n in enumerate(span)]
 
 
 def redis_nodes() -> list[dict]:
-    info = get_redis().info()
-    return [{"url": redacted_url(settings.REDIS_URL), "role": info.get("role"), "version": info.get("redis_version"),
-             "connected_clients": info.get("connected_clients"), "used_memory": info.get("used_memory"),
-             "maxmemory_policy": info.get("maxmemory_policy"), "uptime_seconds": info.get("uptime_in_seconds")}]
+    """The Redis behind REDIS_URL; on a cluster every primary and replica, with its role and
+    the slots it serves (a replica: its primary's)."""
+    single = get_redis()
+    if not is_cluster_client(single):
+        return [_node(redacted_url(settings.REDIS_URL), single.info())]
+    client = cast(RedisCluster, single)
+    slots: dict[str, list[list[int]]] = {}
+    primary_of: dict[str, str] = {}
+    for (start, end), holders in sorted(cast(dict, client.cluster_slots()).items()):
+        primary = f"{holders['primary'][0]}:{holders['primary'][1]}"
+        slots.setdefault(primary, []).append([start, end])
+        for host, port, *_ in holders.get("replicas", []):
+            primary_of[f"{host}:{port}"] = primary
+    found = []
+    for node in sorted(client.get_nodes(), key=lambda n: n.name):
+        try:
+            info = client.get_redis_connection(node).info()
+        except (redis.RedisError, OSError) as exc:
+            found.append({"url": node.name, "node": node.name, "role": "unreachable", "error": str(exc)})
+            continue
+        entry = _node(node.name, info) | {"node": node.name}
+        if node.name in slots:
+            entry["slots"] = slots[node.name]
+        elif node.name in primary_of:
+            entry |= {"replica_of": primary_of[node.name], "slots": slots.get(primary_of[node.name], [])}
+        found.append(entry)
+    return found
+
+
+def _node(url: str, info: dict) -> dict:
+    return {"url": url, "role": info.get("role"), "version": info.get("redis_version"),
+            "connected_clients": info.get("connected_clients"), "used_memory": info.get("used_memory"),
+            "maxmemory_policy": info.get("maxmemory_policy"), "uptime_seconds": info.get("uptime_in_seconds")}
 
 
 def system_resources() -> dict:
@@ -110,7 +142,7 @@ def workers_status() -> dict:
 
 
 # What only staff see: where Redis and the workers run (addresses, host names in worker names, pids).
-STAFF_ONLY_REDIS_FIELDS = ("url", "version")
+STAFF_ONLY_REDIS_FIELDS = ("url", "version", "node", "replica_of", "error")
 STAFF_ONLY_WORKER_FIELDS = ("name", "host", "pid")
 STAFF_ONLY_POOL_FIELDS = ("hosts", "workers")
 

@@ -45,8 +45,10 @@ PAUSED = PREFIX + "paused"  # set of paused levels, "GENERAL_PURPOSE:LOW": their
 LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
 
 # Failed logins in the current window (vokaflow.login_limit)
-LOGIN_FAILURES_USER = PREFIX + "login-failures:user:{}"  # digest of the user name → count
-LOGIN_FAILURES_ADDRESS = PREFIX + "login-failures:addr:{}"  # client address → count
+# One hash tag for both: the limiter's script counts a user and an address at once (one slot on a
+# cluster; login attempts are few, so one slot carries them all).
+LOGIN_FAILURES_USER = PREFIX + "{{login-failures}}:user:{}"  # digest of the user name → count
+LOGIN_FAILURES_ADDRESS = PREFIX + "{{login-failures}}:addr:{}"  # client address → count
 
 # Django's cache (throttling)
 CACHE_PREFIX = PREFIX + "cache"

@@ -16,6 +16,7 @@ from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
 from vokaflow.core.workers import WorkerType, worker_argv
+from vokaflow.redis_connect import BadRedisUrl, cluster_client, is_cluster, redacted_url
 from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports, systemd_unit
 
 logger = logging.getLogger("vokaflow.launcher")
@@ -47,6 +48,7 @@ class Command(BaseCommand):
             raise CommandError(f"unknown process {', '.join(unknown)}; choose from {', '.join(PROCESS_NAMES)}")
         if options["systemd"]:
             return self._write_units(chosen, options)
+        self._check_broker()
         if options["setup"]:
             self._setup()
         specs = [spec for spec in self._specs(task_events="flower" in chosen) if spec.name in chosen]
@@ -105,6 +107,17 @@ class Command(BaseCommand):
         self.stdout.write(f"wrote {len(names)} units and vokaflow.target to {folder}; install with:\n"
                           f"  sudo cp {folder}/vokaflow* /etc/systemd/system/ && sudo systemctl daemon-reload "
                           f"&& sudo systemctl enable --now vokaflow.target")
+
+    def _check_broker(self) -> None:
+        """A rediscluster:// REDIS_URL whose nodes do not answer, or that is no cluster, stops here
+        with one line naming it (password redacted) and why."""
+        if is_cluster(settings.REDIS_URL):
+            try:
+                cluster_client(settings.REDIS_URL).ping(target_nodes="primaries")
+            except BadRedisUrl as exc:
+                raise CommandError(str(exc)) from None
+            except Exception as exc:
+                raise CommandError(f"Redis Cluster {redacted_url(settings.REDIS_URL)} cannot be used: {exc}") from None
 
     def _setup(self):
         self.stderr.write("[vokaflow] applying migrations")
@@ -176,6 +189,9 @@ class Command(BaseCommand):
             rows.append(("workers", " ".join(workers), ""))
         if "beat" in chosen:
             rows.append(("beat", "celery beat", "dead-letter flush and retention"))
+        rows.append(("Redis", redacted_url(settings.REDIS_URL),
+                     "Redis Cluster (queues spread over its primaries)" if is_cluster(settings.REDIS_URL)
+                     else "broker, results, locks"))
         logins = []
         if "web" in chosen:
             logins.append(("admin", self._admin_login()))
