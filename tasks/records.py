@@ -23,11 +23,15 @@ class Submission:
     eta: str | None = None
     duplicate: bool = False
     owner: int | None = None  # the submitting user's id; None: the system (Python API), seen by staff only
+    replicated: bool | None = None  # with VOKAFLOW_REDIS_REPLICAS_ACK: whether replicas confirmed it in time
 
     def public(self) -> dict:
-        """What the API shows about the submission (the owner stays internal)."""
+        """What the API shows about the submission (the owner stays internal; `replicated` only
+        when replicas are waited for)."""
         body = vars(self).copy()
         body.pop("owner")
+        if body["replicated"] is None:
+            body.pop("replicated")
         return body
 
 

@@ -90,15 +90,16 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     idempotency keys enqueues only the rest."""
     r = get_redis()
     if not keys.cluster_layout():
-        return _enqueue_atomically(r, requests, owner, bells=True)[0]
+        return _replicated(r, None, _enqueue_atomically(r, requests, owner, bells=True)[0])
     groups: dict[str | None, list[TaskRequest]] = {}
     for req in requests:
         groups.setdefault(group_tag(req.route.partition), []).append(req)
     answers: dict[str, Submission] = {}
     filled: set[str] = set()
-    for group in groups.values():
+    for tag, group in groups.items():
         try:
             done, woken_queues = _enqueue_atomically(r, group, owner, bells=False)
+            done = _replicated(r, tag, done)
         except BrokerUnavailable as exc:
             if not answers:
                 raise
@@ -107,6 +108,29 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
         filled |= woken_queues
     _ring(r, filled)
     return [answers[req.task_id] for req in requests]
+
+
+def _replicated(r, group: str | None, answers: list[Submission]) -> list[Submission]:
+    """With VOKAFLOW_REDIS_REPLICAS_ACK, wait until that many replicas have this submission's
+    writes (or the timeout passes) and say so in each new task's answer. WAIT counts the writes of
+    its own connection, so a marker is written on one connection to the group's primary and WAIT
+    follows on it: Redis replicates in order, so a replica that has the marker has the MULTI
+    before it. Never a 503: the tasks are enqueued, `replicated: false` says they might not survive
+    a failover right now."""
+    needed = settings.VOKAFLOW_REDIS_REPLICAS_ACK
+    if needed <= 0 or not any(not a.duplicate for a in answers):
+        return answers
+    marker = keys.in_group(keys.REPLICATED, group)
+    try:
+        node = r.get_redis_connection(r.get_node_from_key(marker)) if keys.cluster_layout() else r
+        with node.pipeline(transaction=False) as pipe:
+            pipe.set(marker, "1", px=60_000)
+            pipe.execute_command("WAIT", needed, settings.VOKAFLOW_REDIS_REPLICAS_ACK_TIMEOUT_MS)
+            acknowledged = pipe.execute()[1] >= needed
+    except (redis.RedisError, OSError) as exc:
+        logger.warning("could not wait for replicas of enqueued tasks: %s", exc)
+        acknowledged = False
+    return [a if a.duplicate else replace(a, replicated=acknowledged) for a in answers]
 
 
 def _ring(r, queues: set[str]) -> None:

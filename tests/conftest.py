@@ -318,6 +318,24 @@ class Cluster:
         for node in self.primaries():
             node.flushall()
 
+    def kill(self, port: int) -> None:
+        """SIGKILL the node on `port` (its replica takes over after the node timeout)."""
+        proc = next(p for p in self.procs if f"--port {port} " in " ".join(map(str, p.args)) + " ")
+        proc.kill()
+        proc.wait(10)
+
+    def restart(self, port: int) -> None:
+        """Start the killed node again: it rejoins, as a replica of the primary that replaced it."""
+        from scripts.cluster import cluster_ok
+
+        index = next(i for i, p in enumerate(self.procs) if f"--port {port} " in " ".join(map(str, p.args)) + " ")
+        self.procs[index] = subprocess.Popen(self.procs[index].args, stdout=subprocess.DEVNULL,
+                                             stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_for(lambda: cluster_ok(self.ports), 60, 0.2, "the cluster to be whole again")
+        wait_for(lambda: len(self.primaries()) == 3 and all(
+            redis.Redis(port=p).execute_command("ROLE")[0] in (b"master", b"slave") for p in self.ports),
+            60, 0.2, "every node to have a role")
+
 
 @pytest.fixture(scope="session")
 def redis_cluster(tmp_path_factory):

@@ -158,6 +158,11 @@ VOKAFLOW_PREFETCH_MAX_BYTES = env.int("VOKAFLOW_PREFETCH_MAX_BYTES", default=256
 # until the task is acknowledged (vokaflow.transport.outline): no script ever copies it.
 VOKAFLOW_INLINE_BODY_BYTES = env.int("VOKAFLOW_INLINE_BODY_BYTES", default=16 * 1024)
 VOKAFLOW_BROKER_TIMEOUT = env.float("VOKAFLOW_BROKER_TIMEOUT", default=2.0)
+# Replicas that must have a submission's writes before the API answers 202 (Redis WAIT; 0: do not
+# wait, replication stays asynchronous), and how long to wait for them (ms): past it the task is
+# enqueued all the same and the answer says "replicated": false (tasks.submit).
+VOKAFLOW_REDIS_REPLICAS_ACK = env.int("VOKAFLOW_REDIS_REPLICAS_ACK", default=0)
+VOKAFLOW_REDIS_REPLICAS_ACK_TIMEOUT_MS = env.int("VOKAFLOW_REDIS_REPLICAS_ACK_TIMEOUT_MS", default=500)
 VOKAFLOW_IDEMPOTENCY_TTL = env.int("VOKAFLOW_IDEMPOTENCY_TTL", default=24 * 3600)
 VOKAFLOW_RESULT_TTL = env.int("VOKAFLOW_RESULT_TTL", default=24 * 3600)
 VOKAFLOW_MAX_BODY_BYTES = env.int("VOKAFLOW_MAX_BODY_BYTES", default=2 * 1024 * 1024)

@@ -79,6 +79,9 @@ class SubmissionSerializer(serializers.Serializer):
     submitted_at = serializers.CharField()
     eta = serializers.CharField(allow_null=True)
     duplicate = serializers.BooleanField(help_text="True when an idempotency key matched an earlier submission.")
+    replicated = serializers.BooleanField(
+        required=False, help_text="Only with VOKAFLOW_REDIS_REPLICAS_ACK: whether that many replicas confirmed "
+                                  "the task's writes in time; false: it is enqueued, but a failover now could lose it.")
     status_url = serializers.CharField()
 
 

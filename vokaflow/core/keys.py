@@ -24,6 +24,7 @@ PENDING = PREFIX + "pending:{}"  # owner → sorted set: task id → when it sto
 # Broker
 BELL = PREFIX + "bell:{}"  # worker type short name → stream an idle consumer waits on
 BODY = PREFIX + "body:{}"  # delivery tag → the body of a large message, kept out of its queue
+REPLICATED = PREFIX + "replicated"  # marker written before WAIT (tasks.submit; per group on a cluster)
 PURGING = PREFIX + "purging:{}"  # a purged queue's messages while their bodies are deleted (workers.queues)
 SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: message → due (epoch s)
 
