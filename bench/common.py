@@ -18,15 +18,16 @@ ROOT = Path(__file__).resolve().parent.parent
 BENCH_DB = int(os.environ.get("BENCH_REDIS_DB", 12))
 
 
-def _load_services():
-    """scripts/services.py (finds or starts Redis) is a standalone script, not a package: load it by path."""
-    spec = importlib.util.spec_from_file_location("vokaflow_services", ROOT / "scripts" / "services.py")
+def load_script(name: str):
+    """A standalone script of scripts/ (services.py finds or starts Redis, cluster.py a local Redis
+    Cluster), not a package: loaded by path."""
+    spec = importlib.util.spec_from_file_location(f"vokaflow_{name}", ROOT / "scripts" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
-services = _load_services()
+services = load_script("services")
 
 
 def bench_redis_url() -> str:

@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import logging
+import socket
 from math import ceil
 from queue import Empty
 from time import monotonic, time
@@ -186,6 +187,7 @@ class ClusterFetch(ReliableFetch):
     cluster_url = ""
     _idle = False  # the last round found every group empty: the poll connection waits on the bell
     _poll_node: tuple[str, int] | None = None  # (host, port) the poll connection goes to: the bell's node
+    _level: int | None = None  # the priority rank the last batch came from, while a backlog lasts
     _bell_seen: bytes | str = b"$"
     _turn = itertools.count()
     _carried_at = 0.0
@@ -270,7 +272,18 @@ class ClusterFetch(ReliableFetch):
 
     def fetch_round(self) -> bool:
         """Probe, choose, fetch and deliver; True when messages were delivered. An empty round
-        leaves the channel idle: the poller then sends the bell's XREAD (_brpop_start)."""
+        leaves the channel idle: the poller then sends the bell's XREAD (_brpop_start). A refused
+        command (slots moving, a script missing on a promoted replica) costs the round: nothing
+        was taken, and the wait on the bell paces the next try."""
+        try:
+            return self._fetch_round()
+        except self.connection_errors:
+            raise
+        except redis_errors.ResponseError as exc:
+            logger.warning("a fetch round on the Redis Cluster was refused, nothing was taken: %s", exc)
+            return False
+
+    def _fetch_round(self) -> bool:
         if self._plain():
             return False  # kombu's BRPOP reads it (_brpop_start)
         groups = self._groups()
@@ -279,7 +292,7 @@ class ClusterFetch(ReliableFetch):
         consume_here()
         self._release_quota()
         for _ in range(RACES):
-            best = self._probe(groups)
+            best = self._same_level(groups) or self._probe(groups)
             if best is None:
                 self._bell_seen = self._last_bell()
                 best = self._probe(groups)  # a push before that read is seen here, one after it rings
@@ -289,24 +302,47 @@ class ClusterFetch(ReliableFetch):
                     return False
             reply = self._fetch(*best)
             if bytes_to_str(reply[0]) != "empty":
+                self._level = priority_rank(bytes_to_str(reply[1]))
                 self._deliver_batch(reply)
                 return True
-            # taken by another worker since the probe: choose again
+            self._level = None  # taken by another worker since the probe: choose afresh
         return False
+
+    def _same_level(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
+        """The cheap probe while a backlog lasts: whether any group has a message above the level
+        served last (then the full probe chooses), and which have one at that level; two plain
+        EXISTS per group instead of a script. None: the full probe decides."""
+        level = self._level
+        if level is None:
+            return None
+        order = self._in_turn(groups)
+        calls = []
+        for group in order:
+            higher = [q for q in groups[group] if priority_rank(q) < level]
+            same = [q for q in groups[group] if priority_rank(q) == level]
+            calls += [(groups[group][0], ("EXISTS", *higher) if higher else ("ECHO", "0")),
+                      (groups[group][0], ("EXISTS", *same) if same else ("ECHO", "0"))]
+        found = self._on_primaries(calls)
+        if any(int(found[2 * i]) for i in range(len(order))):
+            self._level = None
+            return None  # a higher level arrived
+        for i, group in enumerate(order):
+            if int(found[2 * i + 1]):
+                return group, [q for q in groups[group] if priority_rank(q) <= level]
+        self._level = None
+        return None  # that level is drained
+
+    def _in_turn(self, groups: dict[str, list[str]]) -> list[str]:
+        order = list(groups)
+        start = next(self._turn) % len(order)
+        return order[start:] + order[:start]
 
     def _probe(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
         """(group, its queues down to its first waiting one) of the highest waiting level; ties
         take turns."""
-        order = list(groups)
-        start = next(self._turn) % len(order)
-        order = order[start:] + order[:start]
-        def probe():
-            with self._cluster.pipeline(transaction=False) as pipe:
-                for group in order:  # by name: a cluster pipeline refuses its evalsha()
-                    pipe.execute_command("EVALSHA", PROBE_SHA, len(groups[group]), *groups[group])
-                return pipe.execute()
-
-        found = self._with_scripts(probe)
+        order = self._in_turn(groups)
+        calls = [(groups[g][0], ("EVALSHA", PROBE_SHA, len(groups[g]), *groups[g])) for g in order]
+        found = self._with_scripts(lambda: self._on_primaries(calls))
         best = None
         for group, first in zip(order, found, strict=True):
             if first:
@@ -401,22 +437,68 @@ class ClusterFetch(ReliableFetch):
             self._tag_group.pop(tag, None)
 
     def _write_groups(self, by_group) -> None:
-        with self._cluster.pipeline(transaction=False) as pipe:
-            for group, (results, _, acks, bodies) in by_group.items():
-                if group is None:  # results of ids made elsewhere: each its own slot
-                    for key, value, ttl in results:
-                        store_unless_final(self._cluster, key, value, ttl)
-                    for body in bodies:
-                        pipe.delete(body)
-                    if acks:
-                        logger.error("acknowledgements %s name no partition group; they come back after the "
-                                     "visibility timeout", acks[:5])
-                    continue
-                unacked, index, _ = unacked_keys(group)
-                names, values = self._pending_parts(results, [], acks, bodies)
-                pipe.execute_command("EVALSHA", _FETCH_SHA, 2 + len(names), unacked, index, *names,
-                                     0, 0, 0, 0, 1, 0, 0, *values)
-            pipe.execute()
+        calls = []
+        for group, (results, _, acks, bodies) in by_group.items():
+            if group is None:  # results of ids made elsewhere: each its own slot
+                for key, value, ttl in results:
+                    store_unless_final(self._cluster, key, value, ttl)
+                for body in bodies:
+                    self._cluster.delete(body)
+                if acks:
+                    logger.error("acknowledgements %s name no partition group; they come back after the "
+                                 "visibility timeout", acks[:5])
+                continue
+            unacked, index, _ = unacked_keys(group)
+            names, values = self._pending_parts(results, [], acks, bodies)
+            calls.append((unacked, ("EVALSHA", _FETCH_SHA, 2 + len(names), unacked, index, *names,
+                                    0, 0, 0, 0, 1, 0, 0, *values)))
+        if calls:
+            self._on_primaries(calls)
+
+    def _on_primaries(self, calls: list[tuple[str, tuple]]) -> list:
+        """Each (a key it touches, command) on the primary of that key's slot, pipelined per node
+        and all nodes at once (sent to every one before any reply is read); the replies in order.
+        Not redis-py's cluster pipeline: it asks Redis for the keys of every EVALSHA first
+        (COMMAND GETKEYS, a round trip each). A redirection (MOVED, ASK: slots moving) or a lost
+        node refreshes the slot map and raises: the round is tried again."""
+        by_node: dict[str, tuple] = {}
+        for i, (key, command) in enumerate(calls):
+            node = self._cluster.get_node_from_key(key)
+            by_node.setdefault(node.name, (node, []))[1].append((i, command))
+        replies: list = [None] * len(calls)
+        sent = []
+        try:
+            for node, items in by_node.values():
+                client = self._cluster.get_redis_connection(node)
+                connection = client.connection_pool.get_connection()
+                sent.append((client, connection, items))
+                connection.send_packed_command(connection.pack_commands([c for _, c in items]))
+            errors = []
+            for client, connection, items in sent:
+                for i, command in items:
+                    try:
+                        replies[i] = client.parse_response(connection, command[0])
+                    except redis_errors.ResponseError as exc:
+                        errors.append(exc)
+        except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+            for _, connection, _ in sent:
+                connection.disconnect()  # replies may be left unread on it
+            self._refresh_slots()
+            raise
+        finally:
+            for client, connection, _ in sent:
+                client.connection_pool.release(connection)
+        if errors:
+            if any(isinstance(e, (redis_errors.MovedError, redis_errors.AskError)) for e in errors):
+                self._refresh_slots()
+            raise errors[0]
+        return replies
+
+    def _refresh_slots(self) -> None:
+        try:
+            self._cluster.nodes_manager.initialize()
+        except Exception as exc:  # the cluster is failing over: the next round tries again
+            logger.warning("could not refresh the Redis Cluster's slots: %s", exc)
 
     @override
     def flush(self, client=None) -> None:
@@ -524,6 +606,12 @@ class ClusterChannel(ClusterFetch, kombu_redis.Channel):
 class ClusterPoller(kombu_redis.MultiChannelPoller):
     """kombu's poller, running the channels' fetch rounds before it waits on their sockets."""
 
+    def __init__(self):
+        super().__init__()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)
+
     def _fetch(self) -> bool:
         delivered = False
         for channel in list(self._channels):
@@ -545,10 +633,28 @@ class ClusterPoller(kombu_redis.MultiChannelPoller):
 
     @override
     def on_poll_start(self):
+        delivered = False
         while self._fetch():  # the event loop: fetch until the slots are full or the queues empty
-            pass
+            delivered = True
+        if delivered:
+            # The loop would now wait on sockets none of which has a reply coming (the fetch
+            # was synchronous): a byte on its own pipe makes it go round again at once.
+            self._wake()
         self._point_polls()
         super().on_poll_start()
+
+    def _wake(self) -> None:
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass  # full: a wake-up is pending already
+
+    def drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
 
 
 class ClusterTransport(kombu_redis.Transport):
@@ -558,3 +664,8 @@ class ClusterTransport(kombu_redis.Transport):
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.cycle = ClusterPoller()
+
+    @override
+    def register_with_event_loop(self, connection, loop):
+        super().register_with_event_loop(connection, loop)
+        loop.add_reader(self.cycle._wake_r.fileno(), self.cycle.drain_wake)
