@@ -588,3 +588,77 @@ def test_celery_db_reuse_max_keeps_the_workers_database_connections_open():
     fixup.db_reuse_max = None  # Celery's default
     fixup.close_database()
     assert connection.connection is None
+
+
+# -- the Redis Cluster transport (vokaflow.cluster_transport) and its Flower glue ------------------
+
+def test_kombus_poller_fetches_through_get_and_on_poll_start_and_registers_brpop_per_client():
+    # ClusterPoller runs its fetch rounds in get() and on_poll_start(); kombu registers a
+    # channel's poll client (the bell's node) by (channel, client, 'BRPOP').
+    poller = kombu_redis.MultiChannelPoller
+    assert list(inspect.signature(poller.get).parameters) == ["self", "callback", "timeout"]
+    assert "self._register_BRPOP(channel)" in inspect.getsource(poller.on_poll_start)
+    assert "ident = channel, channel.client, 'BRPOP'" in inspect.getsource(poller._register_BRPOP)
+    assert "channel._brpop_start()" in inspect.getsource(poller._register_BRPOP)
+    source = inspect.getsource(kombu_redis.Transport.register_with_event_loop)
+    assert "loop.on_tick.add(on_poll_start)" in source and "add_reader(fd, on_readable, fd)" in source
+
+
+def test_kombus_bindings_of_expiring_queues_use_a_two_key_script_the_cluster_channel_avoids():
+    source = inspect.getsource(kombu_redis.Channel._queue_bind)
+    assert "if queue in self._expires:" in source and "self._script_binding_deadlines" in source
+    assert "self.keyprefix_binding_permanent" in source
+    for name in ("maybe_refresh_binding_expiry", "sweep_bindings", "_delete", "_purge", "_connparams",
+                 "_create_client"):
+        assert callable(getattr(kombu_redis.Channel, name)), name
+    assert "pipe = pipe.delete(" in inspect.getsource(kombu_redis.Channel._delete)  # why _delete is rewritten
+
+
+def test_redis_pys_cluster_client_api_the_fetch_rounds_use(cluster):
+    from redis.cluster import ClusterPipeline
+
+    client = cluster.client()
+    node = client.get_node_from_key("cpu.high.p0{da79}")
+    direct = client.get_redis_connection(node)
+    connection = direct.connection_pool.get_connection()
+    try:
+        connection.send_packed_command(connection.pack_commands([("SET", "x{da79}", "1"), ("EXISTS", "x{da79}")]))
+        assert [direct.parse_response(connection, "SET"), direct.parse_response(connection, "EXISTS")] == [True, 1]
+    finally:
+        direct.connection_pool.release(connection)
+    client.nodes_manager.initialize()
+    assert client.script_load("return 1") == client.script_load("return 1")  # on every primary
+    # A cluster pipeline's delete() returns None (kombu chains it), its other commands the pipeline.
+    with client.pipeline() as pipe:
+        assert pipe.delete("x{da79}") is None and isinstance(pipe.llen("x{da79}"), ClusterPipeline)
+        pipe.execute()
+
+
+def test_flowers_broker_dispatches_on_the_scheme_and_reads_lengths_through_its_client():
+    from flower.utils import broker as flower_broker
+
+    from vokaflow.flower_broker import teach
+
+    assert "scheme = urlparse(broker_url).scheme" in inspect.getsource(flower_broker.Broker.__new__)
+    assert "self.redis.pipeline()" in inspect.getsource(flower_broker.RedisBase.queues)
+    assert "self.priority_steps" in inspect.getsource(flower_broker.RedisBase.queues)
+    teach()
+    broker = flower_broker.Broker("rediscluster://127.0.0.1:7100/0", http_api=None,
+                                  broker_options={"cluster_url": "rediscluster://127.0.0.1:7100/"})
+    assert type(broker).__name__ == "ClusterBroker" and broker.priority_steps == [0]
+    assert isinstance(flower_broker.Broker("redis://127.0.0.1:6379/0", broker_options={}), flower_broker.Redis)
+
+
+def test_flower_reads_queue_lengths_on_the_cluster(cluster):
+    import asyncio
+
+    from flower.utils import broker as flower_broker
+
+    from vokaflow.flower_broker import teach
+
+    teach()
+    client = cluster.client()
+    client.rpush("cpu.high.p3{1ed4}", "a", "b")
+    broker = flower_broker.Broker("rediscluster://127.0.0.1:7100/0", broker_options={"cluster_url": cluster.url})
+    lengths = asyncio.run(broker.queues(["cpu.high.p3{1ed4}", "cpu.high.p0{da79}"]))
+    assert lengths == [{"name": "cpu.high.p3{1ed4}", "messages": 2}, {"name": "cpu.high.p0{da79}", "messages": 0}]

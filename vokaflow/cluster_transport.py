@@ -54,10 +54,9 @@ from vokaflow.core.queues import priority_rank, queue_tag
 from vokaflow.core.slots import tag_in, tagged
 from vokaflow.hotpath import consume_here, pending_releases
 from vokaflow.redis_connect import cluster_client
-from vokaflow.result_store import store_unless_final
+from vokaflow.result_store import quiet, store_unless_final
 from vokaflow.transport import (
     _FETCH,
-    _FETCH_SHA,
     Pending,
     QoS,
     ReliableFetch,
@@ -81,7 +80,11 @@ end
 return 0
 """
 PROBE_SHA = hashlib.sha1(PROBE.encode()).hexdigest()
-CARRY_SECONDS = 0.05  # longest an acknowledgement of another group waits for that group's fetch
+# The fetch script without publishing the results it stores (result_store.quiet: a PUBLISH on a
+# cluster goes to every node).
+FETCH = quiet(_FETCH)
+FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
+CARRY_SECONDS = 0.25  # longest an acknowledgement of another group waits for that group's fetch
 RACES = 3  # rounds whose choice another worker emptied first, before the consumer yields to the loop
 
 # What a cluster's redis-py raises once its own retries (redirections, reconnects) are spent:
@@ -187,13 +190,15 @@ class ClusterFetch(ReliableFetch):
     cluster_url = ""
     _idle = False  # the last round found every group empty: the poll connection waits on the bell
     _poll_node: tuple[str, int] | None = None  # (host, port) the poll connection goes to: the bell's node
-    _level: int | None = None  # the priority rank the last batch came from, while a backlog lasts
+    _level: int | None = None  # the priority rank being served, while a backlog lasts
+    _ready: list[str] = []  # groups the last full probe found waiting at that rank, in turn order
     _bell_seen: bytes | str = b"$"
     _turn = itertools.count()
     _carried_at = 0.0
 
     def __init__(self, *args, **kwargs):
         self._tag_group: dict[str, str] = {}
+        self._ready = []
         self._ignored: set[str] = set()  # foreign queues beside the platform's, logged once
         super().__init__(*args, **kwargs)
 
@@ -302,35 +307,31 @@ class ClusterFetch(ReliableFetch):
                     return False
             reply = self._fetch(*best)
             if bytes_to_str(reply[0]) != "empty":
-                self._level = priority_rank(bytes_to_str(reply[1]))
+                if priority_rank(bytes_to_str(reply[1])) != self._level:
+                    self._level = None  # it found a higher level than chosen: probe afresh next time
                 self._deliver_batch(reply)
                 return True
-            self._level = None  # taken by another worker since the probe: choose afresh
+            if best[0] in self._ready:  # drained at that level (by another worker, or just now)
+                self._ready.remove(best[0])
         return False
 
     def _same_level(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
-        """The cheap probe while a backlog lasts: whether any group has a message above the level
-        served last (then the full probe chooses), and which have one at that level; two plain
-        EXISTS per group instead of a script. None: the full probe decides."""
+        """The cheap probe while a backlog lasts: the groups the last full probe found waiting at
+        the level served since take turns, and one plain EXISTS per group (none at the top level)
+        asks whether anything above that level arrived meanwhile; if so, or when those groups
+        have drained, None: the full probe chooses again."""
         level = self._level
-        if level is None:
+        if level is None or not self._ready:
             return None
-        order = self._in_turn(groups)
-        calls = []
-        for group in order:
-            higher = [q for q in groups[group] if priority_rank(q) < level]
-            same = [q for q in groups[group] if priority_rank(q) == level]
-            calls += [(groups[group][0], ("EXISTS", *higher) if higher else ("ECHO", "0")),
-                      (groups[group][0], ("EXISTS", *same) if same else ("ECHO", "0"))]
-        found = self._on_primaries(calls)
-        if any(int(found[2 * i]) for i in range(len(order))):
-            self._level = None
+        calls = [(queues[0], ("EXISTS", *higher)) for queues in groups.values()
+                 if (higher := [q for q in queues if priority_rank(q) < level])]
+        if calls and any(self._on_primaries(calls)):
             return None  # a higher level arrived
-        for i, group in enumerate(order):
-            if int(found[2 * i + 1]):
-                return group, [q for q in groups[group] if priority_rank(q) <= level]
-        self._level = None
-        return None  # that level is drained
+        group = self._ready.pop(0)
+        if group not in groups:
+            return None
+        self._ready.append(group)  # its turn again after the others
+        return group, [q for q in groups[group] if priority_rank(q) <= level]
 
     def _in_turn(self, groups: dict[str, list[str]]) -> list[str]:
         order = list(groups)
@@ -338,18 +339,21 @@ class ClusterFetch(ReliableFetch):
         return order[start:] + order[:start]
 
     def _probe(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
-        """(group, its queues down to its first waiting one) of the highest waiting level; ties
-        take turns."""
+        """(group, its queues down to its first waiting one) of the highest waiting level; the
+        groups waiting at that level take turns from here on (_same_level)."""
         order = self._in_turn(groups)
         calls = [(groups[g][0], ("EVALSHA", PROBE_SHA, len(groups[g]), *groups[g])) for g in order]
         found = self._with_scripts(lambda: self._on_primaries(calls))
-        best = None
-        for group, first in zip(order, found, strict=True):
-            if first:
-                rank = priority_rank(groups[group][first - 1])
-                if best is None or rank < best[0]:
-                    best = (rank, group, groups[group][:first])
-        return None if best is None else (best[1], best[2])
+        ranks = {group: priority_rank(groups[group][first - 1]) for group, first in zip(order, found, strict=True)
+                 if first}
+        if not ranks:
+            self._level, self._ready = None, []
+            return None
+        self._level = min(ranks.values())
+        self._ready = [group for group in order if ranks.get(group) == self._level]
+        group = self._ready.pop(0)
+        self._ready.append(group)
+        return group, [q for q in groups[group] if priority_rank(q) <= self._level]
 
     _scripts_loaded = False
 
@@ -366,7 +370,7 @@ class ClusterFetch(ReliableFetch):
 
     def _load_scripts(self) -> None:
         self._cluster.script_load(PROBE)
-        self._cluster.script_load(_FETCH)
+        self._cluster.script_load(FETCH)
         self._scripts_loaded = True
 
     def _fetch(self, group: str, queues: list[str]):
@@ -377,7 +381,7 @@ class ClusterFetch(ReliableFetch):
         keys_ = [unacked, index, *queues, *names]
         args = [len(queues), 0, ceil(time()), len(queues), *([1] * len(queues)), *self._cost_values(), *values]
         try:
-            reply = self._with_scripts(lambda: self._cluster.evalsha(_FETCH_SHA, len(keys_), *keys_, *args))
+            reply = self._with_scripts(lambda: self._cluster.evalsha(FETCH_SHA, len(keys_), *keys_, *args))
         except BaseException:
             self._put_back(self._sent)
             raise
@@ -450,7 +454,7 @@ class ClusterFetch(ReliableFetch):
                 continue
             unacked, index, _ = unacked_keys(group)
             names, values = self._pending_parts(results, [], acks, bodies)
-            calls.append((unacked, ("EVALSHA", _FETCH_SHA, 2 + len(names), unacked, index, *names,
+            calls.append((unacked, ("EVALSHA", FETCH_SHA, 2 + len(names), unacked, index, *names,
                                     0, 0, 0, 0, 1, 0, 0, *values)))
         if calls:
             self._on_primaries(calls)

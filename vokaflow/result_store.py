@@ -15,9 +15,12 @@ through the Celery backend.
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from celery import states
 from redis.exceptions import WatchError
+
+from vokaflow.redis_connect import is_cluster_client
 
 # The states a stored meta keeps for good (Celery's READY_STATES).
 FINAL_STATES = frozenset(states.READY_STATES)
@@ -52,7 +55,18 @@ end
 # KEYS[1]: the meta key. ARGV[1]: the new meta (JSON), ARGV[2]: its TTL in whole seconds (0: none).
 STORE_UNLESS_FINAL = STORE_LUA + "return store_unless_final(KEYS[1], ARGV[1], ARGV[2])"
 
-_script = None
+
+def quiet(script: str) -> str:
+    """`script` without the PUBLISH of each stored meta, for a Redis Cluster: there a PUBLISH goes
+    to every node over the cluster bus (several µs of CPU on each, per task), so results are not
+    published there and `AsyncResult.get()` polls instead (tasks.backends.ClusterResultBackend)."""
+    quieted = script.replace(PUBLISH_LINE, "")
+    assert quieted != script, "the script publishes no more: quiet() has nothing to take out"
+    return quieted
+
+
+PUBLISH_LINE = "  redis.call('PUBLISH', key, value)\n"
+_scripts: dict[bool, Any] = {}  # a registered script per layout (quiet on a cluster)
 
 
 # A meta larger than this is written without Lua: a script hashes every byte of every string it
@@ -68,12 +82,14 @@ def store_unless_final(client, key: str | bytes, value: str | bytes, ttl: float 
     """Write a task meta unless a final state is stored there; True when it was written.
     One round trip (EVALSHA; the script is loaded on first use); a large meta takes an
     optimistic transaction instead (WATCH, GET, MULTI SET PUBLISH EXEC), the same rule."""
+    cluster = is_cluster_client(client)
     if not fits_a_script(value):
-        return _store_large(client, key, value, ttl)
-    global _script
-    if _script is None:
-        _script = client.register_script(STORE_UNLESS_FINAL)
-    return bool(_script(keys=[key], args=[value, int(ttl or 0)], client=client))
+        return _store_large(client, key, value, ttl, publish=not cluster)
+    script = _scripts.get(cluster)
+    if script is None:
+        script = _scripts[cluster] = client.register_script(quiet(STORE_UNLESS_FINAL) if cluster
+                                                            else STORE_UNLESS_FINAL)
+    return bool(script(keys=[key], args=[value, int(ttl or 0)], client=client))
 
 
 def _is_final(stored: bytes | None) -> bool:
@@ -84,7 +100,7 @@ def _is_final(stored: bytes | None) -> bool:
     return isinstance(meta, dict) and meta.get("status") in FINAL_STATES
 
 
-def _store_large(client, key, value, ttl) -> bool:
+def _store_large(client, key, value, ttl, publish: bool = True) -> bool:
     with client.pipeline() as pipe:
         while True:
             try:
@@ -93,7 +109,8 @@ def _store_large(client, key, value, ttl) -> bool:
                     return False
                 pipe.multi()
                 pipe.set(key, value, ex=int(ttl) if ttl else None)
-                pipe.publish(key, value)
+                if publish:
+                    pipe.publish(key, value)
                 pipe.execute()
                 return True
             except WatchError:  # written meanwhile: look again
