@@ -219,9 +219,24 @@ class ClusterFetch(ReliableFetch):
     @override
     def _connparams(self, asynchronous=False):
         params = super()._connparams(asynchronous)
-        if asynchronous and self._poll_node:
-            params.update(host=self._poll_node[0], port=self._poll_node[1], db=0)
+        if asynchronous and self.cluster_url:
+            # Not the broker URL's node: it may be the primary that died (kombu names one node).
+            host, port = self._poll_node or self._live_node()
+            params.update(host=host, port=port, db=0)
         return params
+
+    def _live_node(self) -> tuple[str, int]:
+        """A primary that answers, from a fresh slot map: the poll connection is made when a
+        channel is (at start, and again after a lost connection, when a failover may have
+        replaced the primaries)."""
+        self._refresh_slots()
+        for node in self._cluster.get_primaries():
+            try:
+                self._cluster.get_redis_connection(node).ping()
+            except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
+                continue
+            return node.host, node.port
+        raise redis_errors.ConnectionError(f"no primary of the Redis Cluster at {self.cluster_url} answers")
 
     def ensure_poll_node(self) -> None:
         """Point the poll connection at the node holding this consumer's bell (before the
