@@ -81,3 +81,35 @@ def _promoted(cluster, dead_port: int) -> bool:
             b"cluster_state:ok" in redis.Redis(port=p).execute_command("CLUSTER", "INFO") for p in live)
     except redis.RedisError:
         return False
+
+
+@pytest.mark.slow
+def test_a_reshard_mid_drain_loses_nothing_and_leaves_nothing_stuck(on_cluster, start_worker):
+    """`redis-cli --cluster reshard` moves the slots of partition 0's group (with its queues and
+    unacked hash) to another primary while two workers drain: redirections are followed."""
+    import subprocess
+
+    client = on_cluster.client()
+    ids = [a.task_id for start in range(0, 3000, 500)
+           for a in enqueue([prepare("tests.record", kwargs={"seconds": 0.001}, partition_key=f"k{start + i}")
+                             for i in range(500)])]
+    for _ in range(2):
+        start_worker("general", concurrency=2, pool="threads", env=worker_env(VOKAFLOW_VISIBILITY_TIMEOUT=5))
+    wait_for(lambda: client.scard("vokaflow:test:seen") > 300, 60, 0.01, "the drain to be under way")
+    tag = partition_tag(0, 8)
+    source = client.get_node_from_key(f"x{{{tag}}}")
+    target = next(n for n in client.get_primaries() if n.name != source.name)
+    ids_of = {n.name: redis.Redis(host=n.host, port=n.port).execute_command("CLUSTER", "MYID").decode()
+              for n in (source, target)}
+    moved = subprocess.run(["redis-cli", "--cluster", "reshard", f"127.0.0.1:{source.port}",
+                            "--cluster-from", ids_of[source.name], "--cluster-to", ids_of[target.name],
+                            "--cluster-slots", "1100", "--cluster-yes"], capture_output=True, text=True, timeout=300)
+    assert moved.returncode == 0, moved.stdout[-2000:] + moved.stderr[-2000:]
+    client.nodes_manager.initialize()
+    assert client.get_node_from_key(f"x{{{tag}}}").name == target.name  # the group lives elsewhere now
+    results = wait_all(client, ids, timeout=180)
+    assert len(results) == len(ids)
+    wait_for(lambda: held(client) == 0, 30, 0.2, "nothing left unacknowledged")
+    check = subprocess.run(["redis-cli", "--cluster", "check", f"127.0.0.1:{target.port}"], capture_output=True,
+                           text=True, timeout=30)
+    assert check.returncode == 0 and "[OK] All 16384 slots covered." in check.stdout
