@@ -87,6 +87,7 @@ FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
 CARRY_SECONDS = 0.25  # longest an acknowledgement of another group waits for that group's fetch
 RACES = 3  # rounds whose choice another worker emptied first, before the consumer yields to the loop
 
+REDIRECTIONS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
 # What a cluster's redis-py raises once its own retries (redirections, reconnects) are spent:
 # for kombu these are connection errors, and the consumer reconnects.
 CLUSTER_ERRORS = (redis_errors.ClusterError, redis_errors.RedisClusterException, redis_errors.TryAgainError,
@@ -498,7 +499,7 @@ class ClusterFetch(ReliableFetch):
                     try:
                         replies[i] = client.parse_response(connection, command[0])
                     except redis_errors.ResponseError as exc:
-                        errors.append(exc)
+                        errors.append((i, exc))
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError):
             for _, connection, _ in sent:
                 connection.disconnect()  # replies may be left unread on it
@@ -507,10 +508,15 @@ class ClusterFetch(ReliableFetch):
         finally:
             for client, connection, _ in sent:
                 client.connection_pool.release(connection)
+        for i, error in errors:
+            if not isinstance(error, REDIRECTIONS):
+                raise error
+            # Slots moving: this one again through RedisCluster, which follows MOVED and ASK (and
+            # waits out TRYAGAIN while a slot's keys are half moved). The commands are idempotent
+            # probes and acknowledgements, and a refused one changed nothing.
+            replies[i] = self._cluster.execute_command(*calls[i][1])
         if errors:
-            if any(isinstance(e, (redis_errors.MovedError, redis_errors.AskError)) for e in errors):
-                self._refresh_slots()
-            raise errors[0]
+            self._refresh_slots()
         return replies
 
     def _refresh_slots(self) -> None:
@@ -523,8 +529,12 @@ class ClusterFetch(ReliableFetch):
     def flush(self, client=None) -> None:
         self._release_quota()
         pending = self._take_pending()
-        if any(pending):
+        if not any(pending):
+            return
+        try:
             self._write(pending)
+        except redis_errors.ResponseError as exc:  # put back by _write: the next round carries them
+            logger.warning("acknowledgements not written yet (the Redis Cluster refused them: %s)", exc)
 
     def _last_bell(self) -> bytes | str:
         last = self._cluster.xrevrange(self._bell(), "+", "-", count=1)
