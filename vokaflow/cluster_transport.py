@@ -5,30 +5,35 @@ level, its own `unacked{tag}` hash and index, and the bodies of its large messag
 script of vokaflow.transport runs unchanged on one group, and a type's work spreads over every
 primary. A fetch round of a consumer:
 
-1. **Probe**: one tiny script per group it consumes (PROBE, pipelined: redis-py sends to every
-   primary at once and then reads) answers which of the group's queues, in level order, is the
-   first with a message.
-2. **Choose**: the group whose first waiting message has the highest level (ties take turns);
-   the fetch script runs on that group with only the queues of that level and above, so it can
-   take a higher level that arrived meanwhile but never a lower one: a worker never takes a task
-   of a lower level while a higher one waited in any group it consumes when it chose. The cost:
-   one probe per group per batch (a few µs of Redis CPU each, spread over the primaries).
+1. **Probe**: one tiny script per group it consumes (PROBE) answers which of the group's queues,
+   in level order, is the first with a message. The probes go pipelined to every primary at
+   once (_on_primaries), all sent before any reply is read.
+2. **Choose**: the group whose first waiting message has the highest level; the groups waiting
+   at that level take turns. The fetch script runs on the chosen group with only the queues of
+   that level and above, so it can take a higher level that arrived meanwhile but never a lower
+   one: a worker never takes a task of a lower level while a higher one waited in any group it
+   consumes when it chose. While a backlog at one level lasts, the next rounds ask each group
+   with one plain EXISTS whether anything above that level arrived (none at the top level); the
+   scripts run again when one did, or when the groups waiting at that level have drained.
 3. **Carry**: the chosen group's fetch script carries that group's acknowledgements, SUCCESS
    results (a task id made on a cluster carries its group's tag, so its result key lies in the
    group's slot) and body deletions, as on one Redis. What belongs to other groups waits for
    their next fetch, at most CARRY_SECONDS, and is then written by a fetch-less call of the same
    script; quota releases (their keys are per owner, in other slots) go first, in one pipelined
-   call. An idle consumer writes everything at once.
+   call. An idle consumer writes everything at once. Results are not published on a cluster
+   (result_store.quiet).
 4. **Idle**: when every group is empty, the consumer reads the type's bell, probes once more
    (a push between the first probe and that read would otherwise ring unheard), and waits on the
    bell with XREAD. A publisher rings the bell only when its push found the queue empty
    (transport.woken): a non-empty queue has consumers awake already, so the bell is no key every
    task touches.
 
-Rounds run synchronously in the poller (ClusterPoller) before it waits on sockets; only the idle
-XREAD is left to the event loop, on a connection to the node that holds the bell. Everything
-else goes through redis-py's RedisCluster, which follows MOVED and ASK redirections and finds a
-replica promoted after a failover.
+Rounds run synchronously in the poller (ClusterPoller) before it waits on sockets, which wakes
+the event loop after one delivered; only the idle XREAD is left to the event loop, on a
+connection to the node that holds the bell. Slot maps come from redis-py's RedisCluster, which
+follows MOVED and ASK redirections and finds a replica promoted after a failover; a redirection
+met by a pipelined probe is followed through it, command by command. Private kombu, redis-py and
+Flower APIs used here are checked in tests/test_contracts.py.
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ from typing_extensions import override
 
 from vokaflow.core import keys
 from vokaflow.core.queues import priority_rank, queue_tag
-from vokaflow.core.slots import tag_in, tagged
+from vokaflow.core.slots import LAYOUT, partition_tag, tag_in, tagged
 from vokaflow.hotpath import consume_here, pending_releases
 from vokaflow.redis_connect import cluster_client
 from vokaflow.result_store import quiet, store_unless_final
@@ -110,12 +115,7 @@ class ClusterQoS(QoS):
         return group
 
     @override
-    def append(self, message, delivery_tag):
-        recorded = self.channel._recorded_tags
-        if delivery_tag in recorded:
-            recorded.discard(delivery_tag)
-            return virtual.QoS.append(self, message, delivery_tag)
-        # Not recorded by the fetch script (a message without a delivery tag in its tail).
+    def _record(self, message, delivery_tag):
         info = message.delivery_info
         group = queue_tag(info["routing_key"])
         if group is not None:
@@ -265,8 +265,7 @@ class ClusterFetch(ReliableFetch):
         return bool(self.active_queues) and not any(queue_tag(q) for q in self.active_queues)
 
     def all_groups(self) -> list[str]:
-        from vokaflow.core.slots import LAYOUT, partition_tag
-
+        """Every partition group's tag (the visibility timeout's restore scans them all)."""
         return sorted({partition_tag(p, LAYOUT.partitions) for p in range(LAYOUT.partitions)})
 
     def _groups(self) -> dict[str, list[str]]:

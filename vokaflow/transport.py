@@ -307,7 +307,11 @@ class QoS(kombu_redis.QoS):
             # The fetch script recorded it in Redis already; keep only the in-memory delivery.
             recorded.discard(delivery_tag)
             return virtual.QoS.append(self, message, delivery_tag)
-        return super().append(message, delivery_tag)
+        return self._record(message, delivery_tag)
+
+    def _record(self, message, delivery_tag):
+        """Record a delivery the fetch script did not (no delivery tag in its tail): kombu's way."""
+        return kombu_redis.QoS.append(self, message, delivery_tag)
 
     @override
     def ack(self, delivery_tag):
