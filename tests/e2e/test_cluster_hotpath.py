@@ -132,3 +132,37 @@ def test_a_clean_stop_on_the_cluster_hands_back_what_it_held(on_cluster, start_w
     assert held(client) == 0
     done = {t for t in ids if (m := meta(client, t)) and m["status"] == "SUCCESS"}
     assert done | queued_ids(client) == set(ids), "tasks were lost"
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_delayed_tasks_dead_letters_retries_and_the_queue_page_on_the_cluster(on_cluster, start_worker):
+    """Delayed tasks wait in their group's scheduled set and run when due; a failing task
+    becomes one dead letter; its retry from the API runs; the console's queue data reads every
+    group."""
+    from tasks.models import DeadLetter
+    from tasks.scheduled import scheduled_count
+    from tasks.submit import submit_task
+    from tests.conftest import client_as, user_with_perms
+    from workers.queues import non_empty_queues
+
+    client = on_cluster.client()
+    waiting = enqueue([prepare("vokaflow.echo", args=[i], worker_type="io", partition_key=f"k{i}") for i in range(40)])
+    queues = non_empty_queues()
+    assert sum(q.depth for q in queues) == 40 and {q.name for q in queues} == {a.queue for a in waiting}
+    delayed = [a.task_id for a in enqueue([prepare("vokaflow.echo", args=[i], countdown=2, partition_key=f"d{i}")
+                                           for i in range(24)])]
+    assert scheduled_count() == 24
+    start_worker("general", concurrency=2, pool="threads")
+    start_worker("io", concurrency=2, pool="threads")
+    assert len(wait_all(client, delayed + [a.task_id for a in waiting])) == 64
+    assert scheduled_count() == 0
+    failed = submit_task("vokaflow.fail", args=["card declined"], partition_key="c-9")
+    row = wait_for(lambda: DeadLetter.objects.filter(task_id=failed).first(), 30, message="the dead letter")
+    assert row.queue.endswith("}") and row.reason == "not_retried"
+    staff = client_as(user_with_perms("ops", "tasks.change_deadletter", is_staff=True))
+    retried = staff.post(f"/api/high-scale-tasks/dlq/{failed}/retry", {}, format="json")
+    assert retried.status_code == 202, retried.content
+    retry_id = retried.json()["task_id"]
+    wait_for(lambda: DeadLetter.objects.filter(task_id=retry_id).exists(), 30, message="the retry to fail again")
+    assert staff.get(f"/api/high-scale-tasks/tasks/{failed}/").json()["state"] == "DEAD"
