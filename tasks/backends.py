@@ -17,6 +17,7 @@ the encoded value.
 from __future__ import annotations
 
 from celery import states
+from celery.backends.base import SyncBackendMixin
 from celery.backends.redis import RedisBackend, SentinelBackend
 from celery.exceptions import BackendStoreError
 from kombu.utils.encoding import bytes_to_str
@@ -147,11 +148,13 @@ class BoundedSentinelBackend(PlatformResults, SentinelBackend):
     """Celery's Sentinel result backend with the platform's write path."""
 
 
-class ClusterResultBackend(SubmitOnlyRedisBackend):
+class ClusterResultBackend(SyncBackendMixin, SubmitOnlyRedisBackend):
     """The platform's results on a Redis Cluster (REDIS_URL=rediscluster://…): the process's
     RedisCluster, and keys that share their task's slot (vokaflow.core.slots): a result is stored
     by its task's fetch script, with the acknowledgement. A group's or chord's keys are tagged by
-    the group id, so each of Celery's chord transactions touches one slot."""
+    the group id, so each of Celery's chord transactions touches one slot. Results are not
+    published there (a PUBLISH reaches every node: result_store.quiet), so `AsyncResult.get()`
+    polls the stored state every `interval` (Celery's synchronous wait) instead of subscribing."""
 
     def __init__(self, *args, **kwargs):
         kwargs.pop("url", None)

@@ -31,7 +31,7 @@ from vokaflow.core.queues import Route, partition_for
 from vokaflow.core.slots import group_tag
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import redacted_url
-from vokaflow.transport import publish, ring, woken
+from vokaflow.transport import publish, push, ring_woken, woken
 
 logger = logging.getLogger(__name__)
 
@@ -106,7 +106,7 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
             raise PartlyEnqueued(requests, answers, exc) from exc
         answers.update((req.task_id, answer) for req, answer in zip(group, done, strict=True))
         filled |= woken_queues
-    _ring(r, filled)
+    ring_woken(r, filled)
     return [answers[req.task_id] for req in requests]
 
 
@@ -131,19 +131,6 @@ def _replicated(r, group: str | None, answers: list[Submission]) -> list[Submiss
         logger.warning("could not wait for replicas of enqueued tasks: %s", exc)
         acknowledged = False
     return [a if a.duplicate else replace(a, replicated=acknowledged) for a in answers]
-
-
-def _ring(r, queues: set[str]) -> None:
-    """Wake the idle consumers of queues that were empty; a bell that fails costs them at most
-    their idle wait (transport.ReliableFetch), never a task."""
-    if not queues:
-        return
-    try:
-        with r.pipeline(transaction=False) as pipe:
-            ring(pipe, queues)
-            pipe.execute()
-    except (redis.RedisError, OSError) as exc:
-        logger.warning("could not ring the bells of %s: %s", ", ".join(sorted(queues)), exc)
 
 
 class PartlyEnqueued(BrokerUnavailable):
@@ -270,11 +257,7 @@ def requeue_running(task: Task, delay: float) -> None:
         eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
         root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
         retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None))
-    r = get_redis()
-    with r.pipeline(transaction=False) as pipe:
-        pushes = publish(pipe, {queue: [message]}, bells=not keys.cluster_layout())
-        replies = pipe.execute()
-    _ring(r, woken(pushes, replies) if keys.cluster_layout() else set())
+    push(get_redis(), {queue: [message]})
 
 
 def route_task(name, args, kwargs, options, task=None, **kw):

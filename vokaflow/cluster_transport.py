@@ -68,10 +68,8 @@ from vokaflow.transport import (
     _bulk,
     _drain,
     bell_key,
-    publish,
-    ring,
+    push,
     unacked_record,
-    woken,
 )
 
 logger = logging.getLogger(__name__)
@@ -189,10 +187,9 @@ class ClusterFetch(ReliableFetch):
     QoS = ClusterQoS
     #: transport option: the rediscluster:// URL (the broker URL names one node for kombu).
     cluster_url = ""
-    _idle = False  # the last round found every group empty: the poll connection waits on the bell
     _poll_node: tuple[str, int] | None = None  # (host, port) the poll connection goes to: the bell's node
     _level: int | None = None  # the priority rank being served, while a backlog lasts
-    _ready: list[str] = []  # groups the last full probe found waiting at that rank, in turn order
+    _ready: list[str]  # groups the last full probe found waiting at that rank, in turn order
     _bell_seen: bytes | str = b"$"
     _turn = itertools.count()
     _carried_at = 0.0
@@ -317,8 +314,7 @@ class ClusterFetch(ReliableFetch):
                 self._bell_seen = self._last_bell()
                 best = self._probe(groups)  # a push before that read is seen here, one after it rings
                 if best is None:
-                    self.flush()
-                    self._idle = True
+                    self.flush()  # idle: nothing waits for a fetch to carry it
                     return False
             reply = self._fetch(*best)
             if bytes_to_str(reply[0]) != "empty":
@@ -404,22 +400,33 @@ class ClusterFetch(ReliableFetch):
             self._sent = None
         return reply
 
-    def _carry(self, group: str):
+    def _carry(self, group: str) -> Pending:
         """The pending results, acknowledgements and body deletions of `group` (for its fetch);
         those of other groups are written now when they have waited CARRY_SECONDS."""
-        results, _, acks, bodies = self._take_pending()
-        mine: Pending = ([r for r in results if tag_in(r[0]) == group], [],
-                [a for a in acks if self._tag_group.get(a) == group], [b for b in bodies if tag_in(b) == group])
-        rest: Pending = ([r for r in results if tag_in(r[0]) != group], [],
-                [a for a in acks if self._tag_group.get(a) != group], [b for b in bodies if tag_in(b) != group])
-        if any(rest):
+        by_group = self._by_group(self._take_pending())
+        mine = by_group.pop(group, ([], [], [], []))
+        if by_group:
             if monotonic() - self._carried_at >= CARRY_SECONDS:
-                self._write(rest)
+                self._write(by_group)
             else:
-                self._put_back(rest)
+                for rest in by_group.values():
+                    self._put_back(rest)
         for tag in mine[2]:
             self._tag_group.pop(tag, None)
         return mine
+
+    def _by_group(self, pending: Pending) -> dict[str | None, Pending]:
+        """Pending results, acknowledgements and bodies by the partition group they belong to
+        (None: a result of a task id made elsewhere, a slot of its own)."""
+        results, _, acks, bodies = pending
+        by_group: dict[str | None, Pending] = {}
+        for result in results:
+            by_group.setdefault(tag_in(result[0]), ([], [], [], []))[0].append(result)
+        for tag in acks:
+            by_group.setdefault(self._tag_group.get(tag), ([], [], [], []))[2].append(tag)
+        for body in bodies:
+            by_group.setdefault(tag_in(body), ([], [], [], []))[3].append(body)
+        return by_group
 
     def _release_quota(self) -> None:
         """Free the quota places of finished tasks before the acknowledgements that follow."""
@@ -435,25 +442,19 @@ class ClusterFetch(ReliableFetch):
             pending_releases.extendleft(reversed(releases))
             raise
 
-    def _write(self, pending) -> None:
+    def _write(self, by_group: dict[str | None, Pending]) -> None:
         """Write pending results, acknowledgements and body deletions of any groups, one
         fetch-less script per group (results of tasks whose ids name no group on their own)."""
-        results, _, acks, bodies = pending
         self._carried_at = monotonic()
-        by_group: dict[str | None, tuple[list, list, list, list]] = {}
-        for result in results:
-            by_group.setdefault(tag_in(result[0]), ([], [], [], []))[0].append(result)
-        for tag in acks:
-            by_group.setdefault(self._tag_group.get(tag), ([], [], [], []))[2].append(tag)
-        for body in bodies:
-            by_group.setdefault(tag_in(body), ([], [], [], []))[3].append(body)
         try:
             self._with_scripts(lambda: self._write_groups(by_group))
         except BaseException:
-            self._put_back(pending)
+            for pending in by_group.values():
+                self._put_back(pending)
             raise
-        for tag in acks:
-            self._tag_group.pop(tag, None)
+        for _, _, acks, _ in by_group.values():
+            for tag in acks:
+                self._tag_group.pop(tag, None)
 
     def _write_groups(self, by_group) -> None:
         calls = []
@@ -478,8 +479,9 @@ class ClusterFetch(ReliableFetch):
         """Each (a key it touches, command) on the primary of that key's slot, pipelined per node
         and all nodes at once (sent to every one before any reply is read); the replies in order.
         Not redis-py's cluster pipeline: it asks Redis for the keys of every EVALSHA first
-        (COMMAND GETKEYS, a round trip each). A redirection (MOVED, ASK: slots moving) or a lost
-        node refreshes the slot map and raises: the round is tried again."""
+        (COMMAND GETKEYS, a round trip each). A command redirected while slots move (MOVED, ASK,
+        TRYAGAIN) goes again through RedisCluster, which follows it; a lost node refreshes the
+        slot map and raises (kombu reconnects)."""
         by_node: dict[str, tuple] = {}
         for i, (key, command) in enumerate(calls):
             node = self._cluster.get_node_from_key(key)
@@ -531,7 +533,7 @@ class ClusterFetch(ReliableFetch):
         if not any(pending):
             return
         try:
-            self._write(pending)
+            self._write(self._by_group(pending))
         except redis_errors.ResponseError as exc:  # put back by _write: the next round carries them
             logger.warning("acknowledgements not written yet (the Redis Cluster refused them: %s)", exc)
 
@@ -570,12 +572,11 @@ class ClusterFetch(ReliableFetch):
         finally:
             self._in_poll = None
             self._waiting_bell = False
-            self._idle = False
             self._bell_seen = b"$"
         raise Empty()
 
     def _reconnect_poll(self) -> None:
-        self._cluster.nodes_manager.initialize()
+        self._refresh_slots()
         self._poll_node = None  # ensure_poll_node finds the bell's node again
 
     # kombu chains pipeline calls (`pipe = pipe.delete(…)`), and a cluster pipeline's delete()
@@ -617,13 +618,7 @@ class ClusterFetch(ReliableFetch):
 
     @override
     def _put(self, queue, message, **kwargs):
-        with self._cluster.pipeline(transaction=False) as pipe:
-            pushes = publish(pipe, {queue: [dumps(message)]}, bells=False)
-            replies = pipe.execute()
-        if filled := woken(pushes, replies):
-            with self._cluster.pipeline(transaction=False) as pipe:
-                ring(pipe, filled)
-                pipe.execute()
+        push(self._cluster, {queue: [dumps(message)]})
 
 
 class ClusterChannel(ClusterFetch, kombu_redis.Channel):

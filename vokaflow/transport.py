@@ -38,7 +38,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisError
 from typing_extensions import override
 
 from vokaflow.core import keys
@@ -251,6 +251,31 @@ def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True) -> list
     if bells:
         ring(pipe, by_queue)
     return pushes
+
+
+def push(client, by_queue: dict[str, list[str]]) -> None:
+    """Publish outside a transaction (kombu's own publishes, a retry's requeue). On one Redis the
+    bells ring in the same pipeline; on a cluster they lie in other slots, and only the bells of
+    queues the push found empty ring, after it (ring_woken)."""
+    cluster = keys.cluster_layout()
+    with client.pipeline(transaction=False) as pipe:
+        pushes = publish(pipe, by_queue, bells=not cluster)
+        replies = pipe.execute()
+    if cluster:
+        ring_woken(client, woken(pushes, replies))
+
+
+def ring_woken(client, queues: set[str]) -> None:
+    """Wake the idle consumers of queues that were empty; a bell that fails costs them at most
+    their idle wait (ReliableFetch), never a task."""
+    if not queues:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            ring(pipe, queues)
+            pipe.execute()
+    except (RedisError, OSError) as exc:
+        logger.warning("could not ring the bells of %s: %s", ", ".join(sorted(queues)), exc)
 
 
 def woken(pushes: list[tuple[int, str, int]], replies: list) -> set[str]:
@@ -677,9 +702,8 @@ class ReliableFetch(_ChannelBase):
     def _put(self, queue, message, **kwargs):
         if not self._reliable() or (self._expires and queue in self._expires):
             return super()._put(queue, message, **kwargs)
-        with self.conn_or_acquire() as client, client.pipeline(transaction=False) as pipe:
-            publish(pipe, {queue: [dumps(message)]})
-            pipe.execute()
+        with self.conn_or_acquire() as client:
+            push(client, {queue: [dumps(message)]})
 
     _handing_back = False  # set by QoS.restore_unacked during a clean stop
 

@@ -167,3 +167,18 @@ def test_delayed_tasks_dead_letters_retries_and_the_queue_page_on_the_cluster(on
     assert meta(client, failed)["status"] == "FAILURE" and meta(client, retry_id)["status"] == "FAILURE"
     for worker in workers:  # before the database is emptied for the next test: nothing writes after
         worker.stop()
+
+
+def test_async_result_get_returns_the_result_on_the_cluster(on_cluster, start_worker):
+    """Results are not published on a cluster: `AsyncResult.get()` polls the stored state (a
+    process of its own, whose Celery app is configured for the cluster from the start)."""
+    from tests.conftest import run_python
+
+    start_worker("io", concurrency=1, pool="threads")
+    # a task still running when get() starts waiting: only a wait that reads the state ends
+    code = ("import django; django.setup()\nfrom vokaflow.celery import app\nfrom tasks.submit import submit_task\n"
+            "result = app.AsyncResult(submit_task('vokaflow.sleep', args=[1.5]))\n"
+            "print(app.backend.__class__.__name__, result.get(timeout=20, interval=0.1)['slept'])")
+    done = run_python(code, worker_env(), timeout=60)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip() == "ClusterResultBackend 1.5"
