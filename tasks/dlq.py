@@ -13,8 +13,10 @@ from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 
 from django.conf import settings
-from django.db import DatabaseError, connection, transaction
+from django.db import Error, connection, transaction
 from django.db.models import Q
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from tasks.models import DeadLetter
 from tasks.validation import SubmissionError, TaskRequest
@@ -79,7 +81,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
     counters.add(queue, "dead_lettered")
     try:
         _insert([record])
-    except DatabaseError as exc:
+    except Error as exc:  # DatabaseError, and InterfaceError for a connection an outage closed
         logger.warning("database unavailable, dead letter %s kept in Redis until it is back: %s", task_id, exc)
         connection.close()  # reconnect next time instead of reusing a broken connection
         get_redis().rpush(keys.DLQ_PENDING, json.dumps(record, default=str))
@@ -95,12 +97,17 @@ def _insert(records: list[dict]) -> None:
 def dead_letter_flush_pending() -> int:
     """Move records that waited in Redis into the table; returns how many moved."""
     r = get_redis()
-    if not r.llen(keys.DLQ_PENDING):
-        return 0
     try:
+        if not r.llen(keys.DLQ_PENDING):
+            return 0
         return locks.execute_with_lock("dlq-flush", _flush, r, ttl=60, wait=0, client=r)
     except locks.LockNotAcquired:
         return 0  # another process is flushing
+    except (RedisConnectionError, RedisTimeoutError) as exc:
+        # Redis restarting: the records stay where they are and the next flush moves them. A
+        # failure here would dead-letter the flush task itself.
+        logger.warning("Redis unavailable, dead letters are flushed next time: %s", exc)
+        return 0
 
 
 def _flush(r) -> int:
@@ -112,7 +119,7 @@ def _flush(r) -> int:
         records = [json.loads(item) for item in raw]
         try:
             _insert(records)
-        except DatabaseError as exc:
+        except Error as exc:  # DatabaseError, and InterfaceError for a connection the outage closed
             # Still away: they wait in Redis for the next flush. Not a failure of the flush task
             # (which would be dead-lettered itself, one row per flush for as long as the outage lasts).
             logger.warning("database unavailable, %d dead letters stay in Redis until it is back: %s",
