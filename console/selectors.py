@@ -129,3 +129,17 @@ def _datetime(value) -> datetime | None:
     except ValueError:
         return None
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def schedules_page(limit: int) -> dict:
+    """Schedules by name, each with its next and last run and its last five occurrences."""
+    from tasks.models import Schedule
+    from tasks.schedules.services import schedule_details
+
+    total = Schedule.objects.count()
+    rows = []
+    for schedule in Schedule.objects.order_by("name", "id")[:limit]:
+        details = schedule_details(schedule)
+        rows.append({"schedule": schedule, "next_run_at": details["next_run_at"],
+                     "last_run_at": details["last_run_at"], "recent": details["recent_runs"][:5]})
+    return {"schedules": rows, "total": total, "limit": limit}

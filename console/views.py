@@ -27,6 +27,8 @@ from workers import queues
 
 RETRY_PERMISSION = "tasks.change_deadletter"
 SCHEDULED_SHOWN = 200
+SCHEDULES_SHOWN = 200
+SCHEDULE_PERMISSION = "tasks.change_schedule"  # enable, disable, run now
 
 
 def _live(request, name: str, title: str, context: dict):
@@ -103,6 +105,35 @@ def scheduled(request):
     tasks = scheduled_tasks(limit=SCHEDULED_SHOWN)
     return _live(request, "scheduled", "Scheduled", {
         "tasks": tasks, "limit": SCHEDULED_SHOWN, "rows": rows.scheduled_rows(tasks, reverse("console:lookup"))})
+
+
+@staff_member_required
+def schedule_list(request):
+    from console.selectors import schedules_page
+
+    return _live(request, "schedules", "Schedules", schedules_page(limit=SCHEDULES_SHOWN))
+
+
+@staff_member_required
+@require_POST
+def schedule_action(request, schedule_id: int, action: str):
+    """Enable, Disable and Run now: the same services as the API, under the same permission."""
+    from tasks.schedules import services
+
+    if not request.user.has_perm(SCHEDULE_PERMISSION):
+        raise PermissionDenied("changing a schedule needs the permission to change schedules")
+    try:
+        if action == "run":
+            task_id = services.schedule_run_now(schedule_id=schedule_id)
+            messages.success(request, f"Schedule {schedule_id} ran now as task {task_id}.")
+        else:
+            schedule = services.schedule_update(schedule_id=schedule_id, enabled=action == "enable")
+            messages.success(request, f"Schedule {schedule.name} {action}d.")
+    except services.ScheduleNotFound:
+        raise Http404(f"no schedule with id {schedule_id}") from None
+    except (services.ScheduleReadOnly, SubmissionError, BrokerUnavailable, QuotaExceeded) as exc:
+        messages.error(request, str(exc))
+    return _back(request, reverse("console:schedules"))
 
 
 @staff_member_required

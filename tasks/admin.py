@@ -212,3 +212,4 @@ class DeadLetterAdmin(admin.ModelAdmin):
     def discard_selected(self, request, queryset):
         count = dlq.dead_letter_discard_many(list(queryset.values_list("task_id", flat=True)))
         self.message_user(request, f"Discarded {count} dead letters (kept for audit).", messages.SUCCESS)
+from tasks.schedules import admin as _schedules_admin  # noqa: E402,F401  (registers ScheduleAdmin)

@@ -1,5 +1,6 @@
 from celery import signals
 from django.apps import AppConfig
+from django.db.models.signals import post_migrate
 
 
 class TasksConfig(AppConfig):
@@ -20,3 +21,11 @@ class TasksConfig(AppConfig):
         from tasks.messages import stamp_enqueue_time
 
         signals.before_task_publish.connect(stamp_enqueue_time, weak=False)
+        post_migrate.connect(_sync_code_schedules, sender=self)
+
+
+def _sync_code_schedules(sender, **kwargs):
+    """The platform's own schedules exist as soon as the database does (tasks.schedules)."""
+    from tasks.schedules.services import schedule_sync_code
+
+    schedule_sync_code()

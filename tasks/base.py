@@ -136,7 +136,8 @@ class PlatformTask(Task):
                 exception_type=type(exc).__name__, error=f"{type(exc).__name__}: {exc}", traceback=traceback,
                 total_retries=retries, worker=(request.hostname if request else "") or "",
                 retried_from=getattr(request, "vokaflow_retried_from", "") if request else "",
-                first_submitted_at=record.submitted_at if record else None, owner=record.owner if record else None)
+                first_submitted_at=record.submitted_at if record else None, owner=record.owner if record else None,
+                schedule=getattr(request, "vokaflow_schedule", None) if request else None)
         except Exception:
             # Database and Redis both failed: the log is the last place the record can go.
             logger.exception("could not record dead letter %s (%s) args=%r kwargs=%r", task_id, self.name,

@@ -64,7 +64,7 @@ RETRY_BATCH = 500
 def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str | None, reason: str,
                        exception_type: str, error: str, traceback: str, total_retries: int,
                        worker: str = "", retried_from: str = "", first_submitted_at: str | None = None,
-                       owner: int | None = None) -> None:
+                       owner: int | None = None, schedule: int | None = None) -> None:
     """Write one dead letter (once per task id); fall back to Redis when the database fails."""
     route = parse_queue(queue or "")
     record = {
@@ -75,6 +75,7 @@ def dead_letter_record(*, task_id: str, task_name: str, args, kwargs, queue: str
         "total_retries": total_retries, "first_submitted_at": first_submitted_at,
         "dlq_timestamp": datetime.now(UTC).isoformat(), "hostname": socket.gethostname(), "worker": worker or "",
         "retried_from": retried_from or "", "owner_id": owner,
+        "schedule_id": schedule if isinstance(schedule, int) else None,
     }
     from tasks.counters import counters
 

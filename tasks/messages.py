@@ -30,7 +30,7 @@ def encode_json(value) -> str:
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
                  root_id: str | None = None, retries: int = 0, lock: dict | None = None,
-                 retried_from: str | None = None, owner: int | None = None) -> str:
+                 retried_from: str | None = None, owner: int | None = None, schedule: int | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers: dict[str, object] = {
@@ -46,6 +46,8 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         headers["vokaflow_lock"] = lock
     if retried_from:
         headers["vokaflow_retried_from"] = retried_from
+    if schedule:
+        headers["vokaflow_schedule"] = schedule  # the schedule whose occurrence it is (its dead letter says so)
     if owner:
         headers["vokaflow_owner"] = owner  # whose pending quota the task counts against (tasks.quota)
     envelope = {

@@ -74,6 +74,9 @@ class DeadLetter(models.Model):
     owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
                               db_constraint=False, related_name="+",
                               help_text="The user who submitted the task; empty: the system (Python API).")
+    # The schedule whose occurrence this task was (tasks.schedules); no constraint, as for owner.
+    schedule = models.ForeignKey("Schedule", null=True, blank=True, on_delete=models.SET_NULL, db_constraint=False,
+                                 related_name="+", help_text="The schedule whose occurrence the task was.")
     updated_at = models.DateTimeField(auto_now=True)
 
     objects = DeadLetterQuerySet.as_manager()
@@ -107,3 +110,53 @@ class Lock(models.Model):
             ("view_locks", "Can see who holds a distributed lock"),
             ("use_locks", "Can acquire, extend and release distributed locks"),
         ]
+
+
+class Schedule(models.Model):
+    """A recurring task: every `every` seconds from an anchor, or by `cron` in `timezone`.
+
+    Beats (tasks.schedules.beat) enqueue each occurrence exactly once; what they did lives in
+    Redis (tasks.schedules.runs), so a beat needs no database to keep running."""
+
+    class Overlap(models.TextChoices):
+        ALLOW = "allow"
+        SKIP = "skip"  # while the previous occurrence's task has not finished
+
+    class Missed(models.TextChoices):
+        RUN_ONCE = "run_once"  # occurrences missed while no beat ran: one run stands for them all
+        SKIP = "skip"
+
+    class Source(models.TextChoices):
+        CODE = "code"  # declared by the platform (read-only)
+        API = "api"
+
+    name = models.CharField(max_length=200, unique=True)
+    task = models.CharField(max_length=200)
+    args = models.JSONField(default=list, blank=True)
+    kwargs = models.JSONField(default=dict, blank=True)
+    priority = models.CharField(max_length=16, blank=True, help_text="Empty: the task's default.")
+    worker_type = models.CharField(max_length=32, blank=True, help_text="Empty: the task's default.")
+    partition_key = models.CharField(max_length=200, null=True, blank=True)
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+                              db_constraint=False, related_name="+",
+                              help_text="Who made it: its tasks are theirs. Empty: the system.")
+    every = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds between occurrences.")
+    cron = models.CharField(max_length=200, blank=True, help_text="Five fields: minute hour day month weekday.")
+    timezone = models.CharField(max_length=64, default="UTC")
+    start_at = models.DateTimeField(null=True, blank=True)
+    end_at = models.DateTimeField(null=True, blank=True)
+    enabled = models.BooleanField(default=True)
+    overlap = models.CharField(max_length=8, choices=Overlap.choices, default=Overlap.ALLOW)
+    missed = models.CharField(max_length=8, choices=Missed.choices, default=Missed.RUN_ONCE)
+    source = models.CharField(max_length=8, choices=Source.choices, default=Source.API, editable=False)
+    # Occurrences due before this instant never run: set when made, enabled again or re-timed.
+    active_since = models.DateTimeField(editable=False)
+    created_at = models.DateTimeField(auto_now_add=True)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        ordering = ["name"]
+        indexes = [models.Index(fields=["updated_at"], name="schedule_updated_idx")]
+
+    def __str__(self) -> str:
+        return self.name

@@ -212,7 +212,8 @@ def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission],
         message = task_message(
             task_id=req.task_id, name=req.task.name, args_json=req.args_json, kwargs_json=req.kwargs_json,
             queue=req.route.queue, eta=req.eta, origin=origin, parent_id=parent_id, root_id=root_id,
-            lock=req.lock, retried_from=req.retried_from, owner=submissions[req.task_id].owner)
+            lock=req.lock, retried_from=req.retried_from, owner=submissions[req.task_id].owner,
+            schedule=req.schedule)
         if req.eta is not None and is_delayed(req.eta, now):
             delayed.setdefault(scheduled_key(req.route.worker_type.short, req.route.partition), {})[message] = \
                 req.eta.timestamp()
@@ -256,7 +257,8 @@ def requeue_running(task: Task, delay: float) -> None:
         kwargs_json=encode_json(request.kwargs or {}), queue=queue,
         eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
         root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
-        retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None))
+        retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None),
+        schedule=getattr(request, "vokaflow_schedule", None))
     push(get_redis(), {queue: [message]})
 
 

@@ -55,6 +55,7 @@ class TaskRequest:
     lock: dict | None = None
     retried_from: str | None = None
     owner: int | None = None  # set by a dead letter's retry: the task is its first submitter's again
+    schedule: int | None = None  # the schedule whose occurrence this is (tasks.schedules)
     task_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -77,7 +78,7 @@ def prepare_payload(payload, index: int | None = None) -> TaskRequest:
 def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=None,
             partition_key=None, countdown=None, eta=None, lock=None, idempotency_key=None,
             trusted: bool = True, index: int | None = None, partition: int | None = None,
-            retried_from: str | None = None, owner: int | None = None) -> TaskRequest:
+            retried_from: str | None = None, owner: int | None = None, schedule: int | None = None) -> TaskRequest:
     """Check every argument and pick the route. `trusted=False` (the API) allows only
     submittable task names; Python callers may pass any registered task or task object, an
     explicit `partition`, `retried_from` (the dead letter a retry comes from) and `owner` (whose
@@ -148,6 +149,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     route = Route(chosen_type, chosen_priority, partition)
     return TaskRequest(task=task, args_json=args_json, kwargs_json=kwargs_json, route=route, eta=eta,
                        idempotency_key=idempotency_key, lock=lock, retried_from=retried_from, owner=owner,
+                       schedule=schedule,
                        task_id=new_task_id(partition))
 
 

@@ -141,10 +141,9 @@ def celery_config(settings) -> dict:
         "worker_hijack_root_logger": False,
         "worker_max_tasks_per_child": 10000,
         "worker_cancel_long_running_tasks_on_connection_loss": True,
-        "beat_schedule": {
-            "dlq-flush": {"task": "vokaflow.dlq_flush", "schedule": settings.VOKAFLOW_DLQ_FLUSH_SECONDS},
-            "dlq-prune": {"task": "vokaflow.dlq_prune", "schedule": settings.VOKAFLOW_DLQ_PRUNE_SECONDS},
-        },
+        # Beat runs the Schedule table (the platform's own periodic tasks are rows in it too), each
+        # occurrence enqueued once however many beats run (tasks.schedules.beat).
+        "beat_scheduler": "tasks.schedules.beat:ScheduleScheduler",
         "beat_schedule_filename": str(settings.BASE_DIR / ".run" / "celerybeat-schedule"),
         # Celery's Django fix-up closes every database connection after every task unless this is
         # set: a new connection per task (several ms on PostgreSQL). Connections are kept, and

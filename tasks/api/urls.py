@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from tasks.api import dlq, locks, views
+from tasks.api import dlq, locks, schedules, views
 
 # Every path answers with or without its trailing slash.
 urlpatterns = [
@@ -12,6 +12,11 @@ urlpatterns = [
     re_path(r"^dlq/retry/?$", dlq.DeadLetterBulkRetryView.as_view(), name="dlq-bulk-retry"),
     re_path(r"^dlq/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/retry/?$", dlq.DeadLetterRetryView.as_view(), name="dlq-retry"),
     re_path(r"^dlq/(?P<task_id>[A-Za-z0-9_.:-]{1,200})/?$", dlq.DeadLetterDetailView.as_view(), name="dlq-detail"),
+    re_path(r"^schedules/?$", schedules.ScheduleListView.as_view(), name="schedule-list"),
+    re_path(r"^schedules/(?P<schedule_id>[0-9]{1,18})/?$", schedules.ScheduleDetailView.as_view(),
+            name="schedule-detail"),
+    re_path(r"^schedules/(?P<schedule_id>[0-9]{1,18})/run/?$", schedules.ScheduleRunView.as_view(),
+            name="schedule-run"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/acquire/?$", locks.LockAcquireView.as_view(), name="lock-acquire"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/extend/?$", locks.LockExtendView.as_view(), name="lock-extend"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/release/?$", locks.LockReleaseView.as_view(), name="lock-release"),

@@ -45,6 +45,11 @@ HISTORY = PREFIX + "history:{}:{}:{}"  # (bucket seconds, completed|failed, epoc
 PAUSED = PREFIX + "paused"  # set of paused levels, "GENERAL_PURPOSE:LOW": their queues are not consumed
 LAUNCHERS = PREFIX + "launchers"  # host → the launcher's process table
 
+# Schedules (tasks.schedules). A schedule's keys share the tag {s<id>}: the record script touches both.
+SCHEDULE_STATE = PREFIX + "schedule:{{s{}}}"  # schedule id → hash: last_due, last_task, last_task_due
+SCHEDULE_RUNS = PREFIX + "schedule:{{s{}}}:runs"  # schedule id → hash: due (epoch s) → what happened (JSON)
+SCHEDULE_CHANGES = PREFIX + "schedule-changes"  # stream of changed schedule ids, read by every beat
+
 # Failed logins in the current window (vokaflow.login_limit)
 # One hash tag for both: the limiter's script counts a user and an address at once (one slot on a
 # cluster; login attempts are few, so one slot carries them all).
