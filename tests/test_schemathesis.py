@@ -20,7 +20,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-# Per operation and role: 19 operations x 2 roles x 2 modes (valid, invalid) x this.
+# Per operation and role: 24 operations x 2 roles x 2 modes (valid, invalid) x this.
 MAX_EXAMPLES = int(os.environ.get("VOKAFLOW_SCHEMATHESIS_EXAMPLES", "20"))
 
 load_all_checks()
@@ -57,7 +57,10 @@ HEALTH_CHECKS = [check for check in CHECKS if check is not schemathesis.checks.n
 # `bounds`, e.g. vokaflow.sleep up to 60 s), which a schema of free-form `args`/`kwargs` cannot
 # state: a schema-valid body may rightly get a 400 naming the argument. Every other check applies.
 SUBMISSION_CHECKS = [check for check in CHECKS if check is not openapi_checks.positive_data_acceptance]
-SUBMISSIONS = {("POST", "/api/high-scale-tasks/tasks/"), ("POST", "/api/high-scale-tasks/tasks/batch/")}
+# A schedule is checked the same way (its task's arguments), and as a whole (a cron that never
+# fires, an end before its start, a name taken): rules no schema states.
+SUBMISSIONS = {("POST", "/api/high-scale-tasks/tasks/"), ("POST", "/api/high-scale-tasks/tasks/batch/"),
+               ("POST", "/api/high-scale-tasks/schedules/"), ("PATCH", "/api/high-scale-tasks/schedules/{schedule_id}/")}
 
 
 @pytest.fixture(params=["staff", "user"])
