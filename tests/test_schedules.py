@@ -227,20 +227,30 @@ def occurrences(redis_client, schedule_id: int) -> list[run_store.Run]:
     return sorted(run_store.recent_runs(redis_client, schedule_id), key=lambda r: r.due)
 
 
-@pytest.mark.django_db(transaction=True)
-def test_three_schedulers_ticking_together_enqueue_each_occurrence_once(clock, redis_client):
+def three_schedulers_enqueue_each_occurrence_once(clock, client, primaries) -> None:
     made = made_(clock, name="tick", every=2)
     beats = [beat(clock) for _ in range(3)]
     for _ in range(10):
         clock.now += timedelta(seconds=1)
         for b in beats:
             b.tick()
-    runs = occurrences(redis_client, made.pk)
+    runs = occurrences(client, made.pk)
     assert len(runs) == 5 and len({r.task_id for r in runs}) == 5
     anchor = made.created_at.replace(microsecond=0)
     assert [r.due for r in runs] == [(anchor + timedelta(seconds=2 * n)).timestamp() for n in range(1, 6)]
-    queued = sum(redis_client.llen(k) for k in redis_client.scan_iter(match="general.*"))
+    queued = sum(node.llen(k) for node in primaries for k in node.scan_iter(match="general.*"))
     assert queued == 5
+
+
+@pytest.mark.django_db(transaction=True)
+def test_three_schedulers_ticking_together_enqueue_each_occurrence_once(clock, redis_client):
+    three_schedulers_enqueue_each_occurrence_once(clock, redis_client, [redis_client])
+
+
+@pytest.mark.django_db(transaction=True)
+def test_on_a_redis_cluster_too(clock, on_cluster):
+    # The runs' keys share the schedule's tag, the occurrences go in their partitions' slots.
+    three_schedulers_enqueue_each_occurrence_once(clock, on_cluster.client(), on_cluster.primaries())
 
 
 @pytest.mark.django_db(transaction=True)

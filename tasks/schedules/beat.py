@@ -91,7 +91,7 @@ class ScheduleScheduler(beat.Scheduler):
 
     @property
     def info(self):
-        return f"    . schedules -> {len(self.specs)} from the database (tasks.schedules)"
+        return "    . schedules -> the Schedule table, each occurrence enqueued once (tasks.schedules)"
 
     # The work
 
