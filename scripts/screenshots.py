@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Screenshots of the console for the README: overview, queues and dead letters, with sample data.
+"""Screenshots of the console for the README: overview, queues, dead letters and schedules, with sample data.
 
     .venv/bin/python scripts/screenshots.py            # writes docs/console-*.png
     .venv/bin/python scripts/screenshots.py --out /tmp # elsewhere
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 10
 PASSWORD = "screenshots-only"
 PAGES = [("console-overview.png", "/console/"), ("console-queues.png", "/console/queues/"),
-         ("console-dead-letters.png", "/admin/tasks/deadletter/")]
+         ("console-dead-letters.png", "/admin/tasks/deadletter/"), ("console-schedules.png", "/console/schedules/")]
 
 
 def free_port() -> int:
@@ -113,8 +113,37 @@ def seed(r) -> None:
             status=rng.choice(["dead"] * 6 + ["retried", "resolved", "discarded"]),
             dlq_timestamp=datetime.now(UTC) - timedelta(minutes=7 * i)))
     DeadLetter.objects.bulk_create(letters)
+    seed_schedules(r, rng)
     User.objects.filter(username="admin").delete()
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
+
+
+def seed_schedules(r, rng) -> None:
+    """A few schedules, each with its last occurrences (states written as a worker would)."""
+    from datetime import UTC, datetime, timedelta
+
+    from tasks.models import Schedule
+    from tasks.schedules import runs
+
+    Schedule.objects.exclude(source=Schedule.Source.CODE).delete()
+    now = datetime.now(UTC)
+    shapes = [("nightly-invoices", "vokaflow.echo", {"cron": "0 3 * * *", "timezone": "Europe/Paris"}, 86400),
+              ("hourly-crm-sync", "vokaflow.noop", {"cron": "5 * * * *"}, 3600),
+              ("reindex-search", "vokaflow.sleep", {"every": 300, "overlap": "skip"}, 300),
+              ("weekday-report", "vokaflow.echo", {"cron": "30 8 * * mon-fri", "timezone": "America/New_York"}, 86400),
+              ("cache-warmup", "vokaflow.noop", {"every": 60}, 60)]
+    for name, task, timing, period in shapes:
+        schedule = Schedule.objects.create(name=name, task=task, active_since=now - timedelta(days=3),
+                                           enabled=name != "cache-warmup", **timing)
+        for n in range(5, 0, -1):
+            due = (now - timedelta(seconds=period * n)).timestamp()
+            if name == "reindex-search" and n == 2:
+                runs.record_run(r, schedule.pk, runs.Run(due, None, skipped="overlap"))
+                continue
+            task_id = f"5c0e{schedule.pk:02d}{n:02d}-7d1a-4b8e-9f00-{rng.randint(10**11, 10**12 - 1)}"
+            status = "FAILURE" if name == "hourly-crm-sync" and n == 3 else "SUCCESS"
+            r.set(f"celery-task-meta-{task_id}", json.dumps({"status": status, "result": None, "task_id": task_id}))
+            runs.record_run(r, schedule.pk, runs.Run(due, task_id))
 
 
 def main() -> None:

@@ -13,7 +13,8 @@ from vokaflow.core import keys
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
-CONSOLE_PAGES = ["/console/", "/console/queues/", "/console/running/", "/console/scheduled/", "/console/tasks/",
+CONSOLE_PAGES = ["/console/", "/console/queues/", "/console/running/", "/console/scheduled/", "/console/schedules/",
+                 "/console/tasks/",
                  "/console/submit/", "/console/queues/?worker_type=GENERAL_PURPOSE&priority=LOW"]
 
 
@@ -157,3 +158,22 @@ def test_retry_a_dead_letter_from_its_admin_page(browser, start_worker):
                      "the retry's own dead letter")
     assert again.retried_from == task_id
     assert not browser.css("#dlq-retry")  # a retried dead letter offers no second retry
+
+
+def test_a_schedule_is_run_now_disabled_and_enabled_from_the_schedules_page(browser, start_worker):
+    from tasks.schedules.services import schedule_create
+
+    start_worker("general", concurrency=1)
+    schedule = schedule_create(owner=None, name="hourly-echo", task="vokaflow.echo", args=["from the page"],
+                               cron="0 * * * *", timezone="Europe/Paris")
+    browser.visit("/console/schedules/")
+    row = f'tr[data-schedule="{schedule.pk}"]'
+    assert "0 * * * *" in browser.text(row) and "Europe/Paris" in browser.text(row)
+    browser.click(f'{row} form[action$="/run/"] button')
+    browser.wait_text(f"{row} td.runs", "SUCCESS")  # the run's task reached SUCCESS, shown without a reload
+    browser.click(f'{row} form[action$="/disable/"] button')
+    browser.wait_text(row, lambda t: "DISABLED" in t.upper())
+    assert browser.text(f"{row} td.next-run") == "—"
+    browser.click(f'{row} form[action$="/enable/"] button')
+    browser.wait_text(f"{row} td.next-run", lambda t: t != "—")
+    assert browser.foreign_requests() == []
