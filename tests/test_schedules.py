@@ -299,3 +299,22 @@ def test_overlap_skip_enqueues_nothing_while_the_previous_occurrence_waits(clock
         b.tick()
     runs = occurrences(redis_client, made.pk)
     assert [r.skipped for r in runs] == [None, "overlap", "overlap"]  # no worker: the first still waits
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_beat_goes_on_with_what_it_has_while_the_database_is_away(clock, redis_client, monkeypatch):
+    from django.db import OperationalError
+
+    made = made_(clock, name="no-db", every=2)
+    b = beat(clock)
+
+    def away(*args, **kwargs):
+        raise OperationalError("connection refused")
+
+    monkeypatch.setattr(Schedule.objects, "all", away)
+    monkeypatch.setattr(Schedule.objects, "filter", away)
+    monkeypatch.setattr("tasks.schedules.beat.FULL_RELOAD", 0)  # it tries to reload on every tick
+    for _ in range(3):
+        clock.now += timedelta(seconds=2)
+        b.tick()
+    assert len(occurrences(redis_client, made.pk)) == 3

@@ -60,7 +60,8 @@ SUBMISSION_CHECKS = [check for check in CHECKS if check is not openapi_checks.po
 # A schedule is checked the same way (its task's arguments), and as a whole (a cron that never
 # fires, an end before its start, a name taken): rules no schema states.
 SUBMISSIONS = {("POST", "/api/high-scale-tasks/tasks/"), ("POST", "/api/high-scale-tasks/tasks/batch/"),
-               ("POST", "/api/high-scale-tasks/schedules/"), ("PATCH", "/api/high-scale-tasks/schedules/{schedule_id}/")}
+               ("POST", "/api/high-scale-tasks/schedules/"),
+               ("PATCH", "/api/high-scale-tasks/schedules/{schedule_id}/")}
 
 
 @pytest.fixture(params=["staff", "user"])

@@ -129,12 +129,13 @@ class ScheduleScheduler(beat.Scheduler):
                 done_batch, failed_batch = self._submit(owner, batch)
                 done += done_batch
                 failed |= failed_batch
-        for spec, run in skipped + done:
-            if spec.id not in failed:
-                try:
-                    run_store.record_run(r, spec.id, run)
-                except redis.RedisError as exc:
-                    logger.warning("could not record a run of schedule %s: %s", spec.name, exc)
+        recorded = [(spec.id, run) for spec, run in skipped + done if spec.id not in failed]
+        for start in range(0, len(recorded), SUBMIT_BATCH):
+            try:
+                run_store.record_runs(r, recorded[start:start + SUBMIT_BATCH])
+            except redis.RedisError as exc:  # the next pass records them (their submissions are idempotent)
+                logger.warning("could not record %d runs of schedules: %s", len(recorded[start:start + SUBMIT_BATCH]),
+                               exc)
         for spec in specs:
             self._push(spec, now.timestamp() + MAX_SLEEP if spec.id in failed else None, handled=now)
 

@@ -63,9 +63,18 @@ def due_text(due: float) -> str:
 
 def record_run(r, schedule_id: int, run: Run) -> bool:
     """Record what happened to one occurrence; False when another beat recorded it first."""
-    entry = {"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}
-    return bool(r.eval(_RECORD, 2, keys.SCHEDULE_STATE.format(schedule_id), keys.SCHEDULE_RUNS.format(schedule_id),
-                       due_text(run.due), json.dumps(entry), run.task_id or "", RECENT_RUNS))
+    return record_runs(r, [(schedule_id, run)])[0]
+
+
+def record_runs(r, runs: list[tuple[int, Run]]) -> list[bool]:
+    """record_run of many, pipelined (one script call each: each touches one schedule's slot)."""
+    script = r.register_script(_RECORD)
+    with r.pipeline(transaction=False) as pipe:
+        for schedule_id, run in runs:
+            entry = {"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}
+            script(keys=[keys.SCHEDULE_STATE.format(schedule_id), keys.SCHEDULE_RUNS.format(schedule_id)],
+                   args=[due_text(run.due), json.dumps(entry), run.task_id or "", RECENT_RUNS], client=pipe)
+        return [bool(reply) for reply in pipe.execute()]
 
 
 def read_state(r, schedule_ids: list[int]) -> dict[int, State]:

@@ -99,7 +99,8 @@ def plan(spec: Spec, last_due: datetime | None, now: datetime, grace: float) -> 
         run.append(due)
         due = spec.next_due(due)
     run = run[-ON_TIME_LIMIT:]
-    latest_missed = spec.latest_due(after, on_time_from)
+    first = spec.next_due(after)
+    latest_missed = spec.latest_due(after, on_time_from) if first is not None and first <= on_time_from else None
     if latest_missed is None:
         return Plan(run, [], run[-1] if run else None)
     if spec.missed == "run_once" and not run:

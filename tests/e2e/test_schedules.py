@@ -7,7 +7,6 @@ end of the run are each enqueued by exactly one message."""
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import sys
@@ -151,3 +150,30 @@ def test_overlap_skip_and_a_failing_occurrence_dead_lettered_with_its_schedule(b
     # A 3 s task every second, skipped while the previous runs: runs at least 3 s apart.
     assert all(b - a >= 3 for a, b in zip(started_at, started_at[1:], strict=False)), started_at
     assert Schedule.objects.get(pk=slow.pk).enabled
+
+
+def test_missed_occurrences_after_every_beat_was_down_run_once_or_not_at_all(beats, redis_client):
+    grace = 1.0
+    once = schedule_create(owner=None, name="missed-once", task="vokaflow.noop", every=2)
+    skip = schedule_create(owner=None, name="missed-skip", task="vokaflow.noop", every=2, missed="skip")
+    (first,) = beats(1, VOKAFLOW_SCHEDULE_GRACE=grace)
+    wait_for(lambda: run_store.recent_runs(redis_client, skip.pk), 20, 0.2, "a first occurrence")
+    first.stop(kill=True)
+    down = time.time()
+    time.sleep(7)  # three or four occurrences fall due with no beat running
+    back = time.time()
+    (second,) = beats(1, VOKAFLOW_SCHEDULE_GRACE=grace)
+    wait_for(lambda: any(r.due > back for r in run_store.recent_runs(redis_client, skip.pk)), 20, 0.2,
+             "the beat back, running on time again")
+    second.stop()
+
+    def gap(schedule) -> list[run_store.Run]:
+        """What was recorded of the occurrences that fell due while no beat ran and were more than
+        the grace old when the second beat started (after `back`): at least two of them."""
+        return [r for r in run_store.recent_runs(redis_client, schedule.pk) if down + 0.5 < r.due < back - grace]
+
+    # Only the latest missed occurrence is recorded: enqueued (run_once, when nothing ran on time)
+    # or skipped as missed; the ones before it are neither. missed: skip never enqueues one.
+    assert len(gap(once)) <= 1 and len(gap(skip)) <= 1, (gap(once), gap(skip))
+    assert not any(r.task_id for r in gap(skip)), gap(skip)
+    assert back - grace - (down + 0.5) > 2 * EVERY  # so the gap held at least two due times

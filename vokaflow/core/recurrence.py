@@ -126,17 +126,30 @@ def local_instant(naive: datetime, tz: ZoneInfo) -> datetime:
     return late.replace(microsecond=0)
 
 
+# Where the clocks went back within this long before `after`, local wall-clock times up to this
+# much earlier than `after`'s own can still be instants after it; elsewhere none can.
+SLACK = timedelta(hours=3)
+
+
 def next_cron(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
     """The first firing strictly after `after` (aware), as a UTC instant; None if it never fires."""
-    start = after.astimezone(tz).date() - timedelta(days=1)
+    local = after.astimezone(tz)
+    floor = local.replace(tzinfo=None)
+    if (after - SLACK).astimezone(tz).utcoffset() != local.utcoffset():
+        floor -= SLACK
     hours, minutes = sorted(cron.hours), sorted(cron.minutes)
     for offset in range(HORIZON_DAYS):
-        day = start + timedelta(days=offset)
+        day = floor.date() + timedelta(days=offset)
         if not cron.day_matches(day):
             continue
         for hour in hours:
+            if offset == 0 and hour < floor.hour:
+                continue
             for minute in minutes:
-                instant = local_instant(datetime.combine(day, time(hour, minute)), tz)
+                naive = datetime.combine(day, time(hour, minute))
+                if naive < floor:
+                    continue
+                instant = local_instant(naive, tz)
                 if instant > after:
                     return instant
     return None
