@@ -17,6 +17,9 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from redis.cluster import RedisCluster
+from redis.exceptions import ResponseError
+
 from vokaflow.core import keys
 from vokaflow.redis_connect import as_text
 
@@ -67,13 +70,34 @@ def record_run(r, schedule_id: int, run: Run) -> bool:
 
 
 def record_runs(r, runs: list[tuple[int, Run]]) -> list[bool]:
-    """record_run of many, pipelined (one script call each: each touches one schedule's slot)."""
-    script = r.register_script(_RECORD)
-    with r.pipeline(transaction=False) as pipe:
-        for schedule_id, run in runs:
-            entry = {"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}
-            script(keys=[keys.SCHEDULE_STATE.format(schedule_id), keys.SCHEDULE_RUNS.format(schedule_id)],
-                   args=[due_text(run.due), json.dumps(entry), run.task_id or "", RECENT_RUNS], client=pipe)
+    """record_run of many, pipelined: one script call each, touching one schedule's slot. On a
+    Redis Cluster (whose pipelines refuse scripts) pipelined per primary; a call redirected while
+    slots move goes again through RedisCluster, which follows it (recording is idempotent)."""
+    calls = [([keys.SCHEDULE_STATE.format(sid), keys.SCHEDULE_RUNS.format(sid)],
+              [due_text(run.due), json.dumps({"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}),
+               run.task_id or "", RECENT_RUNS]) for sid, run in runs]
+    if not isinstance(r, RedisCluster):
+        return _pipelined(r, list(range(len(calls))), calls)
+    by_node: dict[str, list[int]] = {}
+    for i, (names, _) in enumerate(calls):
+        by_node.setdefault(r.get_node_from_key(names[0]).name, []).append(i)
+    replies = [False] * len(calls)
+    for indexes in by_node.values():
+        node = r.get_redis_connection(r.get_node_from_key(calls[indexes[0]][0][0]))
+        try:
+            for i, reply in zip(indexes, _pipelined(node, indexes, calls), strict=True):
+                replies[i] = reply
+        except ResponseError:  # MOVED or ASK: one by one through the cluster client
+            for i in indexes:
+                replies[i] = bool(r.eval(_RECORD, 2, *calls[i][0], *calls[i][1]))
+    return replies
+
+
+def _pipelined(client, indexes: list[int], calls: list) -> list[bool]:
+    script = client.register_script(_RECORD)
+    with client.pipeline(transaction=False) as pipe:
+        for i in indexes:
+            script(keys=calls[i][0], args=calls[i][1], client=pipe)
         return [bool(reply) for reply in pipe.execute()]
 
 
