@@ -73,7 +73,8 @@ def record_runs(r, runs: list[tuple[int, Run]]) -> list[bool]:
     """record_run of many, pipelined: one script call each, touching one schedule's slot. On a
     Redis Cluster (whose pipelines refuse scripts) pipelined per primary; a call redirected while
     slots move goes again through RedisCluster, which follows it (recording is idempotent)."""
-    calls = [([keys.SCHEDULE_STATE.format(sid), keys.SCHEDULE_RUNS.format(sid)],
+    calls: list[tuple[list[str], list[str | int]]] = [
+        ([keys.SCHEDULE_STATE.format(sid), keys.SCHEDULE_RUNS.format(sid)],
               [due_text(run.due), json.dumps({"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}),
                run.task_id or "", RECENT_RUNS]) for sid, run in runs]
     if not isinstance(r, RedisCluster):
