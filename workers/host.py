@@ -141,6 +141,7 @@ def preload() -> None:
     import celery.worker.consumer  # noqa: F401
     import kombu.transport.redis  # noqa: F401
 
+    import tasks.schedules.beat  # noqa: F401
     import vokaflow.transport  # noqa: F401
     import workers.bootsteps  # noqa: F401
     import workers.heartbeat  # noqa: F401
