@@ -131,7 +131,8 @@ def schedule_action(request, schedule_id: int, action: str):
             messages.success(request, f"Schedule {schedule.name} {action}d.")
     except services.ScheduleNotFound:
         raise Http404(f"no schedule with id {schedule_id}") from None
-    except (services.ScheduleReadOnly, SubmissionError, BrokerUnavailable, QuotaExceeded) as exc:
+    except (services.ScheduleReadOnly, services.ScheduleInvalid, SubmissionError, BrokerUnavailable,
+            QuotaExceeded) as exc:
         messages.error(request, str(exc))
     return _back(request, reverse("console:schedules"))
 

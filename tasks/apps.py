@@ -1,6 +1,6 @@
 from celery import signals
 from django.apps import AppConfig
-from django.db.models.signals import post_migrate
+from django.db.models.signals import post_delete, post_migrate
 
 
 class TasksConfig(AppConfig):
@@ -22,6 +22,7 @@ class TasksConfig(AppConfig):
 
         signals.before_task_publish.connect(stamp_enqueue_time, weak=False)
         post_migrate.connect(_sync_code_schedules, sender=self)
+        post_delete.connect(_schedule_gone, sender="tasks.Schedule")
 
 
 def _sync_code_schedules(sender, **kwargs):
@@ -29,3 +30,11 @@ def _sync_code_schedules(sender, **kwargs):
     from tasks.schedules.services import schedule_sync_code
 
     schedule_sync_code()
+
+
+
+def _schedule_gone(sender, instance, **kwargs):
+    """A schedule deleted by any path (a user's deletion takes theirs along) leaves the beats at once."""
+    from tasks.schedules.services import announce
+
+    announce(instance.pk)

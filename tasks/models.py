@@ -137,7 +137,8 @@ class Schedule(models.Model):
     priority = models.CharField(max_length=16, blank=True, help_text="Empty: the task's default.")
     worker_type = models.CharField(max_length=32, blank=True, help_text="Empty: the task's default.")
     partition_key = models.CharField(max_length=200, null=True, blank=True)
-    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL,
+    # A deleted user's schedules go with them: run as the system, they would escape the user's quota.
+    owner = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.CASCADE,
                               db_constraint=False, related_name="+",
                               help_text="Who made it: its tasks are theirs. Empty: the system.")
     every = models.PositiveIntegerField(null=True, blank=True, help_text="Seconds between occurrences.")

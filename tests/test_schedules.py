@@ -318,3 +318,86 @@ def test_a_beat_goes_on_with_what_it_has_while_the_database_is_away(clock, redis
         clock.now += timedelta(seconds=2)
         b.tick()
     assert len(occurrences(redis_client, made.pk)) == 3
+
+
+# What an attack on the API found, each once.
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"every": 5, "args": ["a\u0000b"]}, "args"),
+    ({"every": 5, "kwargs": {"k\u0000": 1}}, "kwargs"),
+    ({"cron": "\u00b2 * * * *"}, "cron"),
+    ({"cron": "\u0661 * * * *"}, "cron"),
+    ({"cron": "0 0 1 1 *", "start_at": "9999-12-31T23:00:00Z"}, "start_at"),
+    ({"every": 5, "start_at": "0001-01-01T00:00:00Z"}, "start_at"),
+    ({"every": 5, "start_at": "2026-01-01T00:00:00"}, "start_at"),
+    ({"cron": "* * * * *", "timezone": "localtime"}, "timezone"),
+    ({"cron": "* * * * *", "timezone": "posixrules"}, "timezone"),
+    ({"every": 5, "end_at": "2020-01-01T00:00:00Z"}, "end_at"),
+])
+def test_inputs_an_attack_found_are_400s_naming_the_field(admin_client, body, field):
+    answer = admin_client.post(f"{BASE}/schedules/", {"name": "attack", "task": "vokaflow.echo", **body}, format="json")
+    assert answer.status_code == 400 and field in answer.json()["errors"], answer.content
+    assert not Schedule.objects.filter(name="attack").exists()
+
+
+def test_a_step_in_a_day_field_does_not_restrict_the_day_as_in_cron():
+    got = fires("0 0 */2 * 1", zone("UTC"), datetime(2026, 6, 1, tzinfo=UTC), 3)  # Mondays only
+    assert [t.strftime("%a") for t in got] == ["Mon", "Mon", "Mon"]
+
+
+def test_a_start_at_between_seconds_never_runs_before_it():
+    s = spec(start_at=at(0.5))
+    assert s.next_due(at(0)) == at(1)
+
+
+def test_a_schedule_whose_task_left_the_allow_list_can_still_be_disabled(admin_client, monkeypatch):
+    made = schedule_create(owner=None, name="gone-task", task="vokaflow.echo", every=60)
+    from vokaflow.celery import app
+
+    monkeypatch.setattr(app.tasks["vokaflow.echo"], "submittable", False)
+    answer = admin_client.patch(f"{BASE}/schedules/{made.pk}/", {"enabled": False}, format="json")
+    assert answer.status_code == 200 and answer.json()["enabled"] is False
+
+
+def test_a_users_schedules_go_with_the_user(db):
+    user = user_with_perms("leaving")
+    schedule_create(owner=user.pk, name="theirs", task="vokaflow.noop", every=60)
+    user.delete()
+    assert not Schedule.objects.filter(name="theirs").exists()
+
+
+@pytest.mark.django_db(transaction=True)
+def test_run_now_takes_no_due_occurrence_away(clock, redis_client):
+    from tasks.schedules.services import schedule_run_now
+
+    made = made_(clock, name="run-now", every=2)
+    b = beat(clock)
+    clock.now += timedelta(seconds=2)
+    b.tick()
+    clock.now += timedelta(seconds=2)  # due, not yet handled: the beat has not ticked
+    schedule_run_now(schedule_id=made.pk)
+    b.tick()
+    runs = occurrences(redis_client, made.pk)
+    assert [r.manual for r in runs].count(False) == 2 and [r.manual for r in runs].count(True) == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_redis_error_in_a_pass_does_not_end_the_beat(clock, redis_client, monkeypatch):
+    import redis as redis_lib
+
+    made = made_(clock, name="overlap-error", every=2, overlap="skip")
+    b = beat(clock)
+    clock.now += timedelta(seconds=2)
+    b.tick()
+
+    def away(*args, **kwargs):
+        raise redis_lib.ConnectionError("gone")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(b, "_still_running", away)
+        clock.now += timedelta(seconds=2)
+        b.tick()  # no exception: the schedule is looked at again a second later
+    clock.now += timedelta(seconds=1)
+    b.tick()
+    assert len(occurrences(redis_client, made.pk)) >= 2

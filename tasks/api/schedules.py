@@ -6,6 +6,7 @@ tasks.delete_schedule."""
 
 from __future__ import annotations
 
+from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -122,6 +123,11 @@ def _input(serializer_class, data) -> dict:
         raise BadRequest(f"{unknown[0]}: unknown field; accepted fields: {', '.join(serializer.fields)}",
                          errors={unknown[0]: [f"unknown field; accepted fields: {', '.join(serializer.fields)}"]})
     errors = json_type_errors(serializer, data)
+    for name in ("start_at", "end_at"):  # DRF would read a date-time without a zone in the server's
+        value = data.get(name)
+        if isinstance(value, str) and name not in errors and (parsed := parse_datetime(value)) is not None \
+                and parsed.tzinfo is None:
+            errors[name] = ["must name its time zone (Z or an offset such as +02:00)"]
     if not errors and not serializer.is_valid():
         errors = serializer.errors
     if errors:

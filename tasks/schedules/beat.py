@@ -75,7 +75,12 @@ class ScheduleScheduler(beat.Scheduler):
             if spec is not None and spec.version == version:
                 due.append(spec)
         if due:
-            self.run_due(due, now)
+            try:
+                self.run_due(due, now)
+            except Exception:  # never the end of the beat: these schedules are looked at again soon
+                logger.exception("schedules: a pass over %d due schedules failed; trying again", len(due))
+                for spec in due:
+                    self._push(spec, now.timestamp() + MAX_SLEEP)
         wait = self.heap[0][0] - self.clock().timestamp() if self.heap else MAX_SLEEP
         return max(0.0, min(MAX_SLEEP, wait))
 
@@ -164,6 +169,8 @@ class ScheduleScheduler(beat.Scheduler):
                        for (spec, due), answer in zip(placed, answers, strict=True)], set()
 
     def _still_running(self, task_id: str | None) -> bool:
+        """Whether the last occurrence's task has not finished (Redis errors reach run_due's caller,
+        which looks at the schedule again a second later)."""
         if not task_id:
             return False
         from celery import states

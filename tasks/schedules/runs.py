@@ -24,18 +24,29 @@ from vokaflow.core import keys
 from vokaflow.redis_connect import as_text
 
 RECENT_RUNS = 20
+# A schedule's keys outlive their last write by this long: a deleted schedule's are gone by then
+# (a beat that had not yet seen the delete may record one last run after it).
+IDLE_TTL = 400 * 86400
 
-# KEYS: state hash, runs hash. ARGV: due (epoch s, as text), entry (JSON), task id ('' when skipped).
+# KEYS: state hash, runs hash. ARGV: due (epoch s, as text), entry (JSON), task id ('' when skipped),
+# runs kept, '1' for a run now (which is no occurrence: the timing's last due time stays), idle ttl (s).
 # Returns 1 when this call recorded the due time, 0 when another beat had.
 _RECORD = """
 local due = tonumber(ARGV[1])
 local last = tonumber(redis.call('HGET', KEYS[1], 'last_due') or '-1')
-if due > last then redis.call('HSET', KEYS[1], 'last_due', ARGV[1]) end
+if due > last and ARGV[5] ~= '1' then redis.call('HSET', KEYS[1], 'last_due', ARGV[1]) end
+redis.call('EXPIRE', KEYS[1], ARGV[6])
+redis.call('EXPIRE', KEYS[2], ARGV[6])
 if ARGV[3] ~= '' then
   local task_due = tonumber(redis.call('HGET', KEYS[1], 'last_task_due') or '-1')
   if due >= task_due then redis.call('HSET', KEYS[1], 'last_task', ARGV[3], 'last_task_due', ARGV[1]) end
 end
-if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then return 0 end
+if redis.call('HSETNX', KEYS[2], ARGV[1], ARGV[2]) == 0 then
+  -- An occurrence one beat skipped (overlap) and another enqueued: the enqueue is what happened.
+  if ARGV[3] == '' then return 0 end
+  redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+  return 0
+end
 local n = redis.call('HLEN', KEYS[2])
 if n > tonumber(ARGV[4]) * 2 then
   local dues = redis.call('HKEYS', KEYS[2])
@@ -76,7 +87,7 @@ def record_runs(r, runs: list[tuple[int, Run]]) -> list[bool]:
     calls: list[tuple[list[str], list[str | int]]] = [
         ([keys.SCHEDULE_STATE.format(sid), keys.SCHEDULE_RUNS.format(sid)],
               [due_text(run.due), json.dumps({"task_id": run.task_id, "skipped": run.skipped, "manual": run.manual}),
-               run.task_id or "", RECENT_RUNS]) for sid, run in runs]
+               run.task_id or "", RECENT_RUNS, "1" if run.manual else "0", IDLE_TTL]) for sid, run in runs]
     if not isinstance(r, RedisCluster):
         return _pipelined(r, list(range(len(calls))), calls)
     by_node: dict[str, list[int]] = {}

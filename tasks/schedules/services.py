@@ -8,6 +8,7 @@ beat start, and are read-only to people.
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -15,7 +16,7 @@ from typing import Any
 
 import redis
 from django.conf import settings
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.utils import timezone as django_timezone
 
 from tasks.models import Schedule
@@ -29,6 +30,7 @@ from vokaflow.redis import get_redis
 
 logger = logging.getLogger(__name__)
 
+EARLIEST, LATEST = datetime(1970, 1, 1, tzinfo=UTC), datetime(9000, 1, 1, tzinfo=UTC)  # start_at, end_at
 CHANGES_KEPT = 10_000  # entries of the change stream; a beat further behind reloads everything
 TIMING_FIELDS = ("every", "cron", "timezone", "start_at", "end_at")
 FIELDS = ("name", "task", "args", "kwargs", "priority", "worker_type", "partition_key", *TIMING_FIELDS,
@@ -85,12 +87,21 @@ def schedule_create(*, owner: int | None, **data: Any) -> Schedule:
         raise ScheduleInvalid(unknown[0], f"unknown field; accepted fields: {', '.join(FIELDS)}")
     schedule = Schedule(owner_id=owner, active_since=_now())
     schedule_apply(schedule, data, creating=True)
-    with transaction.atomic():
-        if Schedule.objects.filter(name=schedule.name).exists():
-            raise ScheduleInvalid("name", f"a schedule named {schedule.name!r} exists already")
-        schedule.save()
+    _save(schedule)
     announce(schedule.pk)
     return schedule
+
+
+def _save(schedule: Schedule) -> None:
+    """Save; a name another schedule has (checked, or taken by a concurrent save) names the field."""
+    taken = ScheduleInvalid("name", f"a schedule named {schedule.name!r} exists already")
+    if Schedule.objects.filter(name=schedule.name).exclude(pk=schedule.pk).exists():
+        raise taken
+    try:
+        with transaction.atomic():
+            schedule.save()
+    except IntegrityError:
+        raise taken from None
 
 
 def schedule_update(*, schedule_id: int, **data: Any) -> Schedule:
@@ -102,12 +113,13 @@ def schedule_update(*, schedule_id: int, **data: Any) -> Schedule:
         raise ScheduleReadOnly(schedule)
     was_enabled = schedule.enabled
     before = tuple(getattr(schedule, f) for f in TIMING_FIELDS)
-    schedule_apply(schedule, data, creating=False)
+    # Turning a schedule off never needs its task to be submittable still (it may have left the
+    # allow-list: that is when it must be turned off).
+    switching_off = set(data) == {"enabled"} and data["enabled"] is False
+    schedule_apply(schedule, data, creating=False, submission=not switching_off)
     if (schedule.enabled and not was_enabled) or tuple(getattr(schedule, f) for f in TIMING_FIELDS) != before:
         schedule.active_since = _now()  # what fell due while off or on the old timing never runs
-    if "name" in data and Schedule.objects.filter(name=schedule.name).exclude(pk=schedule.pk).exists():
-        raise ScheduleInvalid("name", f"a schedule named {schedule.name!r} exists already")
-    schedule.save()
+    _save(schedule)
     announce(schedule.pk)
     return schedule
 
@@ -176,9 +188,10 @@ def schedule_details(schedule: Schedule, *, now: datetime | None = None) -> dict
     return {"next_run_at": upcoming, "last_run_at": rows[0]["due_at"] if rows else None, "recent_runs": rows}
 
 
-def schedule_apply(schedule: Schedule, data: dict, *, creating: bool) -> None:
+def schedule_apply(schedule: Schedule, data: dict, *, creating: bool, submission: bool = True) -> None:
     """Check each given field and set it on `schedule` (not saved); then check the schedule as a
-    whole. ScheduleInvalid names the first bad field."""
+    whole (with `submission`, that its occurrence would be accepted). ScheduleInvalid names the
+    first bad field."""
     for name in FIELDS:
         if name in data:
             setattr(schedule, name, _clean(name, data[name]))
@@ -196,8 +209,13 @@ def schedule_apply(schedule: Schedule, data: dict, *, creating: bool) -> None:
         cron, tz = parse_cron(schedule.cron), zone(schedule.timezone)
         if next_cron(cron, tz, schedule.start_at or datetime.now(UTC)) is None:
             raise ScheduleInvalid("cron", f"never fires (no matching day within {HORIZON_DAYS // 366} years)")
+    spec = spec_of(_unsaved(schedule), trusted=False)
+    if spec.next_due(spec.first_after) is None:
+        raise ScheduleInvalid("end_at", "the schedule would never run again: its end_at is before its next due time")
+    if not submission:
+        return
     try:  # the same rules as a submission: allow-list, arguments, priority, worker type
-        occurrence_request(spec_of(_unsaved(schedule), trusted=False), None)
+        occurrence_request(spec, None)
     except SubmissionError as exc:
         raise ScheduleInvalid(exc.field, exc.message) from None
 
@@ -226,17 +244,18 @@ def _clean(name: str, value: Any) -> Any:
 
     if name in ("name", "task"):
         return text(200)
-    if name == "args":
+    if name in ("args", "kwargs"):
+        kind = list if name == "args" else dict
         if value is None:
-            return []
-        if not isinstance(value, list):
-            raise ScheduleInvalid(name, f"must be a list, got {type(value).__name__}")
-        return value
-    if name == "kwargs":
-        if value is None:
-            return {}
-        if not isinstance(value, dict):
-            raise ScheduleInvalid(name, f"must be an object, got {type(value).__name__}")
+            return kind()
+        if not isinstance(value, kind):
+            expected = "a list" if kind is list else "an object"
+            raise ScheduleInvalid(name, f"must be {expected}, got {type(value).__name__}")
+        try:
+            if "\\u0000" in json.dumps(value):  # PostgreSQL's JSON cannot hold it
+                raise ScheduleInvalid(name, "must not contain the NUL character (\\u0000)")
+        except (TypeError, ValueError, RecursionError):
+            raise ScheduleInvalid(name, "not JSON, or nested too deep") from None
         return value
     if name in ("priority", "worker_type"):
         return "" if value is None else text(32, blank=True)
@@ -267,6 +286,8 @@ def _clean(name: str, value: Any) -> Any:
             return None
         if not isinstance(value, datetime) or value.tzinfo is None:
             raise ScheduleInvalid(name, "must be a date-time with a time zone (ISO 8601)")
+        if not EARLIEST <= value <= LATEST:
+            raise ScheduleInvalid(name, f"must be between {EARLIEST:%Y-%m-%d} and {LATEST:%Y-%m-%d}")
         return value
     if name == "enabled":
         if not isinstance(value, bool):

@@ -112,6 +112,8 @@ def spec_of(schedule, trusted: bool) -> Spec:
     """The beat's copy of a Schedule row."""
     # Whole seconds: due times are names (idempotency keys, the runs' fields) and must read back exactly.
     anchor = (schedule.start_at or schedule.created_at).replace(microsecond=0)
+    if schedule.start_at is not None and schedule.start_at.microsecond:
+        anchor += timedelta(seconds=1)  # never before start_at
     if schedule.start_at is not None:  # the first occurrence at start_at itself
         first_after = max(schedule.active_since, anchor - timedelta(microseconds=1))
     else:  # the first one interval after the schedule was made

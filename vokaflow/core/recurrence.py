@@ -34,10 +34,17 @@ class RecurrenceError(ValueError):
     """A cron expression or time zone that cannot be used; the message says why."""
 
 
+# Names the system's zone files hold that are no IANA zone of their own: the host's local time
+# ("localtime") differs between hosts, and every beat must compute the same due times.
+NOT_ZONES = {"localtime", "posixrules", "Factory"}
+
+
 def zone(name: str) -> ZoneInfo:
+    if not isinstance(name, str) or name in NOT_ZONES or name.startswith(("posix/", "right/")):
+        raise RecurrenceError(f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'")
     try:
         return ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError, TypeError):
+    except (ZoneInfoNotFoundError, ValueError, TypeError, OSError):
         raise RecurrenceError(f"unknown time zone {name!r}: use an IANA name such as 'UTC' or 'Europe/Paris'") from None
 
 
@@ -69,8 +76,10 @@ def parse_cron(text: str) -> Cron:
         raise RecurrenceError(f"five fields (minute hour day-of-month month day-of-week), got {len(parts)}")
     sets = [_field(part, i) for i, part in enumerate(parts)]
     weekdays = frozenset(d % 7 for d in sets[4])
+    # As Vixie cron: a day field that starts with `*` (`*`, `*/2`) does not restrict the day, so the
+    # other day field alone decides.
     return Cron(frozenset(sets[0]), frozenset(sets[1]), frozenset(sets[2]), frozenset(sets[3]), weekdays,
-                any_day=parts[2] == "*", any_weekday=parts[4] == "*")
+                any_day=parts[2].startswith("*"), any_weekday=parts[4].startswith("*"))
 
 
 def _field(part: str, index: int) -> set[int]:
@@ -79,7 +88,8 @@ def _field(part: str, index: int) -> set[int]:
     where = FIELD_NAMES[index]
 
     def number(token: str) -> int:
-        value = names.get(token.lower()) if token.isalpha() else (int(token) if token.isdigit() else None)
+        plain = token.isascii() and token.isdigit()  # "²" and "١" are digits to str.isdigit, not to cron
+        value = names.get(token.lower()) if token.isascii() and token.isalpha() else (int(token) if plain else None)
         if value is None or not low <= value <= high:
             raise RecurrenceError(f"{where}: {token!r} is not a value from {low} to {high}")
         return value
@@ -87,7 +97,7 @@ def _field(part: str, index: int) -> set[int]:
     values: set[int] = set()
     for item in part.split(","):
         spec, _, step_text = item.partition("/")
-        if _ and not (step_text.isdigit() and int(step_text) >= 1):
+        if _ and not (step_text.isascii() and step_text.isdigit() and int(step_text) >= 1):
             raise RecurrenceError(f"{where}: step {step_text!r} must be a whole number of 1 or more")
         step = int(step_text) if _ else 1
         if spec == "*":
@@ -139,7 +149,10 @@ def next_cron(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
         floor -= SLACK
     hours, minutes = sorted(cron.hours), sorted(cron.minutes)
     for offset in range(HORIZON_DAYS):
-        day = floor.date() + timedelta(days=offset)
+        try:
+            day = floor.date() + timedelta(days=offset)
+        except OverflowError:
+            return None
         if not cron.day_matches(day):
             continue
         for hour in hours:
@@ -149,7 +162,10 @@ def next_cron(cron: Cron, tz: ZoneInfo, after: datetime) -> datetime | None:
                 naive = datetime.combine(day, time(hour, minute))
                 if naive < floor:
                     continue
-                instant = local_instant(naive, tz)
+                try:
+                    instant = local_instant(naive, tz)
+                except OverflowError:  # past the calendar's end (year 9999)
+                    return None
                 if instant > after:
                     return instant
     return None
