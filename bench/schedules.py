@@ -20,7 +20,7 @@ import argparse
 import json
 import os
 import random
-import sys
+import subprocess
 import time
 from pathlib import Path
 
@@ -106,9 +106,6 @@ def main() -> None:
     database = results / "schedules.sqlite3"
     env = bench_env(DATABASE_URL=f"sqlite:///{database}", LOG_LEVEL="WARNING")
     os.environ.update(env)
-    sys.path.insert(0, str(ROOT))
-    import subprocess
-
     subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=env, check=True)
     client = redis.Redis.from_url(bench_redis_url())
     client.flushdb()  # the benchmark's own database
