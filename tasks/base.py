@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from collections.abc import Callable
 
 from celery import Task, shared_task, states
 from celery.exceptions import Ignore, SoftTimeLimitExceeded, TimeLimitExceeded
+from django.conf import settings
 
 from tasks.cancellation import TaskCancelled
 from vokaflow import hotpath
@@ -50,6 +52,7 @@ class PlatformTask(Task):
     retry_jitter = False  # our own, in retry()
     dont_autoretry_for = (TaskCancelled,)  # a stop that was asked for is not a failure to retry
     track_started = True
+    vokaflow_limits: list[str] = []  # names of the fleet-wide limits its runs take places in (tasks.limits)
     Request = hotpath.REQUEST  # measures each run for the batch size of its type; takes handed-back results
 
     def retry(self, *args, countdown=None, **kwargs):
@@ -148,6 +151,8 @@ class PlatformTask(Task):
         if self.request.is_eager:
             return super().__call__(*args, **kwargs)
         try:
+            if self.vokaflow_limits:
+                return self._call_within_limits(spec, args, kwargs)
             if not spec:
                 return super().__call__(*args, **kwargs)
             return self._call_under_lock(spec, args, kwargs)
@@ -155,6 +160,42 @@ class PlatformTask(Task):
             # Stopped on request (tasks.cancellation): REVOKED, not a failure; no dead letter, no retry.
             self.backend.mark_as_revoked(self.request.id, reason=f"stopped: {exc}", request=self.request)
             raise Ignore() from None
+
+    def _call_within_limits(self, spec: dict | None, args, kwargs):
+        """Run once every limit of the task has a place for it (tasks.limits); otherwise the task
+        waits in a limit's waiting room, its slot free, and comes back when the limit lets it out."""
+        from tasks import limits
+        from tasks.submit import running_message
+        from vokaflow.redis import get_redis
+
+        r = get_redis()
+        request = self.request
+        instances = limits.instances_for(self, args, kwargs)
+        taken: list[limits.Instance] = []
+        for instance in instances:
+            _, message = running_message(self)
+            why = limits.try_start(r, instance, request.id, message, limits.priority_of(request),
+                                   float(getattr(request, "vokaflow_enqueued_at", None) or time.time()))
+            if why is not None:
+                for earlier in taken:
+                    limits.give_back(r, earlier, request.id)
+                r.set(keys.task_key(keys.HELD, request.id), f"{instance.limit.name} ({why})",
+                      ex=settings.VOKAFLOW_RESULT_TTL)
+                self.update_state(state=states.PENDING, meta=None)  # waiting, not started
+                raise Ignore()
+            taken.append(instance)
+        if taken:
+            r.delete(keys.task_key(keys.HELD, request.id))
+        try:
+            return self._call_under_lock(spec, args, kwargs) if spec else super().__call__(*args, **kwargs)
+        finally:
+            for instance in taken:
+                try:
+                    limits.give_back(r, instance, request.id)
+                    limits.let_out_now(r, instance)
+                except Exception as exc:  # the lease runs out by itself
+                    logger.warning("could not give back %s's place in limit %s: %s", request.id,
+                                   instance.limit.name, exc)
 
     def _call_under_lock(self, spec: dict, args, kwargs):
         """Run while holding the submission's lock; a task that finds it taken is put back in
@@ -201,8 +242,14 @@ def platform_task(name: str, *, worker_type: WorkerType | str = DEFAULT_WORKER_T
         # the hard one postpones the hard one in Celery's prefork pool.
         soft_time_limit = time_limit * SOFT_FRACTION
 
+    from tasks.limits import with_task_limits
+
+    # Fleet-wide limits, not Celery's per-worker rate_limit (which holds the task in the worker).
+    limit_names, _ = with_task_limits(name, options)
+
     def decorate(fun: Callable) -> PlatformTask:
         return shared_task(
+            vokaflow_limits=limit_names,
             base=PlatformTask, name=name, bind=options.pop("bind", False),
             worker_type=WorkerType.parse(worker_type), default_priority=Priority.parse(priority),
             submittable=submittable, description=(fun.__doc__ or "").strip().split("\n")[0],

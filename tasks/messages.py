@@ -30,7 +30,8 @@ def encode_json(value) -> str:
 def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, queue: str,
                  eta: datetime | None, origin: str, parent_id: str | None = None,
                  root_id: str | None = None, retries: int = 0, lock: dict | None = None,
-                 retried_from: str | None = None, owner: int | None = None, schedule: int | None = None) -> str:
+                 retried_from: str | None = None, owner: int | None = None, schedule: int | None = None,
+                 enqueued_at: float | None = None) -> str:
     """The serialised message a worker consuming `queue` will run."""
     body = f"[{args_json}, {kwargs_json}, {_EMBED}]"
     headers: dict[str, object] = {
@@ -39,7 +40,7 @@ def task_message(*, task_id: str, name: str, args_json: str, kwargs_json: str, q
         "retries": retries, "timelimit": [None, None], "root_id": root_id or task_id, "parent_id": parent_id,
         "argsrepr": args_json[:REPR_LIMIT], "kwargsrepr": kwargs_json[:REPR_LIMIT], "origin": origin,
         "ignore_result": None, "replaced_task_nesting": 0, "stamped_headers": None, "stamps": {},
-        ENQUEUED_AT_HEADER: round(time.time(), 3),
+        ENQUEUED_AT_HEADER: enqueued_at or round(time.time(), 3),  # kept by a task that waited for a limit
     }
     # Our own headers reach the task as attributes of self.request.
     if lock:

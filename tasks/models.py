@@ -100,6 +100,18 @@ class DeadLetter(models.Model):
         return first[:120] + ("…" if len(first) > 120 else "")
 
 
+class Limit(models.Model):
+    """No table (limits live in Redis, tasks.limits): this model carries the limit API's permissions."""
+
+    class Meta:
+        managed = False
+        default_permissions = ()
+        permissions = [
+            ("view_limits", "Can see the fleet-wide limits and their figures"),
+            ("change_limits", "Can change or reset a fleet-wide limit"),
+        ]
+
+
 class Lock(models.Model):
     """No table (locks live in Redis, vokaflow.locks): this model carries the lock API's permissions."""
 

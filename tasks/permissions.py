@@ -13,6 +13,8 @@ VIEW_DEAD_LETTERS = "tasks.view_deadletter"
 CHANGE_DEAD_LETTERS = "tasks.change_deadletter"  # retry and discard, in the API and the admin
 VIEW_LOCKS = "tasks.view_locks"
 USE_LOCKS = "tasks.use_locks"  # acquire, extend, release
+VIEW_LIMITS = "tasks.view_limits"
+CHANGE_LIMITS = "tasks.change_limits"  # PUT and DELETE limits/{name}
 
 
 class ReadOrChangePermission(BasePermission):
@@ -36,3 +38,12 @@ class DeadLetterPermission(ReadOrChangePermission):
 
 class LockPermission(ReadOrChangePermission):
     view_perm, change_perm = VIEW_LOCKS, USE_LOCKS
+
+
+class LimitPermission(ReadOrChangePermission):
+    """Staff only, with Django's permissions (superusers have them)."""
+
+    view_perm, change_perm = VIEW_LIMITS, CHANGE_LIMITS
+
+    def has_permission(self, request, view) -> bool:
+        return bool(getattr(request.user, "is_staff", False)) and super().has_permission(request, view)

@@ -246,8 +246,9 @@ def _submission(req: TaskRequest, now: str, owner: int | None) -> Submission:
                       eta=req.eta.isoformat() if req.eta else None, owner=owner)
 
 
-def requeue_running(task: Task, delay: float) -> None:
-    """Put the running task's message back, unchanged (same id, retries, lock), due in `delay` s."""
+def running_message(task: Task, delay: float | None = None) -> tuple[str, str]:
+    """(queue, message) of the running task, unchanged (same id, retries, lock, owner, schedule),
+    due in `delay` seconds if given."""
     request = task.request
     queue = (request.delivery_info or {}).get("routing_key")
     if not queue:
@@ -255,10 +256,17 @@ def requeue_running(task: Task, delay: float) -> None:
     message = task_message(
         task_id=request.id, name=task.name, args_json=encode_json(list(request.args or ())),
         kwargs_json=encode_json(request.kwargs or {}), queue=queue,
-        eta=datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(), parent_id=request.parent_id,
-        root_id=request.root_id, retries=request.retries or 0, lock=getattr(request, "vokaflow_lock", None),
-        retried_from=getattr(request, "vokaflow_retried_from", None), owner=getattr(request, "vokaflow_owner", None),
-        schedule=getattr(request, "vokaflow_schedule", None))
+        eta=None if delay is None else datetime.now(UTC) + timedelta(seconds=delay), origin=anon_nodename(),
+        parent_id=request.parent_id, root_id=request.root_id, retries=request.retries or 0,
+        lock=getattr(request, "vokaflow_lock", None), retried_from=getattr(request, "vokaflow_retried_from", None),
+        owner=getattr(request, "vokaflow_owner", None), schedule=getattr(request, "vokaflow_schedule", None),
+        enqueued_at=getattr(request, "vokaflow_enqueued_at", None))
+    return queue, message
+
+
+def requeue_running(task: Task, delay: float) -> None:
+    """Put the running task's message back, unchanged, due in `delay` s."""
+    queue, message = running_message(task, delay)
     push(get_redis(), {queue: [message]})
 
 

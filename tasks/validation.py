@@ -20,6 +20,7 @@ from django.utils.dateparse import parse_datetime
 
 from tasks import catalog
 from tasks.arguments import check_arguments
+from tasks.limits import check_submission as check_limit_arguments
 from tasks.messages import encode_json
 from vokaflow.celery import app
 from vokaflow.core.errors import BadRequest
@@ -97,6 +98,7 @@ def prepare(task_or_name, *, args=(), kwargs=None, priority=None, worker_type=No
     if not all(isinstance(k, str) for k in kwargs):
         raise error("kwargs", "keys must be strings")
     check_arguments(task, args, kwargs, error)
+    check_limit_arguments(task, args, kwargs, error)
     try:
         args_json = encode_json(list(args))
     except (TypeError, ValueError) as exc:

@@ -179,5 +179,6 @@ app.steps["worker"].update({
     "workers.bootsteps:LoadRevoked",
     "workers.watchdog:TimeLimits",
     "workers.scheduler:ScheduledPoller",
+    "workers.limits:LimitPoller",
     "workers.heartbeat:Heartbeat",
 })

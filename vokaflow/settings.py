@@ -181,6 +181,8 @@ VOKAFLOW_METRICS_TOKEN = env("VOKAFLOW_METRICS_TOKEN", default="")
 VOKAFLOW_FLEET_REPORTING = env.bool("VOKAFLOW_FLEET_REPORTING", default=True)
 VOKAFLOW_DLQ_FLUSH_SECONDS = env.float("VOKAFLOW_DLQ_FLUSH_SECONDS", default=30)
 VOKAFLOW_DLQ_PRUNE_SECONDS = env.float("VOKAFLOW_DLQ_PRUNE_SECONDS", default=3600)
+# Limits (tasks.limits): seconds a concurrency place outlives its worker (renewed every second).
+VOKAFLOW_LIMIT_LEASE = env.float("VOKAFLOW_LIMIT_LEASE", default=15)
 # Schedules (tasks.schedules): an occurrence due longer ago than this was missed (no beat ran then).
 VOKAFLOW_SCHEDULE_GRACE = env.float("VOKAFLOW_SCHEDULE_GRACE", default=60)
 DATA_UPLOAD_MAX_MEMORY_SIZE = VOKAFLOW_MAX_BODY_BYTES

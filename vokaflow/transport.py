@@ -237,7 +237,8 @@ def outline_all(pipe, messages, group: str | None = None):
         yield queued
 
 
-def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True) -> list[tuple[int, str, int]]:
+def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True,
+            front: bool = False) -> list[tuple[int, str, int]]:
     """The wire format of an enqueue, in one place: LPUSH each queue's serialised messages (the
     consumer takes from the right, so the list is FIFO; a large one's body goes to its own key
     first), then ring the bells of their types. Returns (position in `pipe`, queue, count) of each
@@ -247,19 +248,23 @@ def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True) -> list
     for queue, messages in by_queue.items():
         queued = list(outline_all(pipe, messages, queue_tag(queue)))
         pushes.append((len(pipe), queue, len(queued)))
-        pipe.lpush(queue, *queued)
+        if front:
+            pipe.rpush(queue, *reversed(queued))
+        else:
+            pipe.lpush(queue, *queued)
     if bells:
         ring(pipe, by_queue)
     return pushes
 
 
-def push(client, by_queue: dict[str, list[str]]) -> None:
-    """Publish outside a transaction (kombu's own publishes, a retry's requeue). On one Redis the
-    bells ring in the same pipeline; on a cluster they lie in other slots, and only the bells of
-    queues the push found empty ring, after it (ring_woken)."""
+def push(client, by_queue: dict[str, list[str]], *, front: bool = False) -> None:
+    """Publish outside a transaction (kombu's own publishes, a retry's requeue; with `front`, a
+    task let out of a limit's waiting room, next to be taken, the first message first). On one
+    Redis the bells ring in the same pipeline; on a cluster they lie in other slots, and only the
+    bells of queues the push found empty ring, after it (ring_woken)."""
     cluster = keys.cluster_layout()
     with client.pipeline(transaction=False) as pipe:
-        pushes = publish(pipe, by_queue, bells=not cluster)
+        pushes = publish(pipe, by_queue, bells=not cluster, front=front)
         replies = pipe.execute()
     if cluster:
         ring_woken(client, woken(pushes, replies))

@@ -1,6 +1,6 @@
 from django.urls import re_path
 
-from tasks.api import dlq, locks, schedules, views
+from tasks.api import dlq, limits, locks, schedules, views
 
 # Every path answers with or without its trailing slash.
 urlpatterns = [
@@ -17,6 +17,8 @@ urlpatterns = [
             name="schedule-detail"),
     re_path(r"^schedules/(?P<schedule_id>[0-9]{1,18})/run/?$", schedules.ScheduleRunView.as_view(),
             name="schedule-run"),
+    re_path(r"^limits/?$", limits.LimitListView.as_view(), name="limit-list"),
+    re_path(r"^limits/(?P<name>[A-Za-z0-9_.:-]{1,200})/?$", limits.LimitDetailView.as_view(), name="limit-detail"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/acquire/?$", locks.LockAcquireView.as_view(), name="lock-acquire"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/extend/?$", locks.LockExtendView.as_view(), name="lock-extend"),
     re_path(r"^lock/(?P<key>[A-Za-z0-9_.:-]{1,200})/release/?$", locks.LockReleaseView.as_view(), name="lock-release"),

@@ -86,3 +86,34 @@ def sleep_then_measure(seconds: float, text: str):
     """Sleeps (STARTED is recorded), then answers as tests.measure."""
     time.sleep(seconds)
     return [len(text), text[:1], text[-1:]]
+
+
+# Limited tasks (tasks.limits): each appends "<task id> <start> <end> <key>" to a list the test reads.
+LIMIT_LOG = "vokaflow:test:limit-log"
+
+
+def _log_run(task_id: str, key: str, seconds: float) -> None:
+    start = time.time()
+    time.sleep(seconds)
+    get_redis().rpush(LIMIT_LOG, f"{task_id} {start} {time.time()} {key}")
+
+
+@platform_task("tests.rated", bind=True, max_retries=0, rate_limit="20/s", track_started=False)
+def rated(self, n: int = 0):
+    _log_run(self.request.id, "", 0)
+
+
+@platform_task("tests.two_at_once", bind=True, max_retries=0, concurrency=2, track_started=False)
+def two_at_once(self, seconds: float = 0.2):
+    _log_run(self.request.id, "", seconds)
+
+
+@platform_task("tests.two_per_customer", bind=True, max_retries=0, concurrency=2, limit_per="customer_id",
+               track_started=False)
+def two_per_customer(self, customer_id: str, seconds: float = 0.2):
+    _log_run(self.request.id, customer_id, seconds)
+
+
+@platform_task("tests.unlimited", bind=True, max_retries=0, track_started=False)
+def unlimited(self):
+    _log_run(self.request.id, "unlimited", 0)

@@ -6,6 +6,8 @@ them share one hash tag, so they share a slot (vokaflow.core.slots has the layou
 Redis or Sentinel the names below are used as they are.
 """
 
+from urllib.parse import quote, unquote
+
 from vokaflow.core.slots import LAYOUT, tagged, task_part
 
 PREFIX = "vokaflow:"
@@ -50,6 +52,19 @@ SCHEDULE_STATE = PREFIX + "schedule:{{s{}}}"  # schedule id → hash: last_due, 
 SCHEDULE_RUNS = PREFIX + "schedule:{{s{}}}:runs"  # schedule id → hash: due (epoch s) → what happened (JSON)
 SCHEDULE_CHANGES = PREFIX + "schedule-changes"  # stream of changed schedule ids, read by every beat
 
+# Limits (tasks.limits). An instance (a limit, or one value of its `per` argument) has the tag
+# {lim:<name>|<quoted value>}: its start and let-out scripts touch all six of its keys.
+LIMITS = PREFIX + "limits"  # hash: name → the API's definition (JSON)
+LIMITS_WAITING = PREFIX + "limits:waiting"  # set of instances with tasks waiting (JSON [name, value])
+LIMIT_RUNNING = PREFIX + "limit:{}:running"  # tag → sorted set: task id → lease expiry
+LIMIT_TAT = PREFIX + "limit:{}:tat"  # tag → the rate's theoretical arrival time (epoch s)
+LIMIT_WAITING = PREFIX + "limit:{}:waiting"  # tag → sorted set: task id → place (priority, enqueue time)
+LIMIT_MESSAGES = PREFIX + "limit:{}:messages"  # tag → hash: task id → place and message
+LIMIT_MOVED = PREFIX + "limit:{}:moved"  # tag → sorted set: task id let out → when
+LIMIT_PLAN = PREFIX + "limit:{}:plan"  # tag → when the rate's let-out tasks planned so far end (epoch s)
+LIMIT_SCAN = PREFIX + "limit:{lim:*"
+HELD = PREFIX + "held:{}"  # task id → the limit it waits for
+
 # Failed logins in the current window (vokaflow.login_limit)
 # One hash tag for both: the limiter's script counts a user and an address at once (one slot on a
 # cluster; login attempts are few, so one slot carries them all).
@@ -82,3 +97,15 @@ def lock_keys(key: str, cluster: bool) -> tuple[str, str]:
     part = "{" + key + "}" if cluster else key
     return LOCK + part, FENCE + part
 
+
+
+def limit_tag(name: str, value: str) -> str:
+    """The hash tag of a limit instance; the value quoted, so no brace or bar of it ends the tag."""
+    return "{lim:" + name + "|" + quote(value, safe="") + "}"
+
+
+def parse_limit_tag(key: str) -> tuple[str, str]:
+    """(name, value) of a limit instance's key."""
+    inner = key[key.index("{lim:") + 5:key.index("}")]
+    name, _, value = inner.partition("|")
+    return name, unquote(value)
