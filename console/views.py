@@ -29,6 +29,7 @@ RETRY_PERMISSION = "tasks.change_deadletter"
 SCHEDULED_SHOWN = 200
 SCHEDULES_SHOWN = 200
 SCHEDULE_PERMISSION = "tasks.change_schedule"  # enable, disable, run now
+LIMIT_PERMISSION = "tasks.change_limits"
 
 
 def _live(request, name: str, title: str, context: dict):
@@ -135,6 +136,41 @@ def schedule_action(request, schedule_id: int, action: str):
             QuotaExceeded) as exc:
         messages.error(request, str(exc))
     return _back(request, reverse("console:schedules"))
+
+
+@staff_member_required
+def limit_list(request):
+    from tasks.limits import limit_list as limits_now
+
+    return _live(request, "limits", "Limits", {"limits": limits_now(),
+                                               "may_change": request.user.has_perm(LIMIT_PERMISSION)})
+
+
+@staff_member_required
+@require_POST
+def limit_action(request, name: str, action: str):
+    """Change (rate, concurrency, per from the form; empty: none) or Reset: the API's services."""
+    from tasks import limits
+
+    if not request.user.has_perm(LIMIT_PERMISSION):
+        raise PermissionDenied("changing a limit needs the permission to change limits")
+    try:
+        if action == "reset":
+            limits.limit_reset(name=name)
+            messages.success(request, f"Limit {name} is back to what the code declares.")
+        else:
+            concurrency = request.POST.get("concurrency", "").strip()
+            if concurrency and not concurrency.isdigit():
+                raise limits.LimitInvalid("concurrency", "a whole number of 1 or more")
+            limits.limit_set(name=name, rate=request.POST.get("rate", "").strip() or None,
+                             concurrency=int(concurrency) if concurrency else None,
+                             per=request.POST.get("per", "").strip() or None)
+            messages.success(request, f"Limit {name} changed; every worker follows within 2 s.")
+    except limits.LimitNotFound:
+        raise Http404(f"no limit named {name}") from None
+    except limits.LimitInvalid as exc:
+        messages.error(request, str(exc))
+    return _back(request, reverse("console:limits"))
 
 
 @staff_member_required

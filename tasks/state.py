@@ -68,7 +68,14 @@ def task_status(task_id: str, *, user=None) -> dict:
     if record is None:
         info["queue"] = meta.get("queue")
     info["stopping"] = state == states.STARTED and cancel_requested(task_id)
+    info["held_by"] = _held_by(task_id) if state == states.PENDING else None
     return info
+
+
+def _held_by(task_id: str) -> str | None:
+    """The fleet-wide limit a task waits for (tasks.limits), e.g. "stripe (rate)"."""
+    held = get_redis().get(keys.task_key(keys.HELD, task_id))
+    return as_text(held) if held else None
 
 
 def revoke_task(task_id: str, *, user=None) -> dict:

@@ -20,7 +20,7 @@ OPEN = {"health", "schema", "api-docs", "api-redoc", "token-obtain", "token-refr
 # Not pages: the JSON 404 of an unknown API path answers 404 to everyone.
 NOT_FOUND_ANSWERS = {"api-not-found"}
 # Values tried for each path parameter until the path resolves back to its own pattern.
-SAMPLE_VALUES = ["1", "tasks", "auth", "deadletter", "some-key", "pause", "run"]
+SAMPLE_VALUES = ["1", "tasks", "auth", "deadletter", "some-key", "pause", "run", "reset"]
 HTTP_METHODS = ("get", "post", "put", "patch", "delete")
 
 

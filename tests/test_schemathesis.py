@@ -20,7 +20,7 @@ from schemathesis.specs.openapi import checks as openapi_checks
 
 pytestmark = [pytest.mark.slow, pytest.mark.django_db]
 
-# Per operation and role: 24 operations x 2 roles x 2 modes (valid, invalid) x this.
+# Per operation and role: 27 operations x 2 roles x 2 modes (valid, invalid) x this.
 MAX_EXAMPLES = int(os.environ.get("VOKAFLOW_SCHEMATHESIS_EXAMPLES", "20"))
 
 load_all_checks()
@@ -58,10 +58,12 @@ HEALTH_CHECKS = [check for check in CHECKS if check is not schemathesis.checks.n
 # state: a schema-valid body may rightly get a 400 naming the argument. Every other check applies.
 SUBMISSION_CHECKS = [check for check in CHECKS if check is not openapi_checks.positive_data_acceptance]
 # A schedule is checked the same way (its task's arguments), and as a whole (a cron that never
-# fires, an end before its start, a name taken): rules no schema states.
+# fires, an end before its start, a name taken), and so is a limit (a rate or a concurrency, not
+# null for both): rules no schema states.
 SUBMISSIONS = {("POST", "/api/high-scale-tasks/tasks/"), ("POST", "/api/high-scale-tasks/tasks/batch/"),
                ("POST", "/api/high-scale-tasks/schedules/"),
-               ("PATCH", "/api/high-scale-tasks/schedules/{schedule_id}/")}
+               ("PATCH", "/api/high-scale-tasks/schedules/{schedule_id}/"),
+               ("PUT", "/api/high-scale-tasks/limits/{name}/")}
 
 
 @pytest.fixture(params=["staff", "user"])

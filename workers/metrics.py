@@ -5,6 +5,7 @@ from __future__ import annotations
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
+from tasks.limits import limit_list
 from vokaflow.core.queues import parse_queue
 from workers import status
 
@@ -61,6 +62,16 @@ class FleetCollector:
         for dead_status, n in metrics["dead_letters"].items():
             dead.add_metric([dead_status], n)
         yield dead
+
+        running = GaugeMetricFamily("vokaflow_limit_running", "Tasks holding a place in a fleet-wide limit.",
+                                    labels=["name"])
+        waiting = GaugeMetricFamily("vokaflow_limit_waiting", "Tasks waiting in Redis for a fleet-wide limit.",
+                                    labels=["name"])
+        for limit in limit_list():
+            running.add_metric([limit.name], limit.running)
+            waiting.add_metric([limit.name], limit.waiting)
+        yield running
+        yield waiting
 
         resources = metrics["system_resources"]
         for name in ("cpu_percent", "memory_percent", "disk_usage"):

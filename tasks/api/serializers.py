@@ -107,6 +107,8 @@ class TaskStatusSerializer(serializers.Serializer):
     worker = serializers.CharField(allow_null=True)
     finished_at = serializers.CharField(allow_null=True)
     stopping = serializers.BooleanField(help_text="True while a running task asked to stop has not stopped yet.")
+    held_by = serializers.CharField(allow_null=True, help_text="The fleet-wide limit a waiting task waits for, and "
+                                                               "why: concurrency, rate or queue (older tasks first).")
 
 
 class CatalogEntrySerializer(serializers.Serializer):

@@ -14,7 +14,7 @@ from vokaflow.core import keys
 pytestmark = [pytest.mark.slow, pytest.mark.django_db(transaction=True)]
 
 CONSOLE_PAGES = ["/console/", "/console/queues/", "/console/running/", "/console/scheduled/", "/console/schedules/",
-                 "/console/tasks/",
+                 "/console/limits/", "/console/tasks/",
                  "/console/submit/", "/console/queues/?worker_type=GENERAL_PURPOSE&priority=LOW"]
 
 
@@ -177,3 +177,18 @@ def test_a_schedule_is_run_now_disabled_and_enabled_from_the_schedules_page(brow
     browser.click(f'{row} form[action$="/enable/"] button')
     browser.wait_text(f"{row} td.next-run", lambda t: t != "—")
     assert browser.foreign_requests() == []
+
+
+def test_a_limit_is_changed_and_reset_from_the_limits_page(browser, redis_client):
+    from tasks import limits
+
+    browser.visit("/console/limits/")
+    row = 'tr[data-limit="tests.two_at_once"]'
+    assert "2" in browser.text(f"{row} td:nth-child(3)") and "code" in browser.text(row)
+    browser.fill(f'{row} input[name="concurrency"]', "5")
+    browser.click(f'{row} form[action$="/change/"] button')
+    browser.wait_text(f"{row} td:nth-child(3)", "5")
+    assert limits.limit_get(name="tests.two_at_once").concurrency == 5
+    browser.click(f'{row} form[action$="/reset/"] button')
+    browser.wait_text(f"{row} td:nth-child(3)", "2")
+    assert limits.limit_get(name="tests.two_at_once").source == "code"
