@@ -172,8 +172,8 @@ class PlatformTask(Task):
         request = self.request
         instances = limits.instances_for(self, args, kwargs)
         taken: list[limits.Instance] = []
+        message = running_message(self)[1] if instances else ""
         for instance in instances:
-            _, message = running_message(self)
             why = limits.try_start(r, instance, request.id, message, limits.priority_of(request),
                                    float(getattr(request, "vokaflow_enqueued_at", None) or time.time()))
             if why is not None:

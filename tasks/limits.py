@@ -352,7 +352,10 @@ def instance_id(instance: Instance) -> str:
     return json.dumps([instance.limit.name, instance.key])
 
 
-def let_out(r, instance: Instance, most: int = 1000, ahead: float = 0.0) -> list[tuple[float, str, str]]:
+LET_OUT_MOST = 50  # tasks one let-out script takes out (about 15 µs of Redis each: a call stays under 1 ms)
+
+
+def let_out(r, instance: Instance, most: int = LET_OUT_MOST, ahead: float = 0.0) -> list[tuple[float, str, str]]:
     """Take the waiting tasks of `instance` that can start by `ahead` seconds from now out of its
     room: (when to push, task id, message), best first. push_out puts them in their queues."""
     reply = r.eval(_LET_OUT, 6, *instance.names(), time.time(), instance.limit.concurrency or 0,
@@ -377,9 +380,14 @@ def let_out_now(r, instance: Instance) -> int:
     rate is paced by the workers' pollers instead)."""
     if instance.limit.interval:
         return 0
-    planned = let_out(r, instance)
-    push_out(r, instance, planned)
-    return len(planned)
+    moved = 0
+    for _ in range(20):  # a large concurrency freed at once: a few calls of LET_OUT_MOST
+        planned = let_out(r, instance)
+        push_out(r, instance, planned)
+        moved += len(planned)
+        if len(planned) < LET_OUT_MOST:
+            break
+    return moved
 
 
 def let_out_all(r) -> int:

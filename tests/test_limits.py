@@ -133,3 +133,14 @@ def test_only_staff_with_the_permissions_see_or_change_limits(db):
     assert viewer.get(f"{BASE}/limits/").status_code == 200
     assert viewer.put(f"{BASE}/limits/tests.rated", {"rate": "1/s"}, format="json").status_code == 403
     assert viewer.delete(f"{BASE}/limits/tests.rated").status_code == 403
+
+
+def test_on_a_redis_cluster_an_instance_is_one_slot(on_cluster):
+    client = on_cluster.client()
+    instance = limits.Instance(limits.Limit("unit.cluster", concurrency=1, per="customer_id"), "acme")
+    assert len({client.keyslot(name) for name in instance.names()}) == 1
+    assert start(client, instance, "a") is None
+    assert start(client, instance, "b", enqueued_at=1) == "concurrency"
+    limits.give_back(client, instance, "a")
+    assert limits.let_out_now(client, instance) == 1
+    assert start(client, instance, "b", enqueued_at=1) is None
