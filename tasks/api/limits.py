@@ -10,9 +10,8 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks import limits
-from tasks.api.serializers import CLOSED, json_object, json_type_errors
+from tasks.api.serializers import CLOSED, given_fields
 from tasks.permissions import LimitPermission
-from vokaflow.core.errors import BadRequest
 
 
 class LimitKeySerializer(serializers.Serializer):
@@ -69,19 +68,8 @@ class LimitDetailView(APIView):
 
     @extend_schema(request=LimitChangeSerializer, responses={200: LimitDetailSerializer})
     def put(self, request, name):
-        data = json_object(request.data)
-        unknown = sorted(set(data) - {"rate", "concurrency", "per"})
-        if unknown:
-            raise BadRequest(f"{unknown[0]}: unknown field; accepted fields: rate, concurrency, per",
-                             errors={unknown[0]: ["unknown field; accepted fields: rate, concurrency, per"]})
-        serializer = LimitChangeSerializer(data=data)
-        errors = json_type_errors(serializer, data)
-        if not errors and not serializer.is_valid():
-            errors = serializer.errors
-        if errors:
-            raise BadRequest("; ".join(f"{k}: {' '.join(map(str, v))}" for k, v in errors.items()), errors=errors)
-        status = limits.limit_set(name=name, **{k: v for k, v in serializer.validated_data.items()})
-        return Response(status.public(keys_too=True))
+        data = given_fields(LimitChangeSerializer, request.data)
+        return Response(limits.limit_set(name=name, **data).public(keys_too=True))
 
     @extend_schema(responses={200: LimitDetailSerializer, 204: None})
     def delete(self, request, name):

@@ -6,7 +6,6 @@ tasks.delete_schedule."""
 
 from __future__ import annotations
 
-from django.utils.dateparse import parse_datetime
 from drf_spectacular.utils import extend_schema
 from rest_framework import serializers
 from rest_framework.permissions import SAFE_METHODS, BasePermission
@@ -14,11 +13,10 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from tasks.api.dlq import PAGE_PARAMETERS, DeadLetterPagination
-from tasks.api.serializers import CLOSED, PRIORITY_NAMES, WORKER_TYPE_NAMES, json_object, json_type_errors
+from tasks.api.serializers import CLOSED, PRIORITY_NAMES, WORKER_TYPE_NAMES, given_fields
 from tasks.models import Schedule
 from tasks.schedules import services
 from tasks.validation import MAX_KEY_LENGTH
-from vokaflow.core.errors import BadRequest
 from vokaflow.schema import ErrorSerializer
 
 MAX_EVERY = 10 * 366 * 86400
@@ -115,27 +113,6 @@ class RunNowSerializer(serializers.Serializer):
     schedule = serializers.IntegerField()
 
 
-def _input(serializer_class, data) -> dict:
-    """The given fields, type-checked as the schema says (a 400 naming each bad one)."""
-    serializer = serializer_class(data=json_object(data))
-    unknown = sorted(set(data) - set(serializer.fields))
-    if unknown:
-        raise BadRequest(f"{unknown[0]}: unknown field; accepted fields: {', '.join(serializer.fields)}",
-                         errors={unknown[0]: [f"unknown field; accepted fields: {', '.join(serializer.fields)}"]})
-    errors = json_type_errors(serializer, data)
-    for name in ("start_at", "end_at"):  # DRF would read a date-time without a zone in the server's
-        value = data.get(name)
-        if isinstance(value, str) and name not in errors and (parsed := parse_datetime(value)) is not None \
-                and parsed.tzinfo is None:
-            errors[name] = ["must name its time zone (Z or an offset such as +02:00)"]
-    if not errors and not serializer.is_valid():
-        errors = serializer.errors
-    if errors:
-        raise BadRequest("; ".join(f"{name}: {' '.join(map(str, why))}" for name, why in errors.items()),
-                         errors=errors)
-    return {name: value for name, value in serializer.validated_data.items() if name in data}
-
-
 def _shown(schedule: Schedule, serializer_class=ScheduleSerializer):
     details = services.schedule_details(schedule)
     for name, value in details.items():
@@ -159,7 +136,7 @@ class ScheduleListView(APIView):
     @extend_schema(request=ScheduleInputSerializer, responses={201: ScheduleDetailSerializer},
                    operation_id="schedules_create")
     def post(self, request):
-        data = _input(ScheduleInputSerializer, request.data)
+        data = given_fields(ScheduleInputSerializer, request.data)
         schedule = services.schedule_create(owner=request.user.pk, **data)
         return Response(_shown(schedule, ScheduleDetailSerializer), status=201)
 
@@ -176,7 +153,7 @@ class ScheduleDetailView(APIView):
 
     @extend_schema(request=ScheduleChangeSerializer, responses={200: ScheduleDetailSerializer, 409: ErrorSerializer})
     def patch(self, request, schedule_id):
-        data = _input(ScheduleChangeSerializer, request.data)
+        data = given_fields(ScheduleChangeSerializer, request.data)
         schedule = services.schedule_update(schedule_id=int(schedule_id), **data)
         return Response(_shown(schedule, ScheduleDetailSerializer))
 

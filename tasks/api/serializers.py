@@ -7,6 +7,7 @@ the schema allows is accepted, every body it forbids is refused."""
 
 from django.conf import settings
 from django.http import QueryDict
+from django.utils.dateparse import parse_datetime
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
@@ -163,3 +164,26 @@ def validated(serializer_class, data) -> dict:
     if not serializer.is_valid():
         raise ValidationError(serializer.errors)
     return dict(serializer.validated_data)
+
+
+def given_fields(serializer_class, data) -> dict:
+    """A JSON body's fields, checked by `serializer_class` as the schema states them: a 400 naming
+    each unknown, mistyped or invalid field (a date-time must name its zone); only the fields the
+    body gives are returned (a partial change sets nothing else)."""
+    serializer = serializer_class(data=json_object(data))
+    unknown = sorted(set(data) - set(serializer.fields))
+    if unknown:
+        accepted = f"unknown field; accepted fields: {', '.join(serializer.fields)}"
+        raise BadRequest(f"{unknown[0]}: {accepted}", errors={unknown[0]: [accepted]})
+    errors = json_type_errors(serializer, data)
+    for name, field in serializer.fields.items():  # DRF would read a zone-less one in the server's zone
+        value = data.get(name)
+        if isinstance(field, serializers.DateTimeField) and isinstance(value, str) and name not in errors \
+                and (parsed := parse_datetime(value)) is not None and parsed.tzinfo is None:
+            errors[name] = ["must name its time zone (Z or an offset such as +02:00)"]
+    if not errors and not serializer.is_valid():
+        errors = serializer.errors
+    if errors:
+        raise BadRequest("; ".join(f"{name}: {' '.join(map(str, why))}" for name, why in errors.items()),
+                         errors=errors)
+    return {name: value for name, value in serializer.validated_data.items() if name in data}
