@@ -142,6 +142,9 @@ def schedule_action(request, schedule_id: int, action: str):
 def limit_list(request):
     from tasks.limits import limit_list as limits_now
 
+    if not (request.user.has_perm(LIMIT_PERMISSION) or request.user.has_perm("tasks.view_limits")):
+        raise PermissionDenied("seeing the limits needs the permission to view limits")
+
     return _live(request, "limits", "Limits", {"limits": limits_now(),
                                                "may_change": request.user.has_perm(LIMIT_PERMISSION)})
 
@@ -160,8 +163,8 @@ def limit_action(request, name: str, action: str):
             messages.success(request, f"Limit {name} is back to what the code declares.")
         else:
             concurrency = request.POST.get("concurrency", "").strip()
-            if concurrency and not concurrency.isdigit():
-                raise limits.LimitInvalid("concurrency", "a whole number of 1 or more")
+            if concurrency and not (concurrency.isascii() and concurrency.isdigit() and len(concurrency) <= 7):
+                raise limits.LimitInvalid("concurrency", f"a whole number from 1 to {limits.MAX_CONCURRENCY}")
             limits.limit_set(name=name, rate=request.POST.get("rate", "").strip() or None,
                              concurrency=int(concurrency) if concurrency else None,
                              per=request.POST.get("per", "").strip() or None)

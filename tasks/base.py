@@ -174,8 +174,13 @@ class PlatformTask(Task):
         taken: list[limits.Instance] = []
         message = running_message(self)[1] if instances else ""
         for instance in instances:
-            why = limits.try_start(r, instance, request.id, message, limits.priority_of(request),
-                                   float(getattr(request, "vokaflow_enqueued_at", None) or time.time()))
+            try:
+                why = limits.try_start(r, instance, request.id, message, limits.priority_of(request),
+                                       float(getattr(request, "vokaflow_enqueued_at", None) or time.time()))
+            except Exception:
+                for earlier in taken:  # best effort: their leases run out otherwise
+                    limits.give_back(r, earlier, request.id)
+                raise
             if why is not None:
                 for earlier in taken:
                     limits.give_back(r, earlier, request.id)

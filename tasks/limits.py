@@ -214,69 +214,86 @@ def check_submission(task, args, kwargs, error) -> None:
                                f"limit {name!r} is counted per value of it")
 
 
-# The scripts. KEYS of an instance: running, tat, waiting, messages, moved, plan (one tag).
+# The scripts. KEYS of an instance: running, tat, waiting, messages, moved, plan (one tag). Times
+# come from Redis's own clock (TIME), in whole microseconds for the rate: every host's workers count
+# on one clock, and the rate's arithmetic is exact (a double holds today's epoch in µs exactly;
+# printed with %.0f, not tostring's 14 digits).
+_NOW = """
+local t = redis.call('TIME')
+local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local now = now_us / 1000000
+"""
 
-# ARGV: now, concurrency (0: none), interval (0: none), task id, lease until, message, place, idle ttl
-# ms, longest early wait (s). Returns {1} when it may start (its place taken), {2, tat} when it is
-# early for the rate by at most that wait (nothing changed: it starts at tat), {0, reason} when it
-# was put in the waiting room.
-_START = """
-local now = tonumber(ARGV[1])
+# ARGV: concurrency (0: none), interval µs (0: none), task id, lease s, message, place, idle ttl ms,
+# longest early wait µs. Returns {1} when it may start (its place taken), {2, µs to wait} when it
+# is early for the rate by at most that wait (nothing changed), {0, reason} when it was put in the
+# waiting room. Tasks let out (in `moved`) hold their room: a newcomer counts them as running,
+# and waits for the starts planned for them.
+_START = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-local conc, interval = tonumber(ARGV[2]), tonumber(ARGV[3])
+local conc, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local let_out = redis.call('ZSCORE', KEYS[5], ARGV[3])
+local reserved = redis.call('ZCARD', KEYS[5]) - (let_out and 1 or 0)
 local tat = tonumber(redis.call('GET', KEYS[2]) or '0')
+if not let_out then tat = math.max(tat, tonumber(redis.call('GET', KEYS[6]) or '0')) end
 local reason = nil
-if conc > 0 and redis.call('ZCARD', KEYS[1]) >= conc then reason = 'concurrency' end
+if conc > 0 and redis.call('ZCARD', KEYS[1]) + reserved >= conc then reason = 'concurrency' end
 if not reason then
   local first = redis.call('ZRANGE', KEYS[3], 0, 0, 'WITHSCORES')
-  if first[2] and tonumber(first[2]) < tonumber(ARGV[7]) and first[1] ~= ARGV[4] then reason = 'queue' end
+  if first[2] and tonumber(first[2]) < tonumber(ARGV[6]) and first[1] ~= ARGV[3] then reason = 'queue' end
 end
-if not reason and interval > 0 and now < tat then
-  if tat - now <= tonumber(ARGV[9]) then return {2, tostring(tat)} end
+if not reason and interval > 0 and now_us < tat then
+  if tat - now_us <= tonumber(ARGV[8]) then return {2, string.format('%.0f', tat - now_us)} end
   reason = 'rate'
 end
-redis.call('ZREM', KEYS[5], ARGV[4])
+redis.call('ZREM', KEYS[5], ARGV[3])
+redis.call('HDEL', KEYS[4], 'm:' .. ARGV[3])  -- its let-out copy: this delivery is the task now
 if not reason then
-  redis.call('ZREM', KEYS[3], ARGV[4])
-  redis.call('HDEL', KEYS[4], ARGV[4])
-  if conc > 0 then redis.call('ZADD', KEYS[1], ARGV[5], ARGV[4]) end
-  if interval > 0 then redis.call('SET', KEYS[2], tostring(math.max(tat, now) + interval)) end
+  redis.call('ZREM', KEYS[3], ARGV[3])
+  redis.call('HDEL', KEYS[4], ARGV[3])
+  if conc > 0 then redis.call('ZADD', KEYS[1], now + tonumber(ARGV[4]), ARGV[3]) end
+  if interval > 0 then
+    local own = tonumber(redis.call('GET', KEYS[2]) or '0')
+    redis.call('SET', KEYS[2], string.format('%.0f', math.max(own, now_us) + interval))
+  end
 else
-  redis.call('ZADD', KEYS[3], ARGV[7], ARGV[4])
-  redis.call('HSET', KEYS[4], ARGV[4], ARGV[7] .. '\\n' .. ARGV[6])
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+  redis.call('HSET', KEYS[4], ARGV[3], ARGV[6] .. '\\n' .. ARGV[5])
 end
--- Idle state expires; tasks waiting (or let out and not yet pushed) never do.
-for _, i in ipairs({1, 2, 6}) do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
-if redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[5]) + redis.call('HLEN', KEYS[4]) == 0 then
-  for _, i in ipairs({3, 4, 5}) do redis.call('PEXPIRE', KEYS[i], ARGV[8]) end
-else
-  for _, i in ipairs({3, 4, 5}) do redis.call('PERSIST', KEYS[i]) end
-end
+-- The rate's state expires when idle; what holds tasks (running, waiting, let out) never does
+-- (an empty sorted set or hash is gone by itself).
+redis.call('PEXPIRE', KEYS[2], ARGV[7])
+redis.call('PEXPIRE', KEYS[6], ARGV[7])
+for _, i in ipairs({1, 3, 4, 5}) do redis.call('PERSIST', KEYS[i]) end
 if reason then return {0, reason} end
 return {1}
 """
 
-# ARGV: now, concurrency, interval, ahead (s), most, moved for (s). Lets out the best waiting tasks
-# that can start: the room the concurrency leaves (minus those let out and not started yet) and, for
-# a rate, one per interval from the later of now, the rate's next start and the end of what was
-# planned before, up to `ahead` from now. Returns {id, message, push at} triples, best first; each
-# message stays in the hash until its push is done (let_out), and one whose push never came goes
-# back to its place after `moved for`.
-_LET_OUT = """
-local now = tonumber(ARGV[1])
+# ARGV: concurrency, interval µs, ahead µs, most, moved for (s), idle ttl ms. Lets out the best
+# waiting tasks that can start: the room the concurrency leaves (minus those let out and not
+# started yet) and, for a rate, one per interval from the later of now, the rate's next start and
+# the end of what was planned before, up to `ahead` from now. Returns {id, message, push at µs}
+# triples, best first; each message stays in the hash until its push is done (push_out), and one
+# whose push never came back goes back to its place after `moved for`.
+_LET_OUT = _NOW + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
-for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[6]))) do
+for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[5], '-inf', now - tonumber(ARGV[5]))) do
   redis.call('ZREM', KEYS[5], id)
-  local kept = redis.call('HGET', KEYS[4], id)
-  if kept then redis.call('ZADD', KEYS[3], string.sub(kept, 1, string.find(kept, '\\n') - 1), id) end
+  local kept = redis.call('HGET', KEYS[4], 'm:' .. id)
+  if kept then  -- let out, and its push never said it was done: back to its place
+    redis.call('HDEL', KEYS[4], 'm:' .. id)
+    if redis.call('HSETNX', KEYS[4], id, kept) == 1 then
+      redis.call('ZADD', KEYS[3], string.sub(kept, 1, string.find(kept, '\\n') - 1), id)
+    end
+  end
 end
-local room = tonumber(ARGV[5])
-local conc, interval = tonumber(ARGV[2]), tonumber(ARGV[3])
+local room = tonumber(ARGV[4])
+local conc, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
 if conc > 0 then room = math.min(room, conc - redis.call('ZCARD', KEYS[1]) - redis.call('ZCARD', KEYS[5])) end
-local first = now
+local first = now_us
 if interval > 0 then
-  first = math.max(now, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(redis.call('GET', KEYS[6]) or '0'))
-  room = math.min(room, math.floor((now + tonumber(ARGV[4]) - first) / interval) + 1)
+  first = math.max(now_us, tonumber(redis.call('GET', KEYS[2]) or '0'), tonumber(redis.call('GET', KEYS[6]) or '0'))
+  room = math.min(room, math.floor((now_us + tonumber(ARGV[3]) - first) / interval) + 1)
 end
 if room <= 0 then return {} end
 local out = {}
@@ -286,13 +303,19 @@ for _, id in ipairs(redis.call('ZRANGE', KEYS[3], 0, room - 1)) do
   redis.call('ZADD', KEYS[5], now, id)
   local kept = redis.call('HGET', KEYS[4], id)
   if kept then
+    -- Kept as 'm:<id>' until its push is done: the field <id> is free for the message of a
+    -- later wait of the same task (it may be fetched and sent to wait again before that).
+    redis.call('HDEL', KEYS[4], id)
+    redis.call('HSET', KEYS[4], 'm:' .. id, kept)
     table.insert(out, id)
     table.insert(out, string.sub(kept, string.find(kept, '\\n') + 1))
-    table.insert(out, tostring(first + n * interval))
+    table.insert(out, string.format('%.0f', first + n * interval))
     n = n + 1
   end
 end
-if interval > 0 and n > 0 then redis.call('SET', KEYS[6], tostring(first + n * interval), 'PX', 60000) end
+if interval > 0 and n > 0 then
+  redis.call('SET', KEYS[6], string.format('%.0f', first + n * interval), 'PX', ARGV[6])
+end
 return out
 """
 
@@ -303,6 +326,11 @@ def _idle_ttl_ms(instance: Instance) -> int:
     return int(1000 * max(60.0, 4 * settings.VOKAFLOW_LIMIT_LEASE, 4 * instance.limit.interval))
 
 
+def _interval_us(instance: Instance) -> int:
+    """The rate's interval in whole microseconds, rounded up (never a start too many)."""
+    return math.ceil(instance.limit.interval * 1_000_000) if instance.limit.interval else 0
+
+
 def place(priority: int, enqueued_at: float) -> float:
     """Where a task stands among those waiting for one limit: priority first, then enqueue time."""
     return priority * 1e11 + enqueued_at
@@ -310,25 +338,26 @@ def place(priority: int, enqueued_at: float) -> float:
 
 def try_start(r, instance: Instance, task_id: str, message: str, priority: int, enqueued_at: float) -> str | None:
     """Take a place in `instance`; None when taken, else why the task now waits (it is in the
-    waiting room). A task early for its rate by at most EARLY_WAIT waits that long first."""
+    waiting room). A task early for its rate by at most EARLY_WAIT (and half an interval) waits
+    that long first, at most three times; then it waits in the room."""
+    interval = _interval_us(instance)
+    early = int(min(EARLY_WAIT * 1_000_000, interval / 2))
+
+    def call(early_wait: int):
+        return r.eval(_START, 6, *instance.names(), instance.limit.concurrency or 0, interval, task_id,
+                      settings.VOKAFLOW_LIMIT_LEASE, message, place(priority, enqueued_at), _idle_ttl_ms(instance),
+                      early_wait)
+
+    reply = call(early)
     for _ in range(3):
-        now = time.time()
-        reply = r.eval(_START, 6, *instance.names(), now, instance.limit.concurrency or 0, instance.limit.interval,
-                       task_id, now + settings.VOKAFLOW_LIMIT_LEASE, message, place(priority, enqueued_at),
-                       _idle_ttl_ms(instance), min(EARLY_WAIT, instance.limit.interval / 2))
         if int(reply[0]) != 2:
             break
-        time.sleep(max(0.0, float(reply[1]) - time.time()))
-    else:
-        reply = [0, "rate"]
+        time.sleep(int(reply[1]) / 1_000_000)
+        reply = call(early)
+    if int(reply[0]) == 2:  # still early: wait in the room
+        reply = call(0)
     if int(reply[0]) == 1:
         return None
-    if int(reply[0]) == 2:  # still early after three tries: wait in the room
-        reply = r.eval(_START, 6, *instance.names(), time.time(), instance.limit.concurrency or 0,
-                       instance.limit.interval, task_id, 0, message, place(priority, enqueued_at),
-                       _idle_ttl_ms(instance), 0)
-        if int(reply[0]) == 1:
-            return None
     r.sadd(keys.LIMITS_WAITING, instance_id(instance))
     return as_text(reply[1])
 
@@ -339,7 +368,8 @@ def give_back(r, instance: Instance, task_id: str) -> None:
 
 
 def renew(r, leases: list[tuple[Instance, str]]) -> None:
-    """Extend the leases of running tasks (instance, task id) by VOKAFLOW_LIMIT_LEASE."""
+    """Extend the leases of running tasks (instance, task id) by VOKAFLOW_LIMIT_LEASE, from this
+    host's clock (the scripts end leases by Redis's: hosts' clocks must agree within the lease)."""
     until = time.time() + settings.VOKAFLOW_LIMIT_LEASE
     with r.pipeline(transaction=False) as pipe:
         for instance, task_id in leases:
@@ -357,10 +387,11 @@ LET_OUT_MOST = 50  # tasks one let-out script takes out (about 15 µs of Redis e
 
 def let_out(r, instance: Instance, most: int = LET_OUT_MOST, ahead: float = 0.0) -> list[tuple[float, str, str]]:
     """Take the waiting tasks of `instance` that can start by `ahead` seconds from now out of its
-    room: (when to push, task id, message), best first. push_out puts them in their queues."""
-    reply = r.eval(_LET_OUT, 6, *instance.names(), time.time(), instance.limit.concurrency or 0,
-                   instance.limit.interval, ahead, most, MOVED_FOR)
-    return [(float(reply[i + 2]), as_text(reply[i]), as_text(reply[i + 1])) for i in range(0, len(reply), 3)]
+    room: (when to push, by Redis's clock, task id, message), best first. push_out pushes them."""
+    reply = r.eval(_LET_OUT, 6, *instance.names(), instance.limit.concurrency or 0, _interval_us(instance),
+                   int(ahead * 1_000_000), most, MOVED_FOR, _idle_ttl_ms(instance))
+    return [(int(reply[i + 2]) / 1_000_000, as_text(reply[i]), as_text(reply[i + 1]))
+            for i in range(0, len(reply), 3)]
 
 
 def push_out(r, instance: Instance, planned: list[tuple[float, str, str]]) -> None:
@@ -368,11 +399,15 @@ def push_out(r, instance: Instance, planned: list[tuple[float, str, str]]) -> No
     interval: the pusher sleeps between them, no task slot does), then forget its kept message."""
     from vokaflow.transport import push
 
+    if not planned:
+        return
+    # The push times are Redis's; this host's clock only measures the spacing from the first.
+    start, first = time.monotonic(), min(at for at, _, _ in planned)
     for at, task_id, message in sorted(planned):
-        time.sleep(max(0.0, at - time.time()))
+        time.sleep(max(0.0, at - first - (time.monotonic() - start)))
         queue = json.loads(message)["properties"]["delivery_info"]["routing_key"]
         push(r, {queue: [message]}, front=True)
-        r.hdel(keys.LIMIT_MESSAGES.format(instance.tag), task_id)
+        r.hdel(keys.LIMIT_MESSAGES.format(instance.tag), f"m:{task_id}")
 
 
 def let_out_now(r, instance: Instance) -> int:
@@ -403,12 +438,24 @@ def let_out_all(r) -> int:
         instance = Instance(limit, key)
         planned += [(at, task_id, message, instance) for at, task_id, message in
                     let_out(r, instance, ahead=LET_OUT_AHEAD)]
-        if not r.exists(keys.LIMIT_WAITING.format(instance.tag)):
+        # Forgotten only once nothing of it waits or is let out and not started: a let-out task
+        # whose push never came goes back to its place by a later let-out of this instance.
+        holding = [keys.LIMIT_WAITING.format(instance.tag), keys.LIMIT_MOVED.format(instance.tag),
+                   keys.LIMIT_MESSAGES.format(instance.tag)]
+        if not r.exists(*holding):
             r.srem(keys.LIMITS_WAITING, raw)
-            if r.exists(keys.LIMIT_WAITING.format(instance.tag)):  # one came in meanwhile
+            if r.exists(*holding):  # one came in meanwhile
                 r.sadd(keys.LIMITS_WAITING, raw)
-    for at, task_id, message, instance in sorted(planned, key=lambda item: item[0]):
-        push_out(r, instance, [(at, task_id, message)])
+    by_instance: dict[str, tuple[Instance, list[tuple[float, str, str]]]] = {}
+    for at, task_id, message, instance in planned:
+        by_instance.setdefault(instance.tag, (instance, []))[1].append((at, task_id, message))
+    pushes = sorted(((at, task_id, message, instance) for instance, items in by_instance.values()
+                     for at, task_id, message in items), key=lambda item: item[0])
+    if pushes:  # one timeline for every instance: each push at its time after the first
+        start, first = time.monotonic(), pushes[0][0]
+        for at, task_id, message, instance in pushes:
+            time.sleep(max(0.0, at - first - (time.monotonic() - start)))
+            push_out(r, instance, [(at, task_id, message)])
     return len(planned)
 
 

@@ -144,3 +144,57 @@ def test_on_a_redis_cluster_an_instance_is_one_slot(on_cluster):
     limits.give_back(client, instance, "a")
     assert limits.let_out_now(client, instance) == 1
     assert start(client, instance, "b", enqueued_at=1) is None
+
+
+# What a review of the limits found, each once.
+
+
+def test_a_task_early_for_its_rate_again_and_again_ends_in_the_waiting_room(redis_client, monkeypatch):
+    instance = limits.Instance(limits.Limit("unit.early", rate="40/s"))  # 25 ms apart; early by 12.5 ms at most
+    assert start(redis_client, instance, "a") is None
+    time.sleep(0.015)  # b is early by about 10 ms: it may wait, but its waits end too soon here
+    monkeypatch.setattr(limits.time, "sleep", lambda seconds: None)
+    assert start(redis_client, instance, "b", enqueued_at=1) == "rate"
+    assert redis_client.zscore(keys.LIMIT_WAITING.format(instance.tag), "b") is not None  # waiting, not lost
+
+
+def test_a_let_out_task_keeps_its_place_against_newcomers(redis_client):
+    instance = limits.Instance(limits.Limit("unit.keep", concurrency=1))
+    assert start(redis_client, instance, "a") is None
+    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    limits.give_back(redis_client, instance, "a")
+    assert [task_id for _, task_id, _ in limits.let_out(redis_client, instance)] == ["b"]  # on its way
+    assert start(redis_client, instance, "c", enqueued_at=2) == "concurrency"  # may not take b's place
+    assert start(redis_client, instance, "b", enqueued_at=1) is None
+
+
+def test_places_of_running_tasks_never_expire_with_their_key(redis_client):
+    instance = limits.Instance(limits.Limit("unit.long", concurrency=1))
+    assert start(redis_client, instance, "a") is None
+    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    for name in (keys.LIMIT_RUNNING, keys.LIMIT_WAITING, keys.LIMIT_MESSAGES):
+        assert redis_client.ttl(name.format(instance.tag)) == -1, name  # only the lease decides
+
+
+def test_a_limit_with_tasks_let_out_and_not_started_stays_looked_after(redis_client, monkeypatch):
+    monkeypatch.setitem(limits._declared, "unit.strand", limits.Limit("unit.strand", concurrency=1))
+    instance = limits.Instance(limits.definitions.get()["unit.strand"])
+    assert start(redis_client, instance, "a") is None
+    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    limits.give_back(redis_client, instance, "a")
+    limits.let_out(redis_client, instance)  # taken out; its pusher dies before pushing
+    limits.let_out_all(redis_client)
+    assert redis_client.sismember(keys.LIMITS_WAITING, limits.instance_id(instance))
+
+
+def test_a_let_out_task_sent_to_wait_again_before_its_push_is_done_keeps_its_message(redis_client):
+    instance = limits.Instance(limits.Limit("unit.race", concurrency=1))
+    assert start(redis_client, instance, "a") is None
+    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    limits.give_back(redis_client, instance, "a")
+    planned = limits.let_out(redis_client, instance)
+    # b is fetched and sent to wait again (a place was taken meanwhile) before its pusher is done.
+    assert start(redis_client, instance, "x", priority=0) is None
+    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    limits.push_out(redis_client, instance, planned)
+    assert redis_client.hexists(keys.LIMIT_MESSAGES.format(instance.tag), "b")  # still there to come back
