@@ -176,7 +176,7 @@ class Command(BaseCommand):
         rows = []
         if "web" in chosen:
             rows += [("console", f"{web}/", "operations console (staff login)"),
-                     ("admin", f"{web}/admin/", "dead letters, users"),
+                     ("admin", f"{web}/admin/", "dead letters, schedules, users"),
                      ("API docs", f"{web}/api/docs/", "Swagger UI; schema at /api/schema/"),
                      ("ReDoc", f"{web}/api/redoc/", "the same reference on one page"),
                      ("health", f"{web}/api/health/", "open, for load balancers"),
@@ -188,7 +188,7 @@ class Command(BaseCommand):
         if workers:
             rows.append(("workers", " ".join(workers), ""))
         if "beat" in chosen:
-            rows.append(("beat", "celery beat", "dead-letter flush and retention"))
+            rows.append(("beat", "celery beat", "schedules (and dead-letter flush and retention)"))
         rows.append(("Redis", redacted_url(settings.REDIS_URL),
                      "Redis Cluster (queues spread over its primaries)" if is_cluster(settings.REDIS_URL)
                      else "broker, results, locks"))
