@@ -662,3 +662,23 @@ def test_flower_reads_queue_lengths_on_the_cluster(cluster):
     broker = flower_broker.Broker("rediscluster://127.0.0.1:7100/0", broker_options={"cluster_url": cluster.url})
     lengths = asyncio.run(broker.queues(["cpu.high.p3{1ed4}", "cpu.high.p0{da79}"]))
     assert lengths == [{"name": "cpu.high.p3{1ed4}", "messages": 2}, {"name": "cpu.high.p0{da79}", "messages": 0}]
+
+
+def test_a_custom_beat_scheduler_is_built_and_ticked_as_celery_beat_does():
+    # tasks.schedules.beat.ScheduleScheduler relies on beat.Scheduler's constructor calling
+    # setup_schedule (unless lazy), Service.start calling tick() for the seconds to sleep, and the
+    # `beat_scheduler` setting naming the class `celery beat` uses.
+    import inspect
+
+    from celery import beat
+
+    assert "self.setup_schedule()" in inspect.getsource(beat.Scheduler.__init__)
+    assert "self.scheduler.tick()" in inspect.getsource(beat.Service.start)
+    from celery.apps.beat import Beat
+
+    from tasks.schedules.beat import ScheduleScheduler
+    from vokaflow.celery import app
+
+    chosen = Beat(app=app, no_color=True).scheduler_cls
+    scheduler = beat.Service(app, scheduler_cls=chosen).get_scheduler(lazy=True)
+    assert isinstance(scheduler, ScheduleScheduler)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 
 from workers.polling import PollingStep
+from workers.watchdog import _snapshot
 
 INTERVAL = (0.4, 0.6)  # seconds between ticks, picked at random each time
 
@@ -33,7 +34,7 @@ class LimitPoller(PollingStep):
 
         r = get_redis()
         leases = []
-        for request in list(state.active_requests):
+        for request in _snapshot(state.active_requests):
             task = self.app.tasks.get(request.name)
             if task is not None and limits.task_limit_names(task):
                 leases += [(instance, request.id) for instance in limits.instances_for(task, request.args,
