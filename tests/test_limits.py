@@ -193,8 +193,9 @@ def test_a_let_out_task_sent_to_wait_again_before_its_push_is_done_keeps_its_mes
     assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
     limits.give_back(redis_client, instance, "a")
     planned = limits.let_out(redis_client, instance)
-    # b is fetched and sent to wait again (a place was taken meanwhile) before its pusher is done.
-    assert start(redis_client, instance, "x", priority=0) is None
-    assert start(redis_client, instance, "b", enqueued_at=1) == "concurrency"
+    # A more urgent task comes to wait meanwhile (b's room is kept for b), and b, fetched before its
+    # pusher is done, is sent to wait again behind it.
+    assert start(redis_client, instance, "y", priority=0) == "concurrency"
+    assert start(redis_client, instance, "b", enqueued_at=1) == "queue"
     limits.push_out(redis_client, instance, planned)
     assert redis_client.hexists(keys.LIMIT_MESSAGES.format(instance.tag), "b")  # still there to come back
