@@ -92,6 +92,12 @@ def test_an_unlimited_task_behind_a_thousand_limited_ones_starts_while_they_wait
     assert len(finished) < 100, "the unlimited task waited behind the limited ones"
     waiting = redis_client.zcard(keys.LIMIT_WAITING.format(keys.limit_tag("tests.two_at_once", "")))
     assert waiting > 500  # they wait in Redis, not in the worker
+    from tasks.state import task_status
+
+    (held,) = redis_client.zrange(keys.LIMIT_WAITING.format(keys.limit_tag("tests.two_at_once", "")), -1, -1)
+    status = task_status(held.decode())
+    assert status["state"] == "PENDING" and status["held_by"].startswith("tests.two_at_once (")
+    assert status["retries"] == 0  # waiting is not a retry
 
 
 def test_a_sigkilled_holders_place_frees_after_its_lease(start_worker, redis_client):
