@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Screenshots of the console for the README: overview, queues, dead letters and schedules, with sample data.
+"""Screenshots of the console for the README: overview, queues, dead letters, schedules and limits, with sample data.
 
     .venv/bin/python scripts/screenshots.py            # writes docs/console-*.png
     .venv/bin/python scripts/screenshots.py --out /tmp # elsewhere
@@ -28,7 +28,8 @@ ROOT = Path(__file__).resolve().parent.parent
 REDIS_DB = 10
 PASSWORD = "screenshots-only"
 PAGES = [("console-overview.png", "/console/"), ("console-queues.png", "/console/queues/"),
-         ("console-dead-letters.png", "/admin/tasks/deadletter/"), ("console-schedules.png", "/console/schedules/")]
+         ("console-dead-letters.png", "/admin/tasks/deadletter/"), ("console-schedules.png", "/console/schedules/"),
+         ("console-limits.png", "/console/limits/")]
 
 
 def free_port() -> int:
@@ -114,6 +115,7 @@ def seed(r) -> None:
             dlq_timestamp=datetime.now(UTC) - timedelta(minutes=7 * i)))
     DeadLetter.objects.bulk_create(letters)
     seed_schedules(r, rng)
+    seed_limits(r)
     User.objects.filter(username="admin").delete()
     User.objects.create_superuser("admin", "admin@example.com", PASSWORD)
 
@@ -144,6 +146,24 @@ def seed_schedules(r, rng) -> None:
             status = "FAILURE" if name == "hourly-crm-sync" and n == 3 else "SUCCESS"
             r.set(f"celery-task-meta-{task_id}", json.dumps({"status": status, "result": None, "task_id": task_id}))
             runs.record_run(r, schedule.pk, runs.Run(due, task_id))
+
+
+def seed_limits(r) -> None:
+    """Two limits set over the API, with places taken and tasks waiting (as workers leave them)."""
+    import time
+
+    from vokaflow.core import keys
+
+    r.hset(keys.LIMITS, mapping={"stripe": json.dumps({"rate": "90/s", "concurrency": None, "per": None}),
+                                 "customer-exports": json.dumps({"rate": None, "concurrency": 2,
+                                                                 "per": "customer_id"})})
+    now = time.time()
+    for key, running, waiting in [("acme", 2, 14), ("globex", 2, 3), ("initech", 1, 0)]:
+        tag = keys.limit_tag("customer-exports", key)
+        r.zadd(keys.LIMIT_RUNNING.format(tag), {f"{key}-run-{i}": now + 600 for i in range(running)})
+        if waiting:
+            r.zadd(keys.LIMIT_WAITING.format(tag), {f"{key}-wait-{i}": 3e11 + now + i for i in range(waiting)})
+    r.zadd(keys.LIMIT_WAITING.format(keys.limit_tag("stripe", "")), {f"charge-{i}": 3e11 + now + i for i in range(37)})
 
 
 def main() -> None:
