@@ -37,6 +37,13 @@ class TaskCounters:
         self._counts: Counter = Counter()
         self._finished: list[tuple[int, str]] = []  # (owner, task id): places to free in tasks.quota
         self._owner_pid: int | None = None
+        # A prefork child forked while the flusher thread held the lock would inherit it held, and
+        # its first count (a dead letter's) would wait for ever: the child starts with its own.
+        os.register_at_fork(after_in_child=self._after_fork)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._counts, self._finished = Counter(), []  # the parent's, which the parent flushes
 
     def add(self, queue: str | None, outcome: str) -> None:
         with self._lock:

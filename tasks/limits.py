@@ -28,6 +28,7 @@ import inspect
 import json
 import logging
 import math
+import os
 import re
 import threading
 import time
@@ -149,6 +150,10 @@ class _Definitions:
         self._lock = threading.Lock()
         self._read_at = -math.inf
         self._api: dict[str, Limit] = {}
+        os.register_at_fork(after_in_child=self._after_fork)  # never a lock held by the parent's thread
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
 
     def get(self) -> dict[str, Limit]:
         if time.monotonic() - self._read_at > DEFINITIONS_FOR:

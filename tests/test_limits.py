@@ -199,3 +199,16 @@ def test_a_let_out_task_sent_to_wait_again_before_its_push_is_done_keeps_its_mes
     assert start(redis_client, instance, "b", enqueued_at=1) == "queue"
     limits.push_out(redis_client, instance, planned)
     assert redis_client.hexists(keys.LIMIT_MESSAGES.format(instance.tag), "b")  # still there to come back
+
+
+def test_a_forked_child_never_inherits_a_held_counters_or_definitions_lock():
+    import os
+
+    from tasks.counters import counters
+
+    with counters._lock, limits.definitions._lock:
+        pid = os.fork()
+        if pid == 0:  # the child: both locks are its own, free
+            os._exit(0 if counters._lock.acquire(timeout=1) and limits.definitions._lock.acquire(timeout=1) else 1)
+    _, status = os.waitpid(pid, 0)
+    assert os.WEXITSTATUS(status) == 0
