@@ -682,3 +682,17 @@ def test_a_custom_beat_scheduler_is_built_and_ticked_as_celery_beat_does():
     chosen = Beat(app=app, no_color=True).scheduler_cls
     scheduler = beat.Service(app, scheduler_cls=chosen).get_scheduler(lazy=True)
     assert isinstance(scheduler, ScheduleScheduler)
+
+
+def test_redis_pools_keep_the_locks_a_prefork_child_replaces():
+    # workers.bootsteps._fresh_redis_pool_locks: redis-py's pool resets itself in a forked child
+    # under `_lock` (after `_fork_lock`); a child gives every inherited pool new ones.
+    import inspect
+    import threading
+
+    from redis.connection import ConnectionPool
+
+    pool = ConnectionPool()
+    assert isinstance(pool._lock, type(threading.RLock())) and isinstance(pool._fork_lock, type(threading.RLock()))
+    assert "self._lock" in inspect.getsource(ConnectionPool.reset)
+    assert "_fork_lock" in inspect.getsource(ConnectionPool._checkpid)

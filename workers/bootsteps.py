@@ -65,10 +65,27 @@ class WorkerSignals(bootsteps.Step):
         _per_task_lines_at_debug()
         signals.task_postrun.connect(_close_old_db_connections, weak=False)
         if issubclass(worker.pool_cls, PreforkPool):  # the solo pool sends worker_process_init too
+            signals.worker_process_init.connect(_fresh_redis_pool_locks, weak=False)
             signals.worker_process_init.connect(_hand_results_back, weak=False)
         if settings.VOKAFLOW_FLEET_REPORTING:
             signals.task_postrun.connect(on_task_postrun, weak=False)
             signals.worker_process_shutdown.connect(on_process_shutdown, weak=False)
+
+
+def _fresh_redis_pool_locks(**kwargs) -> None:
+    """A prefork child is forked from a main process whose threads (heartbeat, pollers) use Redis:
+    a connection pool's lock held by one of them at that instant is copied held, and redis-py's
+    first use in the child (its pid check resets the pool, taking that lock) waits for ever. Every
+    pool the child inherited gets new locks before any task runs (tests/test_contracts.py guards
+    the two attributes)."""
+    import gc
+    import threading
+
+    from redis.connection import ConnectionPool
+
+    for pool in gc.get_objects():
+        if isinstance(pool, ConnectionPool):
+            pool._lock, pool._fork_lock = threading.RLock(), threading.RLock()
 
 
 # Celery logs two INFO lines per task (received, succeeded): 140-180 µs of a no-op's ~670 µs
