@@ -168,12 +168,12 @@ def test_a_schedule_is_run_now_disabled_and_enabled_from_the_schedules_page(brow
                                cron="0 * * * *", timezone="Europe/Paris")
     browser.visit("/console/schedules/")
     row = f'tr[data-schedule="{schedule.pk}"]'
-    assert "0 * * * *" in browser.text(row) and "Europe/Paris" in browser.text(row)
+    browser.wait_text(row, lambda t: "0 * * * *" in t and "Europe/Paris" in t)  # (read between refreshes)
     browser.click(f'{row} form[action$="/run/"] button')
     browser.wait_text(f"{row} td.runs", "SUCCESS")  # the run's task reached SUCCESS, shown without a reload
     browser.click(f'{row} form[action$="/disable/"] button')
     browser.wait_text(row, lambda t: "DISABLED" in t.upper())
-    assert browser.text(f"{row} td.next-run") == "—"
+    browser.wait_text(f"{row} td.next-run", "—")
     browser.click(f'{row} form[action$="/enable/"] button')
     browser.wait_text(f"{row} td.next-run", lambda t: t != "—")
     assert browser.foreign_requests() == []
@@ -184,7 +184,8 @@ def test_a_limit_is_changed_and_reset_from_the_limits_page(browser, redis_client
 
     browser.visit("/console/limits/")
     row = 'tr[data-limit="tests.two_at_once"]'
-    assert "2" in browser.text(f"{row} td:nth-child(3)") and "code" in browser.text(row)
+    browser.wait_text(f"{row} td:nth-child(3)", "2")
+    browser.wait_text(row, lambda t: "code" in t)
     browser.fill(f'{row} input[name="concurrency"]', "5")
     browser.click(f'{row} form[action$="/change/"] button')
     browser.wait_text(f"{row} td:nth-child(3)", "5")
