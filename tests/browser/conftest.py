@@ -84,13 +84,17 @@ class Browser:
 
     def text(self, selector: str) -> str:
         """The text of the first match, or "" (the live fragment may be swapped while we read)."""
-        from selenium.common.exceptions import StaleElementReferenceException
+        from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
 
         try:
             found = self.css(selector)
             return found[0].text if found else ""
         except StaleElementReferenceException:
             return ""
+        except WebDriverException as exc:  # Chromium's word for the same swap, at another moment
+            if "does not belong to the document" in str(exc):
+                return ""
+            raise
 
     def wait_text(self, selector: str, expected, timeout: float = 20) -> str:
         """Wait until the element's text is (or, for a callable, satisfies) `expected`."""
