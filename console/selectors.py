@@ -139,7 +139,7 @@ def schedules_page(limit: int) -> dict:
     total = Schedule.objects.count()
     rows = []
     for schedule in Schedule.objects.order_by("name", "id")[:limit]:
-        details = schedule_details(schedule)
+        details = schedule_details(schedule, states=5)
         rows.append({"schedule": schedule, "next_run_at": details["next_run_at"],
                      "last_run_at": details["last_run_at"], "recent": details["recent_runs"][:5]})
     return {"schedules": rows, "total": total, "limit": limit}

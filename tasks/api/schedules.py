@@ -114,7 +114,7 @@ class RunNowSerializer(serializers.Serializer):
 
 
 def _shown(schedule: Schedule, serializer_class=ScheduleSerializer):
-    details = services.schedule_details(schedule)
+    details = services.schedule_details(schedule, states=20 if serializer_class is ScheduleDetailSerializer else 0)
     for name, value in details.items():
         setattr(schedule, name, value)
     return serializer_class(schedule).data

@@ -50,11 +50,11 @@ class ScheduleAdmin(admin.ModelAdmin):
 
     @admin.display(description="next run")
     def next_run(self, obj: Schedule):
-        return services.schedule_details(obj)["next_run_at"]
+        return services.schedule_details(obj, states=0)["next_run_at"]
 
     @admin.display(description="last run")
     def last_run(self, obj: Schedule):
-        return services.schedule_details(obj)["last_run_at"]
+        return services.schedule_details(obj, states=0)["last_run_at"]
 
     def has_change_permission(self, request, obj=None) -> bool:
         return super().has_change_permission(request, obj) and not (obj and obj.source == Schedule.Source.CODE)

@@ -157,7 +157,7 @@ def occurrence_request(spec, due: datetime | None):
                    trusted=spec.trusted, schedule=spec.id)
 
 
-def schedule_details(schedule: Schedule, *, now: datetime | None = None) -> dict:
+def schedule_details(schedule: Schedule, *, now: datetime | None = None, states: int = 20) -> dict:
     """next_run_at, last_run_at and recent_runs (newest first, with each task's state)."""
     from tasks.state import TaskNotFound, task_status
 
@@ -176,9 +176,9 @@ def schedule_details(schedule: Schedule, *, now: datetime | None = None) -> dict
     upcoming = spec.next_due(max(after, now - timedelta(seconds=settings.VOKAFLOW_SCHEDULE_GRACE))) \
         if schedule.enabled else None
     rows = []
-    for run in recent:
+    for n, run in enumerate(recent):
         task_state = "SKIPPED" if run.skipped else None
-        if run.task_id:
+        if run.task_id and n < states:  # a list shows no run's state: no read per run
             try:
                 task_state = task_status(run.task_id)["state"]
             except TaskNotFound:
