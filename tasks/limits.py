@@ -37,6 +37,7 @@ from dataclasses import asdict, dataclass, field
 from django.conf import settings
 
 from vokaflow.core import keys
+from vokaflow.core.autoscale import READY_AT_HEADER
 from vokaflow.core.errors import BadRequest, NotFound
 from vokaflow.core.priorities import Priority
 from vokaflow.redis import get_redis
@@ -410,8 +411,11 @@ def push_out(r, instance: Instance, planned: list[tuple[float, str, str]]) -> No
     start, first = time.monotonic(), min(at for at, _, _ in planned)
     for at, task_id, message in sorted(planned):
         time.sleep(max(0.0, at - first - (time.monotonic() - start)))
-        queue = json.loads(message)["properties"]["delivery_info"]["routing_key"]
-        push(r, {queue: [message]}, front=True)
+        envelope = json.loads(message)
+        queue = envelope["properties"]["delivery_info"]["routing_key"]
+        # ready to run from now on: the autoscaler counts its wait from here, not from its enqueue
+        envelope["headers"][READY_AT_HEADER] = round(time.time(), 3)
+        push(r, {queue: [json.dumps(envelope)]}, front=True)
         r.hdel(keys.LIMIT_MESSAGES.format(instance.tag), f"m:{task_id}")
 
 

@@ -15,11 +15,13 @@ import time
 import uuid
 from datetime import datetime
 
+from vokaflow.core.autoscale import ENQUEUED_AT_HEADER
+
 REPR_LIMIT = 1024  # Celery shows argsrepr/kwargsrepr in events and Flower; keep them short
 _EMBED = '{"callbacks": null, "errbacks": null, "chain": null, "chord": null}'
-# Epoch seconds the message was queued: the console reads it off the next message of a queue
-# for the queue's oldest age. vokaflow.celery stamps Celery's own publishes (retries, .delay()).
-ENQUEUED_AT_HEADER = "vokaflow_enqueued_at"
+# ENQUEUED_AT_HEADER: epoch seconds the message was queued. The console reads it off the next
+# message of a queue for the queue's oldest age, the autoscaler off each fetched one; vokaflow.celery
+# stamps Celery's own publishes (retries, .delay()).
 
 
 def encode_json(value) -> str:

@@ -181,4 +181,5 @@ app.steps["worker"].update({
     "workers.scheduler:ScheduledPoller",
     "workers.limits:LimitPoller",
     "workers.heartbeat:Heartbeat",
+    "workers.autoscale:Autoscale",
 })

@@ -57,7 +57,7 @@ from typing_extensions import override
 from vokaflow.core import keys
 from vokaflow.core.queues import priority_rank, queue_tag
 from vokaflow.core.slots import LAYOUT, partition_tag, tag_in, tagged
-from vokaflow.hotpath import consume_here, pending_releases
+from vokaflow.hotpath import consume_here, fetched_wait, pending_releases
 from vokaflow.redis_connect import cluster_client
 from vokaflow.result_store import quiet, store_unless_final
 from vokaflow.transport import (
@@ -314,6 +314,7 @@ class ClusterFetch(ReliableFetch):
                 self._bell_seen = self._last_bell()
                 best = self._probe(groups)  # a push before that read is seen here, one after it rings
                 if best is None:
+                    fetched_wait.found_none()
                     self.flush()  # idle: nothing waits for a fetch to carry it
                     return False
             reply = self._fetch(*best)

@@ -8,6 +8,9 @@
   spends no round trip on it. Every other store (other states, chords, the API) is one script:
   write unless a final state is stored (vokaflow.result_store), in one round trip instead of
   Celery's GET then MULTI/SETEX/PUBLISH/EXEC.
+* `fetched_wait` keeps how long the first task of the last fetch had been ready to run (0 after a
+  fetch that found nothing): the autoscaler's signal (vokaflow.core.autoscale), read off messages
+  the fetch delivers anyway, so it costs no scan of the queues.
 * `durations` keeps an EWMA of each task type's run time, measured by the consuming process
   (`Request.acknowledge`); the fetch script takes at most as many messages of a type as fit
   into VOKAFLOW_PREFETCH_WAIT_MS (between 1 and MAX_BATCH).
@@ -25,12 +28,14 @@ from __future__ import annotations
 import functools
 import os
 from collections import deque
-from time import time
+from time import monotonic, time
 from typing import NamedTuple
 
 import billiard
 from celery.worker.request import Request as CeleryRequest
 from typing_extensions import override
+
+from vokaflow.core.autoscale import ready_age
 
 MAX_BATCH = 8
 # A batch is paid for in units of BUDGET: a type of cap k (1..MAX_BATCH) costs BUDGET // k per
@@ -138,6 +143,25 @@ def _taking_handed(on_success):
             failed__retval__runtime = (failed, retval.text, runtime)
         return on_success(self, failed__retval__runtime, **kwargs)
     return taking
+
+
+class FetchedWait:
+    """The age (ready to run) of the task the last fetch of this process took first."""
+
+    def __init__(self):
+        self.seconds = 0.0
+        self.at = 0.0  # monotonic time of that fetch; 0: none yet
+
+    def took(self, headers: dict) -> None:
+        age = ready_age(headers, time())
+        if age is not None:
+            self.seconds, self.at = age, monotonic()
+
+    def found_none(self) -> None:
+        self.seconds, self.at = 0.0, monotonic()
+
+
+fetched_wait = FetchedWait()
 
 
 class TaskDurations:

@@ -175,6 +175,10 @@ VOKAFLOW_DLQ_RETENTION = env.int("VOKAFLOW_DLQ_RETENTION", default=1000)
 # VOKAFLOW_HEARTBEAT_TTL seconds after its last write.
 VOKAFLOW_HEARTBEAT_SECONDS = env.float("VOKAFLOW_HEARTBEAT_SECONDS", default=2)
 VOKAFLOW_HEARTBEAT_TTL = env.float("VOKAFLOW_HEARTBEAT_TTL", default=6)
+# Autoscaling (vokaflow.core.autoscale): per type VOKAFLOW_AUTOSCALE_<TYPE>=MIN:MAX and
+# VOKAFLOW_TARGET_WAIT_<TYPE>, read by each worker at start; here the seconds of spare slots
+# before a worker shrinks.
+VOKAFLOW_AUTOSCALE_IDLE = env.float("VOKAFLOW_AUTOSCALE_IDLE", default=30)
 # Bearer token Prometheus scrapes /metrics with (empty: JWT or session only).
 VOKAFLOW_METRICS_TOKEN = env("VOKAFLOW_METRICS_TOKEN", default="")
 # Heartbeats and task counters (0 only to measure what they cost).

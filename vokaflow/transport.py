@@ -43,7 +43,7 @@ from typing_extensions import override
 
 from vokaflow.core import keys
 from vokaflow.core.queues import queue_tag
-from vokaflow.hotpath import BUDGET, consume_here, durations, pending_releases, pending_results
+from vokaflow.hotpath import BUDGET, consume_here, durations, fetched_wait, pending_releases, pending_results
 from vokaflow.result_store import STORE_LUA
 
 logger = logging.getLogger(__name__)
@@ -631,6 +631,7 @@ class ReliableFetch(_ChannelBase):
                 raise Empty()
             if bytes_to_str(reply[0]) == "empty":
                 self._bells_seen = list(reply[1:])
+                fetched_wait.found_none()
                 raise Empty()
             self._bells_seen = None
             self._deliver_batch(reply)
@@ -649,6 +650,8 @@ class ReliableFetch(_ChannelBase):
                 self._queue_cycle.rotate(dest)
                 last = dest
             message = loads(bytes_to_str(reply[i + 1]))
+            if i == 1:  # the head of the highest waiting level: the oldest task this worker could take
+                fetched_wait.took(message.get("headers") or {})
             self._taken_from(message, dest)
             if BODY_BYTES in message["properties"] and not self._inline(message, bool(reply[i + 2]), dest):
                 continue

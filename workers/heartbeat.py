@@ -22,6 +22,7 @@ from tasks.counters import counters
 from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue
 from vokaflow.redis_connect import as_text
+from workers.autoscale import heartbeat_report
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +118,9 @@ class Heartbeat(bootsteps.StartStopStep):
             # slots whose task runs past its hard time limit (thread pools: workers.watchdog)
             "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
+        scaling = heartbeat_report(worker)
+        if scaling is not None:  # slots now, range, last decisions (workers.autoscale)
+            info["autoscale"] = scaling
 
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))

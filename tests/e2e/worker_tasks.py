@@ -117,3 +117,13 @@ def two_per_customer(self, customer_id: str, seconds: float = 0.2):
 @platform_task("tests.unlimited", bind=True, max_retries=0, track_started=False)
 def unlimited(self):
     _log_run(self.request.id, "unlimited", 0)
+
+
+LEDGER = "vokaflow:test:ledger"
+
+
+@platform_task("tests.ledger", bind=True, max_retries=0, track_started=False, ignore_result=True)
+def ledger(self, seconds: float = 0.02):
+    """Appends its id to a list once it has run (a list: a task run twice shows twice)."""
+    time.sleep(seconds)
+    get_redis().rpush(LEDGER, self.request.id)

@@ -1,0 +1,131 @@
+"""Autoscaling with real workers: slots follow a backlog up and come back down, on every pool kind,
+and a scale-in mid-drain loses no task and runs none twice (workers.autoscale, workers.host)."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import psutil
+import pytest
+
+from tasks.submit import enqueue
+from tasks.validation import prepare
+from tests.conftest import ROOT, wait_for, worker_env
+from tests.e2e.worker_tasks import LEDGER
+from vokaflow.core import keys
+
+pytestmark = pytest.mark.slow
+
+
+def heartbeat(redis_client, name: str) -> dict:
+    raw = redis_client.get(keys.WORKER.format(name))
+    return json.loads(raw) if raw else {}
+
+
+def submit(n: int, worker_type: str, seconds: float) -> list[str]:
+    ids = []
+    for start in range(0, n, 500):
+        batch = [prepare("tests.ledger", kwargs={"seconds": seconds}, worker_type=worker_type,
+                         partition_key=f"k{start + i}") for i in range(min(500, n - start))]
+        ids += [answer.task_id for answer in enqueue(batch)]
+    return ids
+
+
+def ledger(redis_client) -> list[str]:
+    return [v.decode() for v in redis_client.lrange(LEDGER, 0, -1)]
+
+
+def watch_slots(redis_client, name: str, until, timeout: float) -> list[int]:
+    """The worker's slots as its heartbeats report them, until `until()` holds."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out; slots seen {seen}"
+        slots = (heartbeat(redis_client, name).get("autoscale") or {}).get("slots")
+        if slots is not None and (not seen or seen[-1] != slots):
+            seen.append(slots)
+        time.sleep(0.1)
+    return seen
+
+
+def scaling_env(short: str, low: int, high: int, **more) -> dict:
+    return worker_env(**{f"VOKAFLOW_AUTOSCALE_{short.upper()}": f"{low}:{high}",
+                         f"VOKAFLOW_TARGET_WAIT_{short.upper()}": "0.2", "VOKAFLOW_AUTOSCALE_IDLE": "2", **more})
+
+
+def assert_exactly_once(redis_client, ids: list[str]) -> None:
+    done = ledger(redis_client)
+    assert len(done) == len(ids) and set(done) == set(ids), \
+        f"{len(done)} runs for {len(ids)} tasks, {len(set(done))} distinct"
+    assert not redis_client.hlen("unacked"), "something is left unacknowledged"
+
+
+def test_threads_grow_under_a_backlog_drain_it_and_return_to_min(start_worker, redis_client):
+    worker = start_worker("io", concurrency=1, env=scaling_env("io", 1, 6))
+    ids = submit(400, "io", 0.02)
+    seen = watch_slots(redis_client, worker.name, lambda: redis_client.llen(LEDGER) >= len(ids), 120)
+    assert max(seen) == 6, seen  # grew to MAX while the backlog lasted
+    report = wait_for(lambda: (r := heartbeat(redis_client, worker.name).get("autoscale")) and r["slots"] == 1 and r,
+                      30, message="the worker to return to MIN")
+    assert report["min"] == 1 and report["max"] == 6 and report["target_wait_seconds"] == 0.2
+    assert report["last_change"]["to"] == 1 and "busy for 2 s" in report["last_change"]["why"]
+    assert heartbeat(redis_client, worker.name)["concurrency"] == 1
+    assert_exactly_once(redis_client, ids)
+    assert "slots 1 -> 2" in worker.output()
+
+
+def pool_children(worker) -> int:
+    return len(psutil.Process(worker.proc.pid).children())
+
+
+def test_prefork_grows_children_and_ends_idle_ones(start_worker, redis_client):
+    worker = start_worker("cpu", concurrency=1, pool="prefork", env=scaling_env("cpu", 1, 2))
+    assert pool_children(worker) == 1
+    ids = submit(200, "cpu", 0.02)
+    seen = watch_slots(redis_client, worker.name, lambda: redis_client.llen(LEDGER) >= len(ids), 120)
+    assert max(seen) == 2, seen
+    wait_for(lambda: (heartbeat(redis_client, worker.name).get("autoscale") or {}).get("slots") == 1, 30,
+             message="the worker to return to MIN")
+    wait_for(lambda: pool_children(worker) == 1, 10, message="the spare child to end")
+    assert_exactly_once(redis_client, ids)
+
+
+def test_a_cpu_worker_never_grows_past_the_cores_it_may_use(start_worker, redis_client, tmp_path):
+    env = scaling_env("cpu", 1, 4)
+    name = "cpu-pinned@test"
+    log = open(tmp_path / "pinned.log", "w")
+    # Pinned to one core before Python starts (its affinity is what the worker may use).
+    proc = subprocess.Popen(["taskset", "-c", "0", sys.executable, "-m", "celery", "-A", "vokaflow", "worker",
+                             "--type", "cpu", "-P", "prefork", "-c", "1", "-n", name, "-l", "INFO",
+                             "--without-mingle", "--without-gossip", "--include", "tests.e2e.worker_tasks"],
+                            cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        wait_for(lambda: heartbeat(redis_client, name), 30, message="the pinned worker's heartbeat")
+        ids = submit(100, "cpu", 0.02)
+        seen = watch_slots(redis_client, name, lambda: redis_client.llen(LEDGER) >= len(ids), 120)
+        report = heartbeat(redis_client, name)["autoscale"]
+        assert report["ceiling"] == 1 and seen == [1], (report, seen)
+        assert len(psutil.Process(proc.pid).children()) == 1
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(20)
+        log.close()
+
+
+@pytest.mark.parametrize("value", ["16:1", "0:4", "x"])
+def test_a_malformed_range_stops_the_worker_at_start_naming_the_variable(value):
+    env = worker_env(VOKAFLOW_AUTOSCALE_IO=value)
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", "io", "-P", "threads"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0
+    lines = [line for line in proc.stderr.splitlines() if "VOKAFLOW_AUTOSCALE_IO" in line]
+    assert len(lines) == 1 and f"'{value}'" in lines[0] and "MIN" in lines[0], proc.stderr
+
+
+def test_a_malformed_target_stops_the_worker_at_start_naming_the_variable():
+    env = worker_env(VOKAFLOW_AUTOSCALE_IO="1:4", VOKAFLOW_TARGET_WAIT_IO="soon")
+    proc = subprocess.run([sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", "io", "-P", "threads"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "VOKAFLOW_TARGET_WAIT_IO='soon'" in proc.stderr, proc.stderr

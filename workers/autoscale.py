@@ -1,0 +1,194 @@
+"""In-process autoscaling: the worker's slots follow queue pressure (vokaflow.core.autoscale has
+the rule; this applies it to the pool).
+
+Once a second, in the worker's event loop (where the pool is driven, so no job is being handed
+to a child meanwhile), the step feeds the rule the slots in use (Celery's reserved requests:
+delivered and not yet acknowledged) and the age of the task the last fetch took first
+(vokaflow.hotpath.fetched_wait), and applies a change:
+
+* threads: the pool is workers.pools.ThreadPool (swapped in for Celery's at start) and resizes;
+* prefork: billiard starts new children; a shrink ends only children that hold no job, at this
+  tick or a later one (workers.pools.shrink_idle);
+* prefetch follows the slots (the consumer's QoS, and its initial count, which a reconnect restores);
+* solo: one process is one slot, so the host's supervisor scales processes (workers.host); the
+  step only reports what this process sees, through the supervisor's shared board.
+
+Celery's private API relied on (tests/test_contracts.py): `Consumer.qos`,
+`Consumer.initial_prefetch_count`, `Consumer.prefetch_multiplier`, `worker.state.reserved_requests`,
+the prefork pool's `_pool` (billiard) with `grow`, `maintain_pool`, `_processes`, `_pool`, `_cache`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import click
+import psutil
+from celery import bootsteps
+from celery.concurrency.prefork import TaskPool as PreforkPool
+from celery.concurrency.solo import TaskPool as SoloPool
+from celery.concurrency.thread import TaskPool as CeleryThreadPool
+from celery.utils.sysinfo import cpu_budget
+from celery.worker import state
+from django.conf import settings
+
+from vokaflow.core.autoscale import MEMORY_SHARE, Scaler, ScaleRange, scale_range
+from vokaflow.core.workers import WorkerType
+from vokaflow.hotpath import fetched_wait
+from workers import board
+from workers.pools import ThreadPool, grow_prefork, shrink_idle
+
+logger = logging.getLogger(__name__)
+
+TICK = 1.0  # seconds
+
+
+def usable_cores() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota (Celery's own
+    reading of both)."""
+    return cpu_budget(use_cgroup_quota=True).count
+
+
+def memory_share() -> float:
+    """The share of the memory this process may use that is in use: of its cgroup's limit where
+    there is one (v2 `memory.max`, v1 `memory.limit_in_bytes`), else of the machine's."""
+    for used_file, limit_file in (("memory.current", "memory.max"),
+                                  ("memory/memory.usage_in_bytes", "memory/memory.limit_in_bytes")):
+        try:
+            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
+            used = Path("/sys/fs/cgroup", used_file).read_text().strip()
+        except OSError:
+            continue
+        if limit.isdigit() and used.isdigit() and 0 < int(limit) < 1 << 60:
+            return int(used) / int(limit)
+    memory = psutil.virtual_memory()
+    return 1 - memory.available / memory.total
+
+
+def range_for(vokaflow_type: str | None) -> tuple[WorkerType, ScaleRange] | None:
+    """The type's autoscale range; a malformed one stops the worker with one line naming the variable."""
+    if vokaflow_type is None:
+        return None
+    try:
+        worker_type = WorkerType.parse(vokaflow_type)
+        found = scale_range(worker_type)
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    return (worker_type, found) if found else None
+
+
+class Autoscale(bootsteps.StartStopStep):
+    """Sizes the pool between the type's MIN and MAX (VOKAFLOW_AUTOSCALE_<TYPE>)."""
+
+    label = "Autoscale"
+    requires = ("celery.worker.components:Pool",)
+
+    def __init__(self, worker, vokaflow_type=None, **kwargs):
+        super().__init__(worker, **kwargs)
+        self.worker = worker
+        self.scaler: Scaler | None = None
+        self.kind = ""
+        found = range_for(vokaflow_type)
+        if found is None:
+            return  # autoscaling off: exactly as before
+        worker_type, scale = found
+        pool_cls = worker.pool_cls
+        if isinstance(pool_cls, type) and issubclass(pool_cls, SoloPool):
+            self.kind = "solo"  # one slot a process: its host scales processes (workers.host, workers.board)
+            return
+        if pool_cls is CeleryThreadPool:
+            worker.pool_cls = pool_cls = ThreadPool
+        if isinstance(pool_cls, type) and issubclass(pool_cls, ThreadPool):
+            self.kind = "threads"
+        elif isinstance(pool_cls, type) and issubclass(pool_cls, PreforkPool):
+            self.kind = "prefork"
+        else:
+            logger.warning("%s: the %s pool cannot be autoscaled; it keeps %d slots", worker.hostname,
+                           pool_cls, worker.concurrency)
+            return
+        ceiling = usable_cores() if worker_type is WorkerType.CPU_INTENSIVE else None
+        self.scaler = Scaler(scale, worker.concurrency, ceiling, settings.VOKAFLOW_AUTOSCALE_IDLE)
+        # The pool is created after every step's __init__, with this many slots.
+        worker.concurrency = worker.min_concurrency = self.scaler.slots
+        worker.vokaflow_autoscale = self
+        logger.info("%s autoscales %s slots between %d and %d (ceiling %d), target wait %g s; starts with %d",
+                    worker.hostname, self.kind, scale.min, scale.max, self.scaler.ceiling, scale.target_wait,
+                    self.scaler.slots)
+
+    def register_with_event_loop(self, worker, hub):
+        if self.scaler is not None:
+            hub.call_repeatedly(TICK, self.tick)
+
+    def start(self, worker):
+        if self.kind == "solo" and board.my_slot() is not None:
+            self._stop = threading.Event()
+            threading.Thread(target=self._report_to_host, name="vokaflow-autoscale", daemon=True).start()
+
+    def stop(self, worker):
+        if self.kind == "solo" and hasattr(self, "_stop"):
+            self._stop.set()
+
+    def _report_to_host(self) -> None:
+        while not self._stop.wait(TICK):
+            board.write(len(state.reserved_requests), fetched_wait.seconds)
+
+    def tick(self) -> None:
+        scaler = self.scaler
+        if scaler is None or self.worker.pool is None:
+            return
+        try:
+            old = scaler.slots
+            grow_allowed = old >= scaler.ceiling or memory_share() < MEMORY_SHARE  # read only when it matters
+            decision = scaler.tick(time.monotonic(), time.time(), len(state.reserved_requests),
+                                   fetched_wait.seconds, grow_allowed)
+            if decision is not None:
+                logger.info("%s: slots %d -> %d: %s", self.worker.hostname, decision.old, decision.new, decision.why)
+                self.apply(old, decision.new)
+            elif self.kind == "prefork":
+                self._end_spare_children()
+        except Exception:  # the next tick tries again; a failed step never stops the worker
+            logger.exception("autoscale tick failed")
+
+    def apply(self, old: int, new: int) -> None:
+        worker, consumer = self.worker, getattr(self.worker, "consumer", None)
+        pool = worker.pool
+        if self.kind == "threads":
+            pool.resize(new)
+        elif new > old:
+            grow_prefork(pool, new - old)
+        worker.concurrency = new
+        if consumer is not None and consumer.qos is not None:
+            multiplier = consumer.prefetch_multiplier or 1
+            consumer.initial_prefetch_count = new * multiplier  # what a reconnect sets again
+            if new > old:
+                consumer.qos.increment_eventually((new - old) * multiplier)
+            else:
+                consumer.qos.decrement_eventually((old - new) * multiplier)
+        if self.kind == "prefork" and new < old:
+            self._end_spare_children()
+
+    def _end_spare_children(self) -> None:
+        """Prefork: end idle children until the pool has the slots decided."""
+        scaler, pool = self.scaler, self.worker.pool
+        spare = pool._pool._processes - scaler.slots if scaler else 0
+        if spare > 0:
+            ended = shrink_idle(pool, spare)
+            if ended:
+                logger.info("%s: ended %d idle pool processes", self.worker.hostname, ended)
+
+    def report(self) -> dict | None:
+        """The heartbeat's `autoscale` object."""
+        return self.scaler.report() if self.scaler else None
+
+
+def heartbeat_report(worker) -> dict | None:
+    """What the heartbeat says of this worker's autoscaling: its own scaler, or (a solo process
+    under workers.host) the range its host scales processes in."""
+    step = getattr(worker, "vokaflow_autoscale", None)
+    if step is not None:
+        return step.report()
+    return board.host_report()
+
