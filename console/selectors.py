@@ -41,7 +41,9 @@ def overview() -> dict:
         grid.append({"worker_type": worker_type.value, "short": worker_type.short, "cells": cells,
                      "total": sum(int(c["depth"]) for c in cells), "live": len(pool["workers"]),
                      "busy": pool["busy"], "slots": pool["max_workers"], "hosts": pool["hosts"],
-                     "pool": ", ".join(pool["pool_type"] or [])})
+                     "pool": ", ".join(pool["pool_type"] or []), "autoscale": pool["autoscale"]})
+    decisions = sorted(({**d, "worker_type": row["worker_type"]} for row in grid if row["autoscale"]
+                        for d in row["autoscale"]["decisions"]), key=lambda d: d["at"], reverse=True)[:8]
     letters: dict = cache.get_or_set("console:dead-letter-counts", dead_letter_counts, DEAD_LETTER_COUNTS_SECONDS)
     return {
         "grid": grid, "priorities": [p.name for p in Priority],
@@ -56,6 +58,7 @@ def overview() -> dict:
         "dead_letters": [{"status": s, "count": letters.get(s, 0)} for s in ("dead", "retried", "resolved",
                                                                              "discarded")],
         "health": health()["checks"],
+        "decisions": [{**d, "at": datetime.fromtimestamp(d["at"], tz=UTC)} for d in decisions],
     }
 
 

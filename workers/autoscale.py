@@ -179,9 +179,16 @@ class Autoscale(bootsteps.StartStopStep):
             if ended:
                 logger.info("%s: ended %d idle pool processes", self.worker.hostname, ended)
 
+    def slots_now(self) -> int:
+        """The slots the pool has now (a prefork shrink waits for children to be idle)."""
+        pool = self.worker.pool
+        if self.kind == "prefork" and pool is not None and getattr(pool, "_pool", None) is not None:
+            return pool._pool._processes
+        return self.worker.concurrency
+
     def report(self) -> dict | None:
         """The heartbeat's `autoscale` object."""
-        return self.scaler.report() if self.scaler else None
+        return {**self.scaler.report(), "slots": self.slots_now()} if self.scaler else None
 
 
 def heartbeat_report(worker) -> dict | None:

@@ -33,6 +33,9 @@ class Board:
         """(pid, slots in use, wait seconds, monotonic time written); pid 0: never written."""
         return _RECORD.unpack_from(self.map, _REPORT_BYTES + slot * _RECORD.size)
 
+    def publish_for(self, worker_type: str, report: dict) -> None:
+        self.publish({**self.reports(), worker_type: report})
+
     def publish(self, reports: dict[str, dict]) -> None:
         data = json.dumps(reports).encode()[:_REPORT_BYTES]
         self.map[:_REPORT_BYTES] = data.ljust(_REPORT_BYTES, b"\0")
@@ -53,6 +56,19 @@ def create() -> Board:
     global _board
     _board = Board()
     return _board
+
+
+def publish_for(worker_type: str, report: dict) -> None:
+    """The host: its decisions for one worker type (each of its processes' heartbeats carries them)."""
+    if _board is not None:
+        _board.publish_for(worker_type, report)
+
+
+def read_env(env: dict[str, str]) -> tuple[int, int, float, float]:
+    """The host: the record of the process started with `env`."""
+    if _board is None:
+        return 0, 0, 0.0, 0.0
+    return _board.read(int(env[SLOT_ENV]))
 
 
 def my_slot() -> int | None:

@@ -119,8 +119,9 @@ class Heartbeat(bootsteps.StartStopStep):
             "stuck": limits.stuck_slots() if (limits := getattr(worker, "vokaflow_time_limits", None)) else [],
         }
         scaling = heartbeat_report(worker)
-        if scaling is not None:  # slots now, range, last decisions (workers.autoscale)
+        if scaling is not None:  # slots now and decided, range, last decisions (workers.autoscale)
             info["autoscale"] = scaling
+            info["concurrency"] = scaling.get("slots", info["concurrency"])
 
         with get_redis().pipeline(transaction=False) as pipe:
             pipe.set(keys.WORKER.format(worker.hostname), json.dumps(info), px=int(ttl * 1000))

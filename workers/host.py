@@ -15,9 +15,11 @@ from __future__ import annotations
 
 import ctypes
 import gc
+import itertools
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -25,7 +27,13 @@ import traceback
 
 import setproctitle
 
-from workers.launcher import ProcessSpec, launcher_for, read_plan
+from vokaflow.core.autoscale import IDLE_WINDOW, MEMORY_SHARE, Scaler, scale_range
+from vokaflow.core.workers import WorkerType
+from workers import board
+from workers.autoscale import TICK, memory_share, usable_cores
+from workers.launcher import Child, Launcher, ProcessSpec, launcher_for, read_plan
+
+logger = logging.getLogger("vokaflow.host")
 
 
 class ForkedProcess:
@@ -154,11 +162,101 @@ def spawn(spec: ProcessSpec, env: dict | None) -> ForkedProcess:
     return ForkedProcess(spec.argv, spec.name, spec.env)
 
 
+_records = itertools.count()  # board records, never reused while a process could still hold one
+
+
+class SoloProcesses:
+    """One worker type run as solo processes on this host: a fixed number, or as many as its
+    autoscaling decides (vokaflow.core.autoscale), from what each process writes on the board
+    (workers.board). A new process is named `<name>-<n>@host` with n never reused; scale-in stops
+    the newest ones with SIGTERM (Celery's warm shutdown: the running task finishes, held tasks go
+    back to the front of their queue, not as redeliveries)."""
+
+    def __init__(self, spec: ProcessSpec):
+        self.spec = spec
+        self.worker_type = WorkerType.parse(spec.scale["worker_type"])  # type: ignore[index]
+        self.serial = 0
+        self.launcher: Launcher | None = None
+        self.children: list[Child] = []
+        self.scaler: Scaler | None = None
+        self.ticked_at = 0.0
+        start = int(spec.scale["processes"])  # type: ignore[index]
+        try:
+            scale = scale_range(self.worker_type)
+        except ValueError as exc:  # each process stops with the same line; the host says it once
+            logger.error("%s", exc)
+            scale = None
+        if scale is not None:
+            self.scaler = Scaler(scale, start, usable_cores() if self.worker_type is WorkerType.CPU_INTENSIVE else None,
+                                 float(os.environ.get("VOKAFLOW_AUTOSCALE_IDLE") or IDLE_WINDOW))
+            start = self.scaler.slots
+        self.initial = [self._next_spec() for _ in range(start)]
+
+    def _next_spec(self) -> ProcessSpec:
+        self.serial += 1
+        argv = list(self.spec.argv)
+        if "-n" in argv:
+            i = argv.index("-n") + 1
+            node, at, host = argv[i].partition("@")
+            argv[i] = f"{node}-{self.serial}{at}{host}"
+        record = next(_records) % board.RECORDS
+        env = {**self.spec.env, board.SLOT_ENV: str(record), board.TYPE_ENV: self.worker_type.value}
+        return ProcessSpec(f"{self.spec.name}-{self.serial}", argv, env=env)
+
+    def attach(self, launcher: Launcher) -> None:
+        self.launcher = launcher
+        self.children = [c for c in launcher.children if c.spec in self.initial]
+        launcher.ticks.append(self.tick)
+        self._publish()
+
+    def tick(self) -> None:
+        now = time.monotonic()
+        if self.scaler is None or self.launcher is None or now - self.ticked_at < TICK:
+            return
+        self.ticked_at = now
+        self.children = [c for c in self.children if c in self.launcher.children and not c.retiring]
+        busy, wait = 0, 0.0
+        for child in self.children:
+            pid, in_use, seconds, at = board.read_env(child.spec.env)
+            if pid and now - at < 3 * TICK:  # a process that stopped writing counts as idle
+                busy, wait = busy + in_use, max(wait, seconds)
+        self.scaler.slots = len(self.children)
+        old = self.scaler.slots
+        grow_allowed = old >= self.scaler.ceiling or memory_share() < MEMORY_SHARE
+        decision = self.scaler.tick(now, time.time(), busy, wait, grow_allowed)
+        if decision is not None:
+            logger.info("%s: processes %d -> %d: %s", self.spec.name, decision.old, decision.new, decision.why)
+            for _ in range(decision.new - old):
+                self.children.append(self.launcher.add(self._next_spec()))
+            for child in reversed(self.children[decision.new:]):
+                self.launcher.retire(child)
+            self.children = self.children[:decision.new]
+        self._publish()
+
+    def report(self) -> dict | None:
+        if self.scaler is None:
+            return None
+        report = self.scaler.report()
+        report["target_processes"] = report.pop("target")
+        return {**report, "processes": len(self.children), "scope": f"{socket.gethostname()}/{self.spec.name}"}
+
+    def _publish(self) -> None:
+        report = self.report()
+        if report is not None:
+            board.publish_for(self.worker_type.value, report)
+
+
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = read_plan(argv[0])
     preload()
-    return launcher_for(plan, part="workers", spawn=spawn).run()  # its plan has no ready message
+    board.create()
+    solo = [SoloProcesses(spec) for spec in plan["processes"] if spec.scale]
+    plan["processes"] = [spec for spec in plan["processes"] if not spec.scale] + [s for g in solo for s in g.initial]
+    launcher = launcher_for(plan, part="workers", spawn=spawn)  # its plan has no ready message
+    for group in solo:
+        group.attach(launcher)
+    return launcher.run()
 
 
 if __name__ == "__main__":

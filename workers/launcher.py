@@ -44,6 +44,9 @@ class ProcessSpec:
     # When it serves: {"http": URL answering 200, "heartbeats": [worker names with a fresh
     # heartbeat]}, each optional; None: as soon as it runs. Data, so a plan file can carry it.
     ready: dict[str, Any] | None = None
+    # A worker type run as solo processes (workers.host): {"worker_type": ..., "processes": n}; the
+    # host runs n processes of this command line (or as many as the type's autoscaling decides).
+    scale: dict[str, Any] | None = None
 
 
 @dataclass
@@ -55,6 +58,7 @@ class Child:
     recent_restarts: list[float] = field(default_factory=list)  # when each restart within the window was decided
     given_up: bool = False
     started_at: float = field(default_factory=time.monotonic)
+    retiring: bool = False  # asked to stop for good (scale-in): not restarted, forgotten once it exited
 
 
 class PortTaken(RuntimeError):
@@ -121,6 +125,7 @@ class Launcher:
         self.report = report  # called with the process table every few seconds (health reads it)
         self.stopping = False
         self._reported_at = 0.0
+        self.ticks: list[Callable[[], None]] = []  # called every loop (workers.host's process scaling)
 
     def run(self) -> int:
         signal.signal(signal.SIGINT, self._on_signal)
@@ -130,10 +135,30 @@ class Launcher:
         self._wait_ready()
         while not self.stopping:
             self._watch()
+            for tick in self.ticks:
+                try:
+                    tick()
+                except Exception:
+                    logger.exception("a supervisor tick failed")
             self._report()
             time.sleep(0.2)
         self.stop()
         return 0
+
+    def add(self, spec: ProcessSpec) -> Child:
+        """Start one more process while running (scale-out)."""
+        child = Child(spec, started_at=self.clock())
+        self.children.append(child)
+        self._start(child)
+        return child
+
+    def retire(self, child: Child) -> None:
+        """Ask a process to stop for good (SIGTERM: a worker's warm shutdown finishes its task and
+        hands back what it holds); it is not restarted, and forgotten once it exited."""
+        child.retiring = True
+        if child.proc is not None and child.proc.poll() is None:
+            logger.info("stopping %s (scale-in)", child.spec.name)
+            _signal_group(child.proc, signal.SIGTERM)
 
     def process_table(self) -> dict:
         def state(child: Child) -> str:
@@ -168,7 +193,11 @@ class Launcher:
 
     def _watch(self) -> None:
         now = self.clock()
-        for child in self.children:
+        for child in list(self.children):
+            if child.retiring:
+                if child.proc is None or child.proc.poll() is not None:
+                    self.children.remove(child)
+                continue
             if child.given_up or child.proc is None:
                 continue
             if child.restart_at is not None:

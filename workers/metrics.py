@@ -6,8 +6,10 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from tasks.limits import limit_list
+from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import parse_queue
-from workers import status
+from vokaflow.core.workers import WorkerType
+from workers import queues, status
 
 
 class FleetCollector:
@@ -37,15 +39,20 @@ class FleetCollector:
 
         yield GaugeMetricFamily("vokaflow_throughput_per_second", "Tasks finished per second over the last 60 s.",
                                 value=metrics["throughput_per_second"])
+        yield oldest_wait()
         live = GaugeMetricFamily("vokaflow_workers", "Live workers (fresh heartbeat).", labels=["worker_type"])
-        slots = GaugeMetricFamily("vokaflow_worker_slots", "Slots of live workers.", labels=["worker_type"])
+        slots = GaugeMetricFamily("vokaflow_worker_slots", "Slots of live workers now.", labels=["worker_type"])
+        target = GaugeMetricFamily("vokaflow_worker_slots_target", "Slots the live workers' autoscaling decided "
+                                   "(the slots now where it is off).", labels=["worker_type"])
         busy = GaugeMetricFamily("vokaflow_worker_busy_slots", "Slots running a task.", labels=["worker_type"])
         for worker_type, pool in status.worker_pools(workers).items():
             live.add_metric([worker_type], len(pool["workers"]))
             slots.add_metric([worker_type], pool["max_workers"])
+            target.add_metric([worker_type], pool["target_workers"])
             busy.add_metric([worker_type], pool["busy"])
         yield live
         yield slots
+        yield target
         yield busy
         yield GaugeMetricFamily("vokaflow_active_workers", "Live workers (fresh heartbeat).",
                                 value=metrics["active_workers"])
@@ -77,6 +84,21 @@ class FleetCollector:
         for name in ("cpu_percent", "memory_percent", "disk_usage"):
             yield GaugeMetricFamily(f"vokaflow_api_host_{name}", f"The API host's {name.replace('_', ' ')}.",
                                     value=resources[name])
+
+
+def oldest_wait() -> GaugeMetricFamily:
+    """Per (worker type, priority), how long the oldest task ready to run has waited (0: none); paused
+    levels are left out (nothing takes from them), tasks held back by a limit are in no queue. What
+    KEDA scales worker Deployments on (deploy/kubernetes)."""
+    waits = {(t.value, p.name): 0.0 for t in WorkerType for p in Priority}
+    for q in queues.non_empty_queues():
+        if not q.paused and q.oldest_wait_seconds is not None:
+            waits[(q.worker_type, q.priority)] = max(waits[(q.worker_type, q.priority)], q.oldest_wait_seconds)
+    family = GaugeMetricFamily("vokaflow_oldest_wait_seconds", "Seconds the oldest task ready to run has waited.",
+                               labels=["worker_type", "priority"])
+    for (worker_type, priority), seconds in waits.items():
+        family.add_metric([worker_type, priority], seconds)
+    return family
 
 
 def fleet_registry() -> CollectorRegistry:

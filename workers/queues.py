@@ -21,6 +21,7 @@ from django.conf import settings
 
 from tasks.messages import ENQUEUED_AT_HEADER
 from vokaflow.core import keys
+from vokaflow.core.autoscale import READY_AT_HEADER, ready_age
 from vokaflow.core.errors import NotFound
 from vokaflow.core.priorities import Priority
 from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name, queue_tag
@@ -50,6 +51,9 @@ class QueueInfo:
     depth: int
     oldest_age_seconds: float | None  # None: the next message carries no enqueue time
     paused: bool
+    # How long the next task has been ready to run: since max(enqueued, due, let out by a limit)
+    # (vokaflow.core.autoscale.ready_age); what autoscaling and KEDA scale on.
+    oldest_wait_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -82,15 +86,18 @@ def level(worker_type: str, priority: str) -> Level:
 # not by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
 # (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`.
 _SCAN = """
-local marker = '"' .. ARGV[1] .. '": '
+local function number(item, name)
+  local _, e = string.find(item, '"' .. name .. '": ', 1, true)
+  return e and string.match(item, '^[%d%.]+', e + 1) or ''
+end
 local out = {}
 for _, key in ipairs(KEYS) do
   local depth = redis.call('LLEN', key)
   if depth > 0 then
     local item = redis.call('LINDEX', key, '-1')
-    local _, e = string.find(item, marker, 1, true)
-    local at = e and string.match(item, '^[%d%.]+', e + 1) or ''
-    out[#out + 1] = key .. ' ' .. depth .. ' ' .. at
+    local _, e = string.find(item, '"eta": "', 1, true)
+    local eta = e and string.match(item, '^[^"]+', e + 1) or ''
+    out[#out + 1] = key .. ' ' .. depth .. ' ' .. number(item, ARGV[1]) .. ' ' .. number(item, ARGV[2]) .. ' ' .. eta
   end
 end
 return table.concat(out, '\\n')
@@ -103,18 +110,21 @@ def non_empty_queues() -> list[QueueInfo]:
     r = get_redis()
     scan = r.register_script(_SCAN)
     lines = [line for queues in _scan_groups()
-             for line in as_text(scan(keys=queues, args=[ENQUEUED_AT_HEADER])).split("\n") if line]
+             for line in as_text(scan(keys=queues, args=[ENQUEUED_AT_HEADER, READY_AT_HEADER])).split("\n") if line]
     paused = paused_levels_set()
     now = time.time()
     found = []
     for line in lines:
-        name, depth, at = line.split(" ")
+        name, depth, at, ready, eta = line.split(" ")
         route = _route(name)
+        wait = ready_age({ENQUEUED_AT_HEADER: float(at or 0), READY_AT_HEADER: float(ready or 0), "eta": eta or None},
+                         now)
         found.append(QueueInfo(
             name=name, worker_type=route.worker_type.value, priority=route.priority.name,
             partition=route.partition, depth=int(depth),
             oldest_age_seconds=round(max(0.0, now - float(at)), 1) if at else None,
-            paused=Level(route.worker_type, route.priority) in paused))
+            paused=Level(route.worker_type, route.priority) in paused,
+            oldest_wait_seconds=round(wait, 1) if wait is not None else None))
     return sorted(found, key=lambda q: int(Priority[q.priority]))  # stable: type and partition order stay
 
 

@@ -113,13 +113,37 @@ def worker_pools(workers: list[dict]) -> dict[str, dict]:
     for worker_type in WorkerType:
         mine = [w for w in workers if worker_type.value in w["worker_types"]]
         pools[worker_type.value] = {
-            "max_workers": sum(w["concurrency"] for w in mine),
+            "max_workers": sum(w["concurrency"] for w in mine),  # the slots now (autoscaling moves them)
+            "target_workers": sum((w.get("autoscale") or {}).get("target", w["concurrency"]) for w in mine),
             "pool_type": sorted({w["pool"] for w in mine}) or None,
             "hosts": sorted({w["host"] for w in mine}),
             "workers": [w["name"] for w in mine],
             "busy": sum(w["busy"] for w in mine),
+            "autoscale": autoscale_summary(mine),
         }
     return pools
+
+
+def autoscale_summary(workers: list[dict]) -> dict | None:
+    """A type's autoscaling over its workers: the range of its slots (each worker's summed), the
+    target wait, the latest change and the last decisions; None when none of them autoscales.
+    A solo type's processes all carry their host's report: it is counted once per host."""
+    reports = {}
+    for worker in workers:
+        report = worker.get("autoscale")
+        if report:
+            reports[report.get("scope") or worker["name"]] = report
+    if not reports:
+        return None
+    decisions = sorted((d for r in reports.values() for d in r.get("decisions", ())), key=lambda d: d["at"],
+                       reverse=True)[:10]
+    return {
+        "min": sum(r["min"] for r in reports.values()),
+        "max": sum(r["max"] for r in reports.values()),
+        "target_wait_seconds": max(r["target_wait_seconds"] for r in reports.values()),
+        "last_change": decisions[0] if decisions else None,
+        "decisions": decisions,
+    }
 
 
 def worker_counts(workers: list[dict]) -> dict[str, int]:

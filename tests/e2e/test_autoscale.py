@@ -129,3 +129,47 @@ def test_a_malformed_target_stops_the_worker_at_start_naming_the_variable():
     proc = subprocess.run([sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", "io", "-P", "threads"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
     assert proc.returncode != 0 and "VOKAFLOW_TARGET_WAIT_IO='soon'" in proc.stderr, proc.stderr
+
+
+def test_solo_processes_are_forked_and_stopped_by_the_worker_host(tmp_path, redis_client):
+    """workers.host runs a solo type as processes `<name>-<n>@host` and scales their number."""
+    argv = [sys.executable, "-m", "celery", "-A", "vokaflow", "worker", "--type", "general", "-P", "solo", "-c", "1",
+            "-n", "general-solo@test", "-l", "INFO", "--without-mingle", "--without-gossip",
+            "--include", "tests.e2e.worker_tasks"]
+    plan = tmp_path / "plan.json"
+    plan.write_text(json.dumps({"processes": [{"name": "general", "argv": argv,
+                                               "scale": {"worker_type": "GENERAL_PURPOSE", "processes": 1}}],
+                                "ready_message": None, "grace_seconds": 20, "backoff_seconds": 1, "redis_url": None}))
+    log = tmp_path / "host.log"
+    host = subprocess.Popen([sys.executable, "-m", "workers.host", str(plan)], cwd=ROOT,
+                            env=scaling_env("general", 1, 3), stdout=open(log, "w"), stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        first = "general-solo-1@test"
+        wait_for(lambda: heartbeat(redis_client, first).get("autoscale"), 60, message="the first solo process")
+        ids = submit(600, "general", 0.01)
+        seen = watch_slots_of_host(redis_client, lambda: redis_client.llen(LEDGER) >= len(ids), 120)
+        assert max(seen) == 3, (seen, log.read_text()[-3000:])
+        # Idle: back to one process; the others stopped cleanly and were not restarted.
+        wait_for(lambda: len(psutil.Process(host.pid).children()) == 1, 40, message="scale-in to one process")
+        assert heartbeat(redis_client, first)["autoscale"]["processes"] == 1
+        assert_exactly_once(redis_client, ids)
+        text = log.read_text()
+        assert "general-solo-2@test ready." in text and "stopping general-3 (scale-in)" in text, text[-3000:]
+        assert "exited with" not in text  # a retired process is not reported as a crash, nor restarted
+    finally:
+        os.killpg(host.pid, 15)
+        host.wait(30)
+
+
+def watch_slots_of_host(redis_client, until, timeout: float) -> list[int]:
+    """The number of solo processes the host runs, as their heartbeats report it."""
+    seen: list[int] = []
+    deadline = time.monotonic() + timeout
+    while not until():
+        assert time.monotonic() < deadline, f"timed out; processes seen {seen}"
+        processes = (heartbeat(redis_client, "general-solo-1@test").get("autoscale") or {}).get("processes")
+        if processes is not None and (not seen or seen[-1] != processes):
+            seen.append(processes)
+        time.sleep(0.1)
+    return seen

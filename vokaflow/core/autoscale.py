@@ -170,7 +170,8 @@ class Scaler:
         return decision
 
     def report(self) -> dict:
-        """What the heartbeat carries: the range, the slots now and the last decisions."""
-        return {**self.range.as_dict(), "slots": self.slots, "ceiling": self.ceiling,
+        """What the heartbeat carries: the range, the slots decided (`target`; the caller adds the
+        slots the pool has now) and the last decisions."""
+        return {**self.range.as_dict(), "target": self.slots, "ceiling": self.ceiling,
                 "last_change": self.last.as_dict() if self.last else None,
                 "decisions": [d.as_dict() for d in reversed(self.history)]}

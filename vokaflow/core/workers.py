@@ -54,7 +54,7 @@ DEFAULT_WORKER_TYPE = WorkerType.GENERAL_PURPOSE
 @dataclass(frozen=True)
 class WorkerProfile:
     worker_type: WorkerType
-    pool: str  # a Celery pool name: "prefork" or "threads"
+    pool: str  # a Celery pool name: "prefork", "threads" or "solo" (one process a slot, see workers.host)
     concurrency: int
 
 
@@ -73,6 +73,13 @@ def concurrency_env_var(worker_type: WorkerType) -> str:
     return f"VOKAFLOW_CONCURRENCY_{worker_type.short.upper()}"
 
 
+def pool_env_var(worker_type: WorkerType) -> str:
+    return f"VOKAFLOW_POOL_{worker_type.short.upper()}"
+
+
+POOLS = ("threads", "prefork", "solo")
+
+
 def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
                    environ: Mapping[str, str] | None = None) -> WorkerProfile:
     """Pool and concurrency for a type on this host; VOKAFLOW_CONCURRENCY_<TYPE> overrides."""
@@ -80,6 +87,11 @@ def worker_profile(worker_type: WorkerType | str, cpu_count: int | None = None,
     environ = os.environ if environ is None else environ
     n = cpu_count or os.cpu_count() or 1
     pool, default = _POOLS[worker_type]
+    chosen = environ.get(pool_env_var(worker_type), "").strip().lower()
+    if chosen:
+        if chosen not in POOLS:
+            raise ValueError(f"{pool_env_var(worker_type)}={chosen!r}: choose one of {', '.join(POOLS)}")
+        pool = chosen
     override = environ.get(concurrency_env_var(worker_type), "").strip()
     if override:
         try:
@@ -102,5 +114,7 @@ def worker_argv(worker_type: WorkerType | str, partitions: str | None = None, *,
     argv = ["celery", "-A", "vokaflow", *([] if banner else ["--quiet"]), "worker", "--type", short]
     if partitions:
         argv += ["--partitions", partitions]
-    argv += ["-P", profile.pool, "-c", str(profile.concurrency), "-n", f"{short}@%h", "-l", loglevel]
+    # A solo worker is one slot; the type's concurrency is its number of processes (workers.host).
+    argv += ["-P", profile.pool, "-c", "1" if profile.pool == "solo" else str(profile.concurrency),
+             "-n", f"{short}@%h", "-l", loglevel]
     return argv + list(extra or [])

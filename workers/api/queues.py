@@ -34,6 +34,9 @@ class QueueSerializer(serializers.Serializer):
     depth = serializers.IntegerField()
     oldest_age_seconds = serializers.FloatField(allow_null=True, help_text="Age of the next task a worker takes.")
     paused = serializers.BooleanField()
+    oldest_wait_seconds = serializers.FloatField(
+        allow_null=True, help_text="How long the next task has been ready to run: since it was enqueued, came due "
+                                   "(countdown, eta) or was let out by a fleet-wide limit. Autoscaling scales on it.")
 
 
 class QueueListSerializer(serializers.Serializer):

@@ -15,7 +15,7 @@ from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError
 from django.db import DatabaseError
 
-from vokaflow.core.workers import WorkerType, worker_argv
+from vokaflow.core.workers import WorkerType, worker_argv, worker_profile
 from vokaflow.redis_connect import BadRedisUrl, cluster_client, is_cluster, redacted_url
 from workers.launcher import SYSTEMD_TARGET, PortTaken, ProcessSpec, check_ports, systemd_unit
 
@@ -153,6 +153,12 @@ class Command(BaseCommand):
             # Beside Flower, task events are on from the start: Flower would turn them on within 5 s
             # anyway, and each worker would log that below the ready block.
             argv = worker_argv(worker_type, banner=False, extra=["--task-events"] if task_events else None)
+            profile = worker_profile(worker_type)
+            if profile.pool == "solo":  # the host runs its processes as `<type>-<n>@host` (workers.host)
+                specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
+                                         ready={"heartbeats": [f"{worker_type.short}-1@{socket.gethostname()}"]},
+                                         scale={"worker_type": worker_type.value, "processes": profile.concurrency}))
+                continue
             name = f"{worker_type.short}@{socket.gethostname()}"
             specs.append(ProcessSpec(worker_type.short, python_command("-m", "celery", *argv[1:]),
                                      ready={"heartbeats": [name]}))
