@@ -696,3 +696,71 @@ def test_redis_pools_keep_the_locks_a_prefork_child_replaces():
     assert isinstance(pool._lock, type(threading.RLock())) and isinstance(pool._fork_lock, type(threading.RLock()))
     assert "self._lock" in inspect.getsource(ConnectionPool.reset)
     assert "_fork_lock" in inspect.getsource(ConnectionPool._checkpid)
+
+
+def test_the_prefork_pool_internals_autoscaling_grows_and_shrinks_through():
+    """workers.pools: billiard's pool grows by `grow` and `maintain_pool`, and shrink_idle ends a
+    child the way billiard's own `shrink` does, reading which children hold a job."""
+    import billiard.pool
+    import billiard.process
+    from celery.concurrency import asynpool
+
+    shrink = inspect.getsource(billiard.pool.Pool.shrink)
+    for name in ("self._processes -= 1", "self._putlock.shrink()", "worker.terminate_controlled()",
+                 "self.on_shrink(1)", "self._iterinactive()"):
+        assert name in shrink, name
+    assert "job.worker_pids()" in inspect.getsource(billiard.pool.Pool._worker_active)
+    assert "self._processes += 1" in inspect.getsource(billiard.pool.Pool.grow)
+    assert hasattr(billiard.pool.Pool, "maintain_pool")
+    assert hasattr(billiard.process.BaseProcess, "terminate_controlled")
+    init = inspect.getsource(asynpool.AsynPool.__init__)
+    for name in ("self._busy_workers", "self._active_writers", "self._active_writes", "self.outbound_buffer"):
+        assert name in init, name
+    assert "_write_to" in inspect.getsource(asynpool) and "_scheduled_for" in inspect.getsource(asynpool)
+    from celery.concurrency.prefork import TaskPool as Prefork
+    assert "return self._pool._processes" in inspect.getsource(Prefork.num_processes.fget)
+
+
+def test_the_thread_pool_autoscaling_replaces_builds_on_celerys():
+    """workers.pools.ThreadPool keeps Celery's thread pool but its executor: BasePool sets `limit`,
+    on_apply submits apply_target and wraps the future in ApplyResult, on_stop shuts the executor down."""
+    from celery.concurrency.base import BasePool
+
+    assert "self.limit = limit" in inspect.getsource(BasePool.__init__)
+    assert "self.executor.submit(apply_target" in inspect.getsource(ThreadPool.on_apply)
+    assert "self.executor.shutdown(cancel_futures=True)" in inspect.getsource(ThreadPool.on_stop)
+    from workers.pools import ThreadPool as Resizable
+
+    pool = Resizable(limit=2)
+    try:
+        returned: list = []
+        pool.on_apply(lambda word: word.upper(), args=("ran",), kwargs={}, callback=returned.append).wait(5)
+        assert returned == ["RAN"]
+        pool.resize(4)
+        assert pool.limit == 4 and pool.num_processes == 4 and pool._get_info()["threads"] == 4
+    finally:
+        pool.on_stop()
+
+
+def test_the_consumer_prefetch_autoscaling_moves():
+    """workers.autoscale raises and lowers `Consumer.qos` and resets `initial_prefetch_count`, which
+    Celery applies again after a reconnect; reserved requests are what it counts as slots in use."""
+    from celery.worker.consumer import tasks as consumer_tasks
+
+    for name in ("self.initial_prefetch_count", "self.prefetch_multiplier"):
+        assert name in inspect.getsource(Consumer), name
+    assert "c.qos = QoS(" in inspect.getsource(consumer_tasks) and "c.initial_prefetch_count" in \
+        inspect.getsource(consumer_tasks)  # the Tasks step builds the QoS from it at every (re)start
+    from kombu.common import QoS
+
+    assert hasattr(QoS, "increment_eventually") and hasattr(QoS, "decrement_eventually")
+    assert len(worker_state.reserved_requests) == 0 and hasattr(worker_state.reserved_requests, "add")
+
+
+def test_celerys_cpu_budget_reads_affinity_and_the_cgroup_quota():
+    import os
+
+    from celery.utils.sysinfo import cpu_budget
+
+    budget = cpu_budget(use_cgroup_quota=True)
+    assert 1 <= budget.count <= len(os.sched_getaffinity(0))

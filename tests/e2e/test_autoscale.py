@@ -173,3 +173,25 @@ def watch_slots_of_host(redis_client, until, timeout: float) -> list[int]:
             seen.append(processes)
         time.sleep(0.1)
     return seen
+
+
+@pytest.mark.parametrize("pool", ["threads", "prefork"])
+def test_scale_in_mid_drain_loses_no_task_and_runs_none_twice(start_worker, redis_client, pool):
+    """2,000 tasks: a burst grows the worker, a trickle lets it shrink while tasks still run, a
+    second burst grows it again. The ledger holds every task exactly once, with no redelivery."""
+    short = "io" if pool == "threads" else "cpu"
+    worker = start_worker(short, concurrency=1, pool=pool, env=scaling_env(short, 1, 2 if pool == "prefork" else 8))
+    ids = submit(800, short, 0.01)
+    wait_for(lambda: redis_client.llen(LEDGER) >= 700, 120, message="the first burst to drain")
+    deadline = time.monotonic() + 60
+    while not any(d["to"] < d["from"] for d in heartbeat(redis_client, worker.name)["autoscale"]["decisions"]):
+        assert time.monotonic() < deadline, "no scale-in during the trickle"
+        ids += submit(5, short, 0.01)  # a trickle: the slots are mostly idle, tasks keep coming
+        time.sleep(0.1)
+    ids += submit(2000 - len(ids), short, 0.01)
+    wait_for(lambda: redis_client.llen(LEDGER) >= len(ids), 180, message="every task to run")
+    time.sleep(1)  # a task run twice would show up now
+    assert_exactly_once(redis_client, ids)
+    directions = [d["to"] > d["from"] for d in reversed(heartbeat(redis_client, worker.name)["autoscale"]["decisions"])]
+    assert True in directions and False in directions, directions
+    assert not redis_client.keys("vokaflow:redeliveries:*"), "a task was marked as redelivered"

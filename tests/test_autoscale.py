@@ -1,0 +1,192 @@
+"""The autoscaling rule tick by tick on a controlled clock, its configuration, its signal, and the
+resizable thread executor (vokaflow.core.autoscale, workers.pools, workers.board, workers.status)."""
+
+import threading
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+
+from vokaflow.core.autoscale import (
+    ENQUEUED_AT_HEADER,
+    READY_AT_HEADER,
+    Scaler,
+    ScaleRange,
+    ready_age,
+    scale_range,
+)
+from vokaflow.core.workers import WorkerType, worker_argv, worker_profile
+from workers import board
+from workers.pools import ResizableExecutor
+from workers.status import autoscale_summary
+
+IO = WorkerType.IO_INTENSIVE
+
+
+def run(scaler: Scaler, seconds: float, busy, wait: float, start: float = 0.0, memory_ok: bool = True):
+    """Tick once a second for `seconds`; `busy` is a number or a function of the slots."""
+    decisions = []
+    for t in range(int(seconds)):
+        slots = scaler.slots
+        d = scaler.tick(start + t, 1e9 + start + t, busy(slots) if callable(busy) else busy, wait, memory_ok)
+        if d:
+            decisions.append((start + t, d.old, d.new))
+    return decisions
+
+
+def test_a_backlog_doubles_the_slots_once_a_second_up_to_max():
+    scaler = Scaler(ScaleRange(1, 32, 1.0), start=1)
+    decisions = run(scaler, 10, busy=lambda slots: slots, wait=5.0)
+    assert [(old, new) for _, old, new in decisions] == [(1, 2), (2, 4), (4, 8), (8, 16), (16, 32)]
+    assert decisions[-1][0] - decisions[0][0] <= 5  # MAX within 10 s of a sustained backlog
+    assert scaler.last.why == "oldest waiting task 5.0 s > target 1 s with all 16 slots busy"
+
+
+def test_no_grow_without_pressure_with_a_free_slot_or_with_memory_short():
+    assert run(Scaler(ScaleRange(1, 8, 1.0), 2), 10, busy=2, wait=0.5) == []  # waits less than the target
+    assert run(Scaler(ScaleRange(1, 8, 1.0), 2), 10, busy=1, wait=5.0) == []  # a slot is free
+    assert run(Scaler(ScaleRange(1, 8, 1.0), 2), 10, busy=2, wait=5.0, memory_ok=False) == []
+
+
+def test_the_ceiling_caps_growth_and_never_goes_below_min():
+    scaler = Scaler(ScaleRange(1, 16, 1.0), start=4, ceiling=2)
+    assert scaler.slots == 2 and scaler.ceiling == 2
+    assert run(scaler, 10, busy=lambda s: s, wait=9.0) == []
+    assert Scaler(ScaleRange(3, 16, 1.0), start=1, ceiling=2).ceiling == 3
+
+
+def test_idle_slots_shrink_after_the_window_to_the_peak_used_or_min():
+    scaler = Scaler(ScaleRange(2, 16, 1.0), start=16, idle_window=30)
+    decisions = run(scaler, 40, busy=lambda s: 5 if s > 5 else 0, wait=0.0)
+    assert decisions == [(30, 16, 5)]  # at most 5 of 16 used for 30 s
+    assert scaler.last.why == "at most 5 of 16 slots busy for 30 s"
+    later = run(scaler, 40, busy=0, wait=0.0, start=40)
+    assert later == [(61, 5, 2)]  # idle: down to MIN, 30 s after the first spare tick after the change
+
+
+def test_an_old_waiting_task_holds_off_a_shrink():
+    scaler = Scaler(ScaleRange(1, 8, 1.0), start=8, idle_window=30)
+    assert run(scaler, 60, busy=3, wait=4.0) == []
+
+
+def test_a_steady_but_jittery_load_changes_direction_at_most_twice_a_minute():
+    """Ten minutes of a load needing 4 to 8 slots, second by second."""
+    scaler = Scaler(ScaleRange(1, 32, 1.0), start=1, idle_window=30)
+    decisions, t = [], 0
+    for second in range(600):
+        need = 6 + (second * 7919 % 5) - 2  # between 4 and 8
+        busy = min(scaler.slots, need)
+        wait = 2.0 if need > scaler.slots else 0.2
+        d = scaler.tick(second, 1e9 + second, busy, wait)
+        if d:
+            decisions.append((second, d.old, d.new))
+        t = second
+    directions = [new > old for _, old, new in decisions]
+    changes = [decisions[i][0] for i in range(1, len(decisions)) if directions[i] != directions[i - 1]]
+    assert all(sum(1 for u in changes if c <= u < c + 60) <= 2 for c in changes), decisions
+    assert t == 599
+
+
+@pytest.mark.parametrize(("raw", "wait", "expected"), [
+    ("1:16", "", ScaleRange(1, 16, 1.0)), (" 2:2 ", "0.5", ScaleRange(2, 2, 0.5)), ("", "3", None)])
+def test_ranges_and_targets_are_read_from_the_environment(raw, wait, expected):
+    env = {"VOKAFLOW_AUTOSCALE_IO": raw, "VOKAFLOW_TARGET_WAIT_IO": wait}
+    assert scale_range(IO, env) == expected
+
+
+@pytest.mark.parametrize(("name", "value"), [
+    ("VOKAFLOW_AUTOSCALE_IO", "16:1"), ("VOKAFLOW_AUTOSCALE_IO", "0:4"), ("VOKAFLOW_AUTOSCALE_IO", "x"),
+    ("VOKAFLOW_AUTOSCALE_IO", "1:"), ("VOKAFLOW_AUTOSCALE_IO", "1:99999999999999999999x"),
+    ("VOKAFLOW_TARGET_WAIT_IO", "0"), ("VOKAFLOW_TARGET_WAIT_IO", "nan"), ("VOKAFLOW_TARGET_WAIT_IO", "-1"),
+    ("VOKAFLOW_TARGET_WAIT_IO", "1e400"), ("VOKAFLOW_TARGET_WAIT_IO", "soon")])
+def test_a_malformed_range_or_target_names_its_variable_in_one_line(name, value):
+    env = {"VOKAFLOW_AUTOSCALE_IO": "1:4", name: value}
+    with pytest.raises(ValueError) as exc:
+        scale_range(IO, env)
+    message = str(exc.value)
+    assert message.startswith(f"{name}={value!r}: expected") and "\n" not in message
+
+
+def test_the_wait_counts_from_enqueue_due_time_or_let_out_whichever_is_last():
+    now = 1_000_000.0
+    assert ready_age({ENQUEUED_AT_HEADER: now - 30}, now) == 30
+    due = datetime.fromtimestamp(now - 5, tz=UTC).isoformat()
+    assert ready_age({ENQUEUED_AT_HEADER: now - 30, "eta": due}, now) == pytest.approx(5)
+    assert ready_age({ENQUEUED_AT_HEADER: now - 30, READY_AT_HEADER: now - 2}, now) == 2
+    future = (datetime.fromtimestamp(now, tz=UTC) + timedelta(seconds=60)).isoformat()
+    assert ready_age({ENQUEUED_AT_HEADER: now - 30, "eta": future}, now) == 0.0
+    assert ready_age({"eta": "not a date"}, now) is None and ready_age({}, now) is None
+    assert ready_age({ENQUEUED_AT_HEADER: True}, now) is None  # not a number
+
+
+def test_solo_types_run_one_slot_a_process():
+    env = {"VOKAFLOW_POOL_GENERAL": "solo", "VOKAFLOW_CONCURRENCY_GENERAL": "3"}
+    assert worker_profile("general", environ=env).pool == "solo"
+    with pytest.raises(ValueError, match="VOKAFLOW_POOL_GENERAL='gevent': choose one of threads, prefork, solo"):
+        worker_profile("general", environ={"VOKAFLOW_POOL_GENERAL": "gevent"})
+
+
+def test_worker_argv_gives_a_solo_process_one_slot(monkeypatch):
+    monkeypatch.setenv("VOKAFLOW_POOL_GENERAL", "solo")
+    monkeypatch.setenv("VOKAFLOW_CONCURRENCY_GENERAL", "3")
+    argv = worker_argv("general")
+    assert argv[argv.index("-P") + 1] == "solo" and argv[argv.index("-c") + 1] == "1"
+
+
+def test_the_resizable_executor_shrinks_only_after_queued_work_is_done():
+    executor = ResizableExecutor(4)
+    assert executor.threads == 4
+    gate = threading.Event()
+    done: list[int] = []
+
+    def job(n):
+        gate.wait(5)
+        done.append(n)
+        return n
+
+    futures = [executor.submit(job, n) for n in range(10)]
+    executor.resize(1)  # three threads leave, each after the work queued ahead of its notice
+    gate.set()
+    assert [f.result(5) for f in futures] == list(range(10))
+    deadline = time.monotonic() + 5
+    while executor.threads > 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert executor.threads == 1 and executor.size == 1 and sorted(done) == list(range(10))
+    executor.resize(3)
+    assert executor.threads == 3 and executor.submit(lambda: "ok").result(5) == "ok"
+    failing = executor.submit(lambda: 1 / 0)
+    with pytest.raises(ZeroDivisionError):
+        failing.result(5)
+    executor.shutdown(cancel_futures=True)
+    assert executor.threads == 0
+
+
+def test_the_board_carries_each_processs_record_and_the_hosts_decisions(monkeypatch):
+    shared = board.create()
+    monkeypatch.setenv(board.SLOT_ENV, "7")
+    monkeypatch.setenv(board.TYPE_ENV, "GENERAL_PURPOSE")
+    board.write(1, 2.5)
+    pid, busy, wait, at = board.read_env({board.SLOT_ENV: "7"})
+    assert busy == 1 and wait == 2.5 and pid > 0 and at > 0
+    board.publish_for("GENERAL_PURPOSE", {"min": 1, "max": 3, "processes": 2})
+    board.publish_for("IO_INTENSIVE", {"min": 1, "max": 9})
+    assert board.host_report() == {"min": 1, "max": 3, "processes": 2}
+    assert shared.reports()["IO_INTENSIVE"]["max"] == 9
+
+
+def test_a_types_autoscale_summary_sums_ranges_and_counts_a_hosts_report_once():
+    decision = {"at": 10.0, "from": 1, "to": 2, "why": "w"}
+    later = {"at": 20.0, "from": 2, "to": 4, "why": "w2"}
+    workers = [
+        {"name": "a", "autoscale": {"min": 1, "max": 8, "target_wait_seconds": 1.0, "decisions": [decision]}},
+        {"name": "b", "autoscale": {"min": 1, "max": 4, "target_wait_seconds": 2.0, "decisions": [later]}},
+        {"name": "s1", "autoscale": {"min": 1, "max": 3, "target_wait_seconds": 1.0, "scope": "h/general",
+                                     "decisions": []}},
+        {"name": "s2", "autoscale": {"min": 1, "max": 3, "target_wait_seconds": 1.0, "scope": "h/general",
+                                     "decisions": []}},
+        {"name": "fixed"},
+    ]
+    summary = autoscale_summary(workers)
+    assert summary["min"] == 3 and summary["max"] == 15 and summary["target_wait_seconds"] == 2.0
+    assert summary["last_change"] == later and summary["decisions"] == [later, decision]
+    assert autoscale_summary([{"name": "fixed"}]) is None
