@@ -190,3 +190,39 @@ def test_a_types_autoscale_summary_sums_ranges_and_counts_a_hosts_report_once():
     assert summary["min"] == 3 and summary["max"] == 15 and summary["target_wait_seconds"] == 2.0
     assert summary["last_change"] == later and summary["decisions"] == [later, decision]
     assert autoscale_summary([{"name": "fixed"}]) is None
+
+
+def oldest_waits() -> dict[tuple[str, str], float]:
+    from workers.metrics import oldest_wait
+
+    return {(s.labels["worker_type"], s.labels["priority"]): s.value for s in oldest_wait().samples}
+
+
+def test_the_oldest_wait_metric_counts_from_the_later_of_enqueue_due_and_let_out(redis_client, db):
+    """vokaflow_oldest_wait_seconds, what KEDA scales on, read off the queues' next messages; a
+    paused level is left out."""
+    import json as jsonlib
+
+    from tasks.submit import enqueue
+    from tasks.validation import prepare
+    from workers import queues
+    from workers.metrics import oldest_wait
+
+    assert set(oldest_waits().values()) == {0.0} and len(oldest_waits()) == 40  # every series, even idle
+    [answer] = enqueue([prepare("vokaflow.echo", args=["x"], worker_type="io", priority="HIGH")])
+    queue = answer.queue
+    # Make the waiting message older, as if queued 120 s ago and let out by a limit 30 s ago.
+    raw = jsonlib.loads(redis_client.rpop(queue))
+    raw["headers"][ENQUEUED_AT_HEADER] = time.time() - 120
+    raw["headers"][READY_AT_HEADER] = time.time() - 30
+    redis_client.rpush(queue, jsonlib.dumps(raw))
+    waits = oldest_waits()
+    assert 29 <= waits[("IO_INTENSIVE", "HIGH")] <= 40 and waits[("IO_INTENSIVE", "LOW")] == 0.0
+    [info] = [q for q in queues.non_empty_queues() if q.name == queue]
+    assert info.oldest_age_seconds >= 119 and 29 <= info.oldest_wait_seconds <= 40
+    queues.pause_level("IO_INTENSIVE", "HIGH")
+    try:
+        assert oldest_waits()[("IO_INTENSIVE", "HIGH")] == 0.0  # nothing takes from a paused level
+    finally:
+        queues.resume_level("IO_INTENSIVE", "HIGH")
+    assert oldest_wait().name == "vokaflow_oldest_wait_seconds"

@@ -3,8 +3,8 @@ the rule; this applies it to the pool).
 
 Once a second, in the worker's event loop (where the pool is driven, so no job is being handed
 to a child meanwhile), the step feeds the rule the slots in use (Celery's reserved requests:
-delivered and not yet acknowledged) and the age of the task the last fetch took first
-(vokaflow.hotpath.fetched_wait), and applies a change:
+delivered and not yet acknowledged; the most seen in ten looks over that second) and the age of
+the task the last fetch took first (vokaflow.hotpath.fetched_wait), and applies a change:
 
 * threads: the pool is workers.pools.ThreadPool (swapped in for Celery's at start) and resizes;
 * prefork: billiard starts new children; a shrink ends only children that hold no job, at this
@@ -43,7 +43,8 @@ from workers.pools import ThreadPool, grow_prefork, shrink_idle
 
 logger = logging.getLogger(__name__)
 
-TICK = 1.0  # seconds
+TICK = 1.0  # seconds between decisions
+SAMPLE = 0.1  # seconds between looks at the slots in use
 
 
 def usable_cores() -> int:
@@ -91,6 +92,8 @@ class Autoscale(bootsteps.StartStopStep):
         self.worker = worker
         self.scaler: Scaler | None = None
         self.kind = ""
+        self._stop = threading.Event()
+        self._busy = 0  # most slots in use seen since the last tick (sample)
         found = range_for(vokaflow_type)
         if found is None:
             return  # autoscaling off: exactly as before
@@ -120,20 +123,30 @@ class Autoscale(bootsteps.StartStopStep):
 
     def register_with_event_loop(self, worker, hub):
         if self.scaler is not None:
+            hub.call_repeatedly(SAMPLE, self.sample)
             hub.call_repeatedly(TICK, self.tick)
+
+    def sample(self) -> None:
+        """Slots in use, sampled ten times a tick: a slot between two tasks (acknowledged, its next
+        task not yet fetched) is free at any single instant, so one look a second would miss a
+        saturated pool; the tick takes the most seen since the previous one."""
+        self._busy = max(self._busy, len(state.reserved_requests))
 
     def start(self, worker):
         if self.kind == "solo" and board.my_slot() is not None:
-            self._stop = threading.Event()
             threading.Thread(target=self._report_to_host, name="vokaflow-autoscale", daemon=True).start()
 
     def stop(self, worker):
-        if self.kind == "solo" and hasattr(self, "_stop"):
-            self._stop.set()
+        self._stop.set()
 
     def _report_to_host(self) -> None:
-        while not self._stop.wait(TICK):
-            board.write(len(state.reserved_requests), fetched_wait.seconds)
+        ticks = 0
+        while not self._stop.wait(SAMPLE):
+            self.sample()
+            ticks += 1
+            if ticks * SAMPLE >= TICK:
+                board.write(self._busy, fetched_wait.seconds)
+                ticks, self._busy = 0, 0
 
     def tick(self) -> None:
         scaler = self.scaler
@@ -142,8 +155,8 @@ class Autoscale(bootsteps.StartStopStep):
         try:
             old = scaler.slots
             grow_allowed = old >= scaler.ceiling or memory_share() < MEMORY_SHARE  # read only when it matters
-            decision = scaler.tick(time.monotonic(), time.time(), len(state.reserved_requests),
-                                   fetched_wait.seconds, grow_allowed)
+            busy, self._busy = max(self._busy, len(state.reserved_requests)), 0
+            decision = scaler.tick(time.monotonic(), time.time(), busy, fetched_wait.seconds, grow_allowed)
             if decision is not None:
                 logger.info("%s: slots %d -> %d: %s", self.worker.hostname, decision.old, decision.new, decision.why)
                 self.apply(old, decision.new)
