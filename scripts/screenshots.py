@@ -76,11 +76,20 @@ def seed(r) -> None:
                 active = [{"id": f"{worker_type.short}-{host}-{j}-5f0c2a9e", "name": "reports.build",
                            "started_at": now - rng.randint(1, 400), "queue": f"{worker_type.short}.normal.p{j}",
                            "args": f'[{rng.randint(1000, 9999)}] {{"customer": "c-{j}"}}'} for j in range(busy)]
-                pipe.set(keys.WORKER.format(name), json.dumps({
+                beat = {
                     "name": name, "host": f"worker-{host + 1}", "pid": 4000 + i, "worker_types": [worker_type.value],
                     "partitions": list(range(8)), "pool": "prefork" if worker_type is WorkerType.CPU_INTENSIVE
                     else "threads", "concurrency": concurrency, "busy": busy, "processed": rng.randint(1e4, 1e6),
-                    "active": active, "started_at": now - 86400, "last_seen": now + 3600}), ex=3600)
+                    "active": active, "started_at": now - 86400, "last_seen": now + 3600}
+                if worker_type is WorkerType.IO_INTENSIVE:  # the io workers autoscale (README: Autoscaling)
+                    why = "oldest waiting task {} s > target 1 s with all {} slots busy"
+                    changes = [(now - 400 - 90 * host, 2, 4, why.format(3.1, 2)),
+                               (now - 399 - 90 * host, 4, 8, why.format(4.0, 4))]
+                    decisions = [{"at": at, "from": a, "to": b, "why": why} for at, a, b, why in reversed(changes)]
+                    beat["autoscale"] = {"min": 2, "max": 16, "target_wait_seconds": 1.0, "target": concurrency,
+                                         "slots": concurrency, "ceiling": 16, "last_change": decisions[0],
+                                         "decisions": decisions}
+                pipe.set(keys.WORKER.format(name), json.dumps(beat), ex=3600)
                 pipe.zadd(keys.WORKERS, {name: now + 3600})
         for bucket in (60, 900):
             current = int(now) // bucket

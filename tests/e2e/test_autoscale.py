@@ -62,7 +62,12 @@ def assert_exactly_once(redis_client, ids: list[str]) -> None:
     assert not redis_client.hlen("unacked"), "something is left unacknowledged"
 
 
-def test_threads_grow_under_a_backlog_drain_it_and_return_to_min(start_worker, redis_client):
+@pytest.mark.django_db(transaction=True)
+def test_threads_grow_under_a_backlog_drain_it_and_return_to_min(start_worker, redis_client, django_user_model):
+    from django.test import Client
+
+    from workers.status import workers_status
+
     worker = start_worker("io", concurrency=1, env=scaling_env("io", 1, 6))
     ids = submit(400, "io", 0.02)
     seen = watch_slots(redis_client, worker.name, lambda: redis_client.llen(LEDGER) >= len(ids), 120)
@@ -74,6 +79,15 @@ def test_threads_grow_under_a_backlog_drain_it_and_return_to_min(start_worker, r
     assert heartbeat(redis_client, worker.name)["concurrency"] == 1
     assert_exactly_once(redis_client, ids)
     assert "slots 1 -> 2" in worker.output()
+    # What operators see: workers/status per type, and the console's overview.
+    pool = workers_status()["worker_pools"]["IO_INTENSIVE"]
+    assert pool["max_workers"] == 1 and pool["autoscale"]["min"] == 1 and pool["autoscale"]["max"] == 6
+    assert pool["autoscale"]["last_change"] == report["last_change"]
+    assert {d["to"] for d in pool["autoscale"]["decisions"]} >= {2, 6, 1}
+    staff = Client()
+    staff.force_login(django_user_model.objects.create_user("operator", is_staff=True))
+    page = staff.get("/console/").content.decode()
+    assert "auto 1–6" in page and 'id="autoscale-decisions"' in page and "with all 1 slots busy" in page
 
 
 def pool_children(worker) -> int:
