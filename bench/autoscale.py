@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import threading
 import time
 from datetime import datetime
@@ -31,7 +30,6 @@ NAME = "bench-io@autoscale"
 
 def setup_django(env: dict) -> None:
     os.environ.update({k: env[k] for k in ("REDIS_URL", "SECRET_KEY", "DJANGO_SETTINGS_MODULE")})
-    sys.path.insert(0, str(ROOT))
     import django
 
     django.setup()

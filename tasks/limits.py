@@ -413,9 +413,11 @@ def push_out(r, instance: Instance, planned: list[tuple[float, str, str]]) -> No
         time.sleep(max(0.0, at - first - (time.monotonic() - start)))
         envelope = json.loads(message)
         queue = envelope["properties"]["delivery_info"]["routing_key"]
-        # ready to run from now on: the autoscaler counts its wait from here, not from its enqueue
-        envelope["headers"][READY_AT_HEADER] = round(time.time(), 3)
-        push(r, {queue: [json.dumps(envelope)]}, front=True)
+        if isinstance(envelope.get("headers"), dict):
+            # ready to run from now on: the autoscaler counts its wait from here, not from its enqueue
+            envelope["headers"][READY_AT_HEADER] = round(time.time(), 3)
+            message = json.dumps(envelope)
+        push(r, {queue: [message]}, front=True)
         r.hdel(keys.LIMIT_MESSAGES.format(instance.tag), f"m:{task_id}")
 
 

@@ -146,19 +146,26 @@ def _taking_handed(on_success):
 
 
 class FetchedWait:
-    """The age (ready to run) of the task the last fetch of this process took first."""
+    """The age (ready to run) of the task the last fetch of this process took first, growing with
+    the clock until the next fetch (vokaflow.core.autoscale says why); 0 after a fetch that found
+    nothing."""
 
     def __init__(self):
-        self.seconds = 0.0
-        self.at = 0.0  # monotonic time of that fetch; 0: none yet
+        self._age = 0.0
+        self.at = 0.0  # monotonic time of the last fetch; 0: none yet
+        self._found = False
 
     def took(self, headers: dict) -> None:
         age = ready_age(headers, time())
         if age is not None:
-            self.seconds, self.at = age, monotonic()
+            self._age, self.at, self._found = age, monotonic(), True
 
     def found_none(self) -> None:
-        self.seconds, self.at = 0.0, monotonic()
+        self._age, self.at, self._found = 0.0, monotonic(), False
+
+    @property
+    def seconds(self) -> float:
+        return self._age + (monotonic() - self.at) if self._found else 0.0
 
 
 fetched_wait = FetchedWait()

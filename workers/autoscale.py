@@ -35,7 +35,7 @@ from celery.utils.sysinfo import cpu_budget
 from celery.worker import state
 from django.conf import settings
 
-from vokaflow.core.autoscale import MEMORY_SHARE, Scaler, ScaleRange, scale_range
+from vokaflow.core.autoscale import MEMORY_SHARE, Scaler, ScaleRange, autoscale_env_var, scale_range
 from vokaflow.core.workers import WorkerType
 from vokaflow.hotpath import fetched_wait
 from workers import board
@@ -53,20 +53,48 @@ def usable_cores() -> int:
     return cpu_budget(use_cgroup_quota=True).count
 
 
-def memory_share() -> float:
-    """The share of the memory this process may use that is in use: of its cgroup's limit where
-    there is one (v2 `memory.max`, v1 `memory.limit_in_bytes`), else of the machine's."""
-    for used_file, limit_file in (("memory.current", "memory.max"),
-                                  ("memory/memory.usage_in_bytes", "memory/memory.limit_in_bytes")):
+def memory_share(proc_cgroup: Path = Path("/proc/self/cgroup"), cgroups: Path = Path("/sys/fs/cgroup")) -> float:
+    """The share of the memory this process may use that is in use: of the nearest memory limit
+    of its own cgroup or a parent (v2 `memory.max`, v1 `memory.limit_in_bytes`; a systemd unit's
+    MemoryMax= and a pod's limit are such limits), page cache it could drop (`inactive_file`) not
+    counted; of the machine's memory where no cgroup limits it."""
+    for folder, used_name, limit_name, stat_name in _memory_cgroups(proc_cgroup, cgroups):
         try:
-            limit = Path("/sys/fs/cgroup", limit_file).read_text().strip()
-            used = Path("/sys/fs/cgroup", used_file).read_text().strip()
-        except OSError:
+            limit = (folder / limit_name).read_text().strip()
+            used = int((folder / used_name).read_text())
+            stat = (folder / stat_name).read_text()
+        except (OSError, ValueError):
             continue
-        if limit.isdigit() and used.isdigit() and 0 < int(limit) < 1 << 60:
-            return int(used) / int(limit)
+        if limit.isdigit() and 0 < int(limit) < 1 << 60:
+            inactive = next((int(line.split()[1]) for line in stat.splitlines()
+                             if line.startswith(("inactive_file ", "total_inactive_file "))), 0)
+            return max(0, used - inactive) / int(limit)
     memory = psutil.virtual_memory()
     return 1 - memory.available / memory.total
+
+
+def _memory_cgroups(proc_cgroup: Path, cgroups: Path):
+    """(folder, usage file, limit file, stat file) of this process's memory cgroup and its
+    parents, nearest first, as /proc/self/cgroup names them (v2 line `0::/path`, v1 `n:memory:/path`)."""
+    try:
+        lines = proc_cgroup.read_text().splitlines()
+    except OSError:
+        return
+    for line in lines:
+        number, controllers, path = line.split(":", 2)
+        if number == "0" and controllers == "":
+            root, files = cgroups, ("memory.current", "memory.max", "memory.stat")
+        elif "memory" in controllers.split(","):
+            root = cgroups / "memory"
+            files = ("memory.usage_in_bytes", "memory.limit_in_bytes", "memory.stat")
+        else:
+            continue
+        folder = root / path.strip("/")
+        while True:  # inside a cgroup namespace the process's own cgroup is the root itself
+            yield (folder, *files)
+            if folder == root:
+                break
+            folder = folder.parent
 
 
 def range_for(vokaflow_type: str | None) -> tuple[WorkerType, ScaleRange] | None:
@@ -101,6 +129,10 @@ class Autoscale(bootsteps.StartStopStep):
         pool_cls = worker.pool_cls
         if isinstance(pool_cls, type) and issubclass(pool_cls, SoloPool):
             self.kind = "solo"  # one slot a process: its host scales processes (workers.host, workers.board)
+            if board.my_slot() is None:
+                logger.warning("%s: a solo worker is one slot; %s scales solo workers by processes only under "
+                               "the worker host (make run, manage.py launch), this one keeps its slot",
+                               worker.hostname, autoscale_env_var(worker_type))
             return
         if pool_cls is CeleryThreadPool:
             worker.pool_cls = pool_cls = ThreadPool
@@ -145,7 +177,7 @@ class Autoscale(bootsteps.StartStopStep):
             self.sample()
             ticks += 1
             if ticks * SAMPLE >= TICK:
-                board.write(self._busy, fetched_wait.seconds)
+                board.write(self._busy, fetched_wait.seconds, fetched_wait.at)
                 ticks, self._busy = 0, 0
 
     def tick(self) -> None:
@@ -154,9 +186,11 @@ class Autoscale(bootsteps.StartStopStep):
             return
         try:
             old = scaler.slots
-            grow_allowed = old >= scaler.ceiling or memory_share() < MEMORY_SHARE  # read only when it matters
             busy, self._busy = max(self._busy, len(state.reserved_requests)), 0
-            decision = scaler.tick(time.monotonic(), time.time(), busy, fetched_wait.seconds, grow_allowed)
+            wait = fetched_wait.seconds
+            pressed = wait > scaler.range.target_wait and busy >= old and old < scaler.ceiling
+            grow_allowed = not pressed or memory_share() < MEMORY_SHARE  # memory is read only when it matters
+            decision = scaler.tick(time.monotonic(), time.time(), busy, wait, grow_allowed)
             if decision is not None:
                 logger.info("%s: slots %d -> %d: %s", self.worker.hostname, decision.old, decision.new, decision.why)
                 self.apply(old, decision.new)
@@ -173,8 +207,8 @@ class Autoscale(bootsteps.StartStopStep):
         elif new > old:
             grow_prefork(pool, new - old)
         worker.concurrency = new
-        if consumer is not None and consumer.qos is not None:
-            multiplier = consumer.prefetch_multiplier or 1
+        if consumer is not None and consumer.qos is not None and consumer.prefetch_multiplier:  # 0: no prefetch limit
+            multiplier = consumer.prefetch_multiplier
             consumer.initial_prefetch_count = new * multiplier  # what a reconnect sets again
             if new > old:
                 consumer.qos.increment_eventually((new - old) * multiplier)

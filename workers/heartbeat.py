@@ -28,7 +28,8 @@ logger = logging.getLogger(__name__)
 
 ACTIVE_LIMIT = 50  # running tasks listed per heartbeat
 ARGS_LIMIT = 200  # characters of a running task's arguments in its heartbeat
-_POOL_NAMES = {"prefork": "prefork", "thread": "threads", "solo": "solo", "eventlet": "eventlet", "gevent": "gevent"}
+_POOL_NAMES = {"prefork": "prefork", "thread": "threads", "solo": "solo", "eventlet": "eventlet", "gevent": "gevent",
+               "pools": "threads"}  # workers.pools.ThreadPool: Celery's thread pool, resizable (autoscaling)
 _POSTRUN_OUTCOMES = {"SUCCESS": "completed", "FAILURE": "failed", "RETRY": "retried"}
 
 

@@ -9,13 +9,16 @@ process title (setproctitle), so `ps` and `pgrep -f 'celery.*worker'` see a cele
 `celery-<name>` as its short name (`ps -o comm`, top). The host supervises its children
 with the launcher's policy (restart with back-off, at most 3 times within 60 s, then give up
 loudly) and stops them on SIGTERM. Measured with bench/memory.py: see BENCHMARKS.md.
+
+A worker type whose pool is solo (VOKAFLOW_POOL_<TYPE>=solo) runs here as several processes, one
+slot each, and with VOKAFLOW_AUTOSCALE_<TYPE> the host forks and stops them by the autoscaling
+rule (SoloProcesses, workers.board).
 """
 
 from __future__ import annotations
 
 import ctypes
 import gc
-import itertools
 import logging
 import os
 import signal
@@ -26,8 +29,9 @@ import time
 import traceback
 
 import setproctitle
+from django.conf import settings
 
-from vokaflow.core.autoscale import IDLE_WINDOW, MEMORY_SHARE, Scaler, scale_range
+from vokaflow.core.autoscale import MEMORY_SHARE, Scaler, scale_range
 from vokaflow.core.workers import WorkerType
 from workers import board
 from workers.autoscale import TICK, memory_share, usable_cores
@@ -162,22 +166,22 @@ def spawn(spec: ProcessSpec, env: dict | None) -> ForkedProcess:
     return ForkedProcess(spec.argv, spec.name, spec.env)
 
 
-_records = itertools.count()  # board records, never reused while a process could still hold one
-
-
 class SoloProcesses:
     """One worker type run as solo processes on this host: a fixed number, or as many as its
     autoscaling decides (vokaflow.core.autoscale), from what each process writes on the board
     (workers.board). A new process is named `<name>-<n>@host` with n never reused; scale-in stops
     the newest ones with SIGTERM (Celery's warm shutdown: the running task finishes, held tasks go
-    back to the front of their queue, not as redeliveries)."""
+    back to the front of their queue, not as redeliveries). A process the launcher gave up on
+    (it kept crashing) no longer counts as a slot."""
 
-    def __init__(self, spec: ProcessSpec):
+    def __init__(self, spec: ProcessSpec, shared: board.Board):
         self.spec = spec
+        self.board = shared
         self.worker_type = WorkerType.parse(spec.scale["worker_type"])  # type: ignore[index]
         self.serial = 0
         self.launcher: Launcher | None = None
-        self.children: list[Child] = []
+        self.children: list[Child] = []  # the processes that count as slots
+        self.retiring: list[Child] = []  # asked to stop, their board records held until they exit
         self.scaler: Scaler | None = None
         self.ticked_at = 0.0
         start = int(spec.scale["processes"])  # type: ignore[index]
@@ -187,8 +191,8 @@ class SoloProcesses:
             logger.error("%s", exc)
             scale = None
         if scale is not None:
-            self.scaler = Scaler(scale, start, usable_cores() if self.worker_type is WorkerType.CPU_INTENSIVE else None,
-                                 float(os.environ.get("VOKAFLOW_AUTOSCALE_IDLE") or IDLE_WINDOW))
+            ceiling = usable_cores() if self.worker_type is WorkerType.CPU_INTENSIVE else None
+            self.scaler = Scaler(scale, start, ceiling, settings.VOKAFLOW_AUTOSCALE_IDLE)
             start = self.scaler.slots
         self.initial = [self._next_spec() for _ in range(start)]
 
@@ -199,8 +203,7 @@ class SoloProcesses:
             i = argv.index("-n") + 1
             node, at, host = argv[i].partition("@")
             argv[i] = f"{node}-{self.serial}{at}{host}"
-        record = next(_records) % board.RECORDS
-        env = {**self.spec.env, board.SLOT_ENV: str(record), board.TYPE_ENV: self.worker_type.value}
+        env = {**self.spec.env, board.SLOT_ENV: str(self.board.take()), board.TYPE_ENV: self.worker_type.value}
         return ProcessSpec(f"{self.spec.name}-{self.serial}", argv, env=env)
 
     def attach(self, launcher: Launcher) -> None:
@@ -209,27 +212,39 @@ class SoloProcesses:
         launcher.ticks.append(self.tick)
         self._publish()
 
+    def _forget_gone(self) -> None:
+        assert self.launcher is not None
+        for child in [c for c in self.children if c.given_up]:
+            logger.error("%s no longer counts as a slot of %s: it kept crashing", child.spec.name, self.spec.name)
+            self.children.remove(child)
+            self.board.give_back(int(child.spec.env[board.SLOT_ENV]))
+        for child in [c for c in self.retiring if c not in self.launcher.children]:  # exited
+            self.retiring.remove(child)
+            self.board.give_back(int(child.spec.env[board.SLOT_ENV]))
+
     def tick(self) -> None:
         now = time.monotonic()
-        if self.scaler is None or self.launcher is None or now - self.ticked_at < TICK:
+        if self.launcher is None or now - self.ticked_at < TICK:
             return
         self.ticked_at = now
-        self.children = [c for c in self.children if c in self.launcher.children and not c.retiring]
-        busy, wait = 0, 0.0
-        for child in self.children:
-            pid, in_use, seconds, at = board.read_env(child.spec.env)
-            if pid and now - at < 3 * TICK:  # a process that stopped writing counts as idle
-                busy, wait = busy + in_use, max(wait, seconds)
-        self.scaler.slots = len(self.children)
-        old = self.scaler.slots
-        grow_allowed = old >= self.scaler.ceiling or memory_share() < MEMORY_SHARE
-        decision = self.scaler.tick(now, time.time(), busy, wait, grow_allowed)
+        self._forget_gone()
+        if self.scaler is None:
+            return
+        fresh = [r for r in (self.board.read(int(c.spec.env[board.SLOT_ENV])) for c in self.children)
+                 if r.pid and now - r.written_at < 3 * TICK]  # a process that stopped writing counts as idle
+        busy = sum(r.busy for r in fresh)
+        # The wait the most recent fetch saw: an older one is stale (an idle process fetched since).
+        wait = max(fresh, key=lambda r: r.fetched_at).wait if fresh else 0.0
+        old = self.scaler.slots = len(self.children)
+        pressed = wait > self.scaler.range.target_wait and busy >= old and old < self.scaler.ceiling
+        decision = self.scaler.tick(now, time.time(), busy, wait, not pressed or memory_share() < MEMORY_SHARE)
         if decision is not None:
             logger.info("%s: processes %d -> %d: %s", self.spec.name, decision.old, decision.new, decision.why)
             for _ in range(decision.new - old):
                 self.children.append(self.launcher.add(self._next_spec()))
             for child in reversed(self.children[decision.new:]):
                 self.launcher.retire(child)
+                self.retiring.append(child)
             self.children = self.children[:decision.new]
         self._publish()
 
@@ -243,15 +258,15 @@ class SoloProcesses:
     def _publish(self) -> None:
         report = self.report()
         if report is not None:
-            board.publish_for(self.worker_type.value, report)
+            self.board.publish_for(self.worker_type.value, report)
 
 
 def main(argv: list[str]) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     plan = read_plan(argv[0])
     preload()
-    board.create()
-    solo = [SoloProcesses(spec) for spec in plan["processes"] if spec.scale]
+    shared = board.create()
+    solo = [SoloProcesses(spec, shared) for spec in plan["processes"] if spec.scale]
     plan["processes"] = [spec for spec in plan["processes"] if not spec.scale] + [s for g in solo for s in g.initial]
     launcher = launcher_for(plan, part="workers", spawn=spawn)  # its plan has no ready message
     for group in solo:

@@ -114,7 +114,7 @@ def worker_pools(workers: list[dict]) -> dict[str, dict]:
         mine = [w for w in workers if worker_type.value in w["worker_types"]]
         pools[worker_type.value] = {
             "max_workers": sum(w["concurrency"] for w in mine),  # the slots now (autoscaling moves them)
-            "target_workers": sum((w.get("autoscale") or {}).get("target", w["concurrency"]) for w in mine),
+            "target_workers": target_slots(mine),
             "pool_type": sorted({w["pool"] for w in mine}) or None,
             "hosts": sorted({w["host"] for w in mine}),
             "workers": [w["name"] for w in mine],
@@ -122,6 +122,19 @@ def worker_pools(workers: list[dict]) -> dict[str, dict]:
             "autoscale": autoscale_summary(mine),
         }
     return pools
+
+
+def target_slots(workers: list[dict]) -> int:
+    """The slots autoscaling decided for these workers (their slots now where it is off); solo
+    processes count their host's decision once per host (`scope`)."""
+    total, hosts = 0, {}
+    for worker in workers:
+        report = worker.get("autoscale") or {}
+        if report.get("scope"):
+            hosts[report["scope"]] = report.get("target_processes", 0)
+        else:
+            total += report.get("target", worker["concurrency"])
+    return total + sum(hosts.values())
 
 
 def autoscale_summary(workers: list[dict]) -> dict | None:

@@ -124,6 +124,7 @@ LEDGER = "vokaflow:test:ledger"
 
 @platform_task("tests.ledger", bind=True, max_retries=0, track_started=False, ignore_result=True)
 def ledger(self, seconds: float = 0.02):
-    """Appends its id to a list once it has run (a list: a task run twice shows twice)."""
+    """Appends "<id> <start> <end>" to a list once it has run (a list: a task run twice shows twice)."""
+    start = time.time()
     time.sleep(seconds)
-    get_redis().rpush(LEDGER, self.request.id)
+    get_redis().rpush(LEDGER, f"{self.request.id} {start} {time.time()}")

@@ -13,9 +13,17 @@ Configured per worker type: `VOKAFLOW_AUTOSCALE_<TYPE>=MIN:MAX` (1 ≤ MIN ≤ M
   change, a half-used one to what it used.
 
 "Waiting" is ready to run: age = now − max(enqueued, due, let out by a limit) of the task a fetch
-takes first (the fetch takes the head of its highest non-empty level, so that is the oldest task
-this worker could take); a fetch that finds nothing means no task waits. Paused levels are not
-fetched from and tasks held back by a limit are not in a queue, so neither counts.
+takes first. A fetch takes the head of the highest non-empty level, so that is the task this worker
+would take next, the oldest it could take under strict priority (an older task of a lower level
+waits for the higher one to drain, whatever the slots). Until the next fetch the age keeps
+growing with the clock: while every slot stays busy the worker fetches nothing, and the task after
+the one it took has waited at most that long; the rule assumes it has, and a grow fetches and
+corrects it (a fetch that finds nothing sets it to 0). Paused levels are not fetched from and
+tasks held back by a limit are in no queue, so neither counts.
+
+Shrinks come at most twice a minute (each needs IDLE_WINDOW seconds without a change); a grow may
+follow a shrink after GROW_COOLDOWN, so a load that stops and starts every half minute reverses
+the slots up to four times a minute, while a steady load does not reverse them (bench/autoscale.py).
 """
 
 from __future__ import annotations
@@ -130,10 +138,6 @@ class Scaler:
         self._changed_at: float | None = None
         self._peak = 0
         self._spare_since: float | None = None
-
-    @property
-    def target(self) -> int:
-        return self.slots
 
     def tick(self, now: float, wall: float, busy: int, wait: float, memory_ok: bool = True) -> Decision | None:
         """A decision when the slots change (self.slots is already the new number), else None."""
