@@ -159,6 +159,20 @@ def test_bad_input_is_a_400_naming_the_field_and_nothing_is_saved(admin_client, 
     assert not Schedule.objects.filter(name="bad").exists()
 
 
+def test_null_arguments_are_arguments_and_every_error_is_one_level_deep(admin_client):
+    """Found by schemathesis: a null kwarg answered 400 with a nested `errors` object, which the
+    schema's `errors` (field → list of reasons) does not allow."""
+    answer = admin_client.post(f"{BASE}/schedules/", {"name": "nulls", "task": "vokaflow.echo", "every": 5,
+                                                      "args": [None], "kwargs": {"a": None}}, format="json")
+    assert answer.status_code == 201, answer.content
+    assert answer.json()["args"] == [None] and answer.json()["kwargs"] == {"a": None}
+    answer = admin_client.post(f"{BASE}/schedules/", {"name": "n2", "task": "x" * 300, "every": 5,
+                                                      "kwargs": {"a": None}}, format="json")
+    errors = answer.json()["errors"]
+    assert answer.status_code == 400 and all(isinstance(v, list) and all(isinstance(r, str) for r in v)
+                                             for v in errors.values()), errors
+
+
 def test_a_lone_surrogate_is_a_400_naming_the_field(admin_client):
     body = '{"name": "\\ud800", "task": "vokaflow.echo", "every": 5}'
     answer = admin_client.post(f"{BASE}/schedules/", body, content_type="application/json")

@@ -24,7 +24,7 @@ def exception_handler(exc, context):
         return Response({"detail": "request body too large"}, status=status.HTTP_413_REQUEST_ENTITY_TOO_LARGE)
     response = drf_exception_handler(exc, context)
     if response is not None and not (isinstance(response.data, dict) and "detail" in response.data):
-        errors = _flat_errors(response.data if isinstance(response.data, dict) else {"body": response.data})
+        errors = flat_errors(response.data if isinstance(response.data, dict) else {"body": response.data})
         response.data = {"detail": "; ".join(f"{field}: {' '.join(reasons)}" for field, reasons in errors.items()),
                          "errors": errors}
     if response is not None and isinstance(response.data, dict):
@@ -53,16 +53,16 @@ def _safe_body(body: dict) -> dict:
     return body
 
 
-def _flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
+def flat_errors(errors: dict, prefix: str = "") -> dict[str, list[str]]:
     """DRF's nested errors as {"lock.key": ["..."]}: one level, field → reasons, as documented."""
     flat: dict[str, list[str]] = {}
     for field, value in errors.items():
         name = f"{prefix}.{field}" if prefix else str(field)
         if isinstance(value, dict):
-            flat.update(_flat_errors(value, name))
+            flat.update(flat_errors(value, name))
         elif isinstance(value, list) and value and all(isinstance(v, dict) for v in value):
             for i, item in enumerate(value):
-                flat.update(_flat_errors(item, f"{name}[{i}]"))
+                flat.update(flat_errors(item, f"{name}[{i}]"))
         else:
             flat[name] = [str(v) for v in (value if isinstance(value, list) else [value])]
     return flat

@@ -43,8 +43,8 @@ class ScheduleInputSerializer(serializers.Serializer):
     name = serializers.CharField(max_length=200, trim_whitespace=False)
     task = serializers.CharField(max_length=200, trim_whitespace=False,
                                  help_text="A submittable task (tasks/catalog/).")
-    args = serializers.ListField(child=serializers.JSONField(), required=False, allow_null=True)
-    kwargs = serializers.DictField(child=serializers.JSONField(), required=False, allow_null=True)
+    args = serializers.ListField(child=serializers.JSONField(allow_null=True), required=False, allow_null=True)
+    kwargs = serializers.DictField(child=serializers.JSONField(allow_null=True), required=False, allow_null=True)
     priority = serializers.ChoiceField(PRIORITY_NAMES, required=False, allow_null=True,
                                        help_text="Default: the task's own.")
     worker_type = serializers.ChoiceField(WORKER_TYPE_NAMES, required=False, allow_null=True,

@@ -12,6 +12,7 @@ from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 
 from tasks import catalog, validation
+from vokaflow.api_errors import flat_errors
 from vokaflow.core.errors import BadRequest
 from vokaflow.core.priorities import Priority
 from vokaflow.core.workers import WorkerType
@@ -182,7 +183,7 @@ def given_fields(serializer_class, data) -> dict:
                 and (parsed := parse_datetime(value)) is not None and parsed.tzinfo is None:
             errors[name] = ["must name its time zone (Z or an offset such as +02:00)"]
     if not errors and not serializer.is_valid():
-        errors = serializer.errors
+        errors = flat_errors(serializer.errors)  # {"kwargs.x": [...]}: one level, as the schema says
     if errors:
         raise BadRequest("; ".join(f"{name}: {' '.join(map(str, why))}" for name, why in errors.items()),
                          errors=errors)

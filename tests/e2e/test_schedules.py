@@ -26,7 +26,7 @@ pytestmark = pytest.mark.django_db(transaction=True)
 
 SCHEDULES = 50
 EVERY = 2  # seconds
-RUN_SECONDS = 60
+RUN_SECONDS = 30
 
 
 class Beat:
