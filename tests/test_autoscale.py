@@ -319,3 +319,13 @@ def test_a_task_a_limit_lets_out_counts_its_wait_from_then(redis_client):
     pushed = jsonlib.loads(redis_client.rpop("io.high.p0"))
     assert pushed["headers"][READY_AT_HEADER] >= round(before, 3) - 0.001
     assert ready_age(pushed["headers"], time.time()) < 5  # not the 600 s since it was enqueued
+
+
+def test_a_solo_hosts_report_names_its_host_only_to_staff():
+    from workers.status import redacted
+
+    report = {"workers": [{"name": "general-1@vm", "host": "vm", "pid": 1, "busy": 0,
+                           "autoscale": {"min": 1, "max": 3, "processes": 2, "scope": "vm/general"}}]}
+    public = redacted(report)
+    assert public["workers"][0] == {"busy": 0, "autoscale": {"min": 1, "max": 3, "processes": 2}}
+    assert report["workers"][0]["autoscale"]["scope"] == "vm/general"  # the staff's copy is untouched

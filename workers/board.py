@@ -85,10 +85,6 @@ def create() -> Board:
     return _board
 
 
-def board() -> Board | None:
-    return _board
-
-
 def my_slot() -> int | None:
     """This process's record on its host's board, None when it was not forked by workers.host."""
     slot = os.environ.get(SLOT_ENV)

@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+from django.conf import settings
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import CollectorRegistry
 
 from tasks.limits import limit_list
 from vokaflow.core.priorities import Priority
-from vokaflow.core.queues import parse_queue
+from vokaflow.core.queues import all_queues, parse_queue
 from vokaflow.core.workers import WorkerType
 from workers import queues, status
 
 
 class FleetCollector:
     def collect(self):
-        depths, workers = status.queue_depths(), status.live_workers()
+        # One scan gives every non-empty queue's depth and its next task's wait (no LLEN pass besides).
+        waiting = queues.non_empty_queues()
+        depths = dict.fromkeys(all_queues(settings.VOKAFLOW_PARTITIONS), 0) | {q.name: q.depth for q in waiting}
+        workers = status.live_workers()
         metrics = status.fleet_metrics(depths, workers)
 
         depth = GaugeMetricFamily("vokaflow_queue_depth", "Tasks waiting in a queue.",
@@ -39,7 +43,7 @@ class FleetCollector:
 
         yield GaugeMetricFamily("vokaflow_throughput_per_second", "Tasks finished per second over the last 60 s.",
                                 value=metrics["throughput_per_second"])
-        yield oldest_wait()
+        yield oldest_wait(waiting)
         live = GaugeMetricFamily("vokaflow_workers", "Live workers (fresh heartbeat).", labels=["worker_type"])
         slots = GaugeMetricFamily("vokaflow_worker_slots", "Slots of live workers now.", labels=["worker_type"])
         target = GaugeMetricFamily("vokaflow_worker_slots_target", "Slots the live workers' autoscaling decided "
@@ -86,12 +90,12 @@ class FleetCollector:
                                     value=resources[name])
 
 
-def oldest_wait() -> GaugeMetricFamily:
+def oldest_wait(waiting: list[queues.QueueInfo] | None = None) -> GaugeMetricFamily:
     """Per (worker type, priority), how long the oldest task ready to run has waited (0: none); paused
     levels are left out (nothing takes from them), tasks held back by a limit are in no queue. What
     KEDA scales worker Deployments on (deploy/kubernetes)."""
     waits = {(t.value, p.name): 0.0 for t in WorkerType for p in Priority}
-    for q in queues.non_empty_queues():
+    for q in queues.non_empty_queues() if waiting is None else waiting:
         if not q.paused and q.oldest_wait_seconds is not None:
             waits[(q.worker_type, q.priority)] = max(waits[(q.worker_type, q.priority)], q.oldest_wait_seconds)
     family = GaugeMetricFamily("vokaflow_oldest_wait_seconds", "Seconds the oldest task ready to run has waited.",

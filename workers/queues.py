@@ -28,7 +28,7 @@ from vokaflow.core.queues import Route, all_queues, parse_queue, queue_name, que
 from vokaflow.core.workers import WorkerType
 from vokaflow.redis import get_redis
 from vokaflow.redis_connect import as_text
-from vokaflow.transport import body_keys
+from vokaflow.transport import FIELD_LUA, HEADERS_WINDOW, body_keys
 from workers.live import live_workers
 
 logger = logging.getLogger(__name__)
@@ -84,10 +84,13 @@ def level(worker_type: str, priority: str) -> Level:
 # reads into Lua (at most VOKAFLOW_INLINE_BODY_BYTES: a larger body waits in its own key), so a
 # call holds Redis for at most a type's 64 queues. The header is found by a plain substring search,
 # not by decoding the message: task arguments reach the JSON only escaped (in argsrepr) or base64
-# (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`.
-_SCAN = """
+# (the body), so only a real header reads `"vokaflow_enqueued_at": <number>`. The headers follow
+# the body in kombu's JSON: each is looked for in the message's last HEADERS_WINDOW bytes first
+# (transport.FIELD_LUA's search), the whole message only when it is not there.
+_SCAN = FIELD_LUA + r"""
 local function number(item, name)
-  local _, e = string.find(item, '"' .. name .. '": ', 1, true)
+  local _, e = find(item, '"' .. name .. '": ', -HEADERS, true)
+  if not e and HEADERS < #item then _, e = find(item, '"' .. name .. '": ', 1, true) end
   return e and string.match(item, '^[%d%.]+', e + 1) or ''
 end
 local out = {}
@@ -95,13 +98,12 @@ for _, key in ipairs(KEYS) do
   local depth = redis.call('LLEN', key)
   if depth > 0 then
     local item = redis.call('LINDEX', key, '-1')
-    local _, e = string.find(item, '"eta": "', 1, true)
-    local eta = e and string.match(item, '^[^"]+', e + 1) or ''
+    local eta = field(item, '"eta": "', HEADERS) or ''
     out[#out + 1] = key .. ' ' .. depth .. ' ' .. number(item, ARGV[1]) .. ' ' .. number(item, ARGV[2]) .. ' ' .. eta
   end
 end
-return table.concat(out, '\\n')
-"""
+return table.concat(out, '\n')
+""".replace("HEADERS", str(HEADERS_WINDOW))
 
 
 def non_empty_queues() -> list[QueueInfo]:

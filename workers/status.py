@@ -182,6 +182,7 @@ def workers_status() -> dict:
 STAFF_ONLY_REDIS_FIELDS = ("url", "version", "node", "replica_of", "error")
 STAFF_ONLY_WORKER_FIELDS = ("name", "host", "pid")
 STAFF_ONLY_POOL_FIELDS = ("hosts", "workers")
+STAFF_ONLY_AUTOSCALE_FIELDS = ("scope",)
 
 
 def redacted(report: dict) -> dict:
@@ -192,6 +193,9 @@ def redacted(report: dict) -> dict:
         report["redis_nodes"] = [_without(node, STAFF_ONLY_REDIS_FIELDS) for node in report["redis_nodes"]]
     if "workers" in report:
         report["workers"] = [_without(w, STAFF_ONLY_WORKER_FIELDS) for w in report["workers"]]
+        for worker in report["workers"]:
+            if isinstance(worker.get("autoscale"), dict):  # a solo host's report names its host
+                worker["autoscale"] = _without(worker["autoscale"], STAFF_ONLY_AUTOSCALE_FIELDS)
     if "worker_pools" in report:
         report["worker_pools"] = {worker_type: _without(pool, STAFF_ONLY_POOL_FIELDS)
                                   for worker_type, pool in report["worker_pools"].items()}
