@@ -60,7 +60,9 @@ def grow_shrink_grow(redis_client, beat, worker_type: str, maximum: int, slots_k
     """2,000 tasks: a burst the worker grows to MAX for, a trickle of longer tasks it shrinks during
     (tasks running at that moment), a second burst, then idle until it is back at MIN. Returns the
     task ids; checks every task ran exactly once, with no redelivery mark."""
-    ids = submit(800, worker_type, 0.01)
+    # Each task lasts longer the more slots there are to reach, so the burst outlasts the doubling
+    # (1, 2, 4, ... one step a second) on any machine: about 8 slot-seconds before MAX of 6.
+    ids = submit(800, worker_type, 0.005 * maximum)
     seen = watch(beat, slots_key, lambda: redis_client.llen(LEDGER) >= 700, 120)
     assert max(seen) == maximum, seen  # grew to MAX while the backlog lasted
     ids += trickle_until_a_shrink(redis_client, beat, worker_type)
