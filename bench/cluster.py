@@ -64,13 +64,16 @@ def waiting_single(client: redis.Redis) -> int:
 
 
 def waiting_cluster(client) -> int:
+    """Like waiting_single: one pipelined exchange per primary, so that the measurement's own
+    polling costs the cluster what it costs one Redis."""
     from vokaflow.core.slots import partition_tag
 
-    total = 0
-    for p in range(PARTITIONS):
-        tag = partition_tag(p, PARTITIONS)
-        total += client.llen(f"general.normal.p{p}{{{tag}}}") + client.hlen(f"unacked{{{tag}}}")
-    return total
+    with client.pipeline() as pipe:
+        for p in range(PARTITIONS):
+            tag = partition_tag(p, PARTITIONS)
+            pipe.llen(f"general.normal.p{p}{{{tag}}}")
+            pipe.hlen(f"unacked{{{tag}}}")
+        return sum(pipe.execute())
 
 
 def drain(env: dict, servers: list[redis.Redis], waiting, n: int, log_dir: Path, label: str) -> dict:
@@ -79,21 +82,24 @@ def drain(env: dict, servers: list[redis.Redis], waiting, n: int, log_dir: Path,
     enqueued = [cpu(s) - b for s, b in zip(servers, before, strict=True)]
     assert waiting() == n, f"{label}: {waiting()} waiting, expected {n}"
     before = [cpu(s) for s in servers]
+    for server in servers:
+        server.config_resetstat()
     procs = [start([python(), *argv], env, log_dir / f"cluster-{label}-{i}.log") for i, argv in enumerate(WORKERS)]
     try:
         deadline = time.monotonic() + 900
         while waiting() >= n:
             if time.monotonic() > deadline - 600:
                 raise TimeoutError(f"{label}: the workers took nothing; see {log_dir}")
-            time.sleep(0.01)
+            time.sleep(0.05)
         began = time.perf_counter()
         while waiting() > 0:
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{label}: no drain; see {log_dir}")
-            time.sleep(0.01)
+            time.sleep(0.05)
         rate = n / (time.perf_counter() - began)
         time.sleep(3)
         drained = [cpu(s) - b for s, b in zip(servers, before, strict=True)]
+        calls = commands(servers)
         idle_before = [cpu(s) for s in servers]
         time.sleep(5)
         idle = [(cpu(s) - b) / 5 for s, b in zip(servers, idle_before, strict=True)]
@@ -101,7 +107,17 @@ def drain(env: dict, servers: list[redis.Redis], waiting, n: int, log_dir: Path,
         stop(procs)
     drained = [d - 3 * i for d, i in zip(drained, idle, strict=True)]
     return {"enqueue_us": [e / n * 1e6 for e in enqueued], "drain_us": [d / n * 1e6 for d in drained],
-            "drain_per_s": rate}
+            "drain_per_s": rate, "calls_per_task": {c: k / n for c, k in calls.items()}}
+
+
+def commands(servers: list[redis.Redis]) -> dict[str, int]:
+    """Commands the servers ran since their stats were reset, by name, all servers together."""
+    calls: dict[str, int] = {}
+    for server in servers:
+        for name, stats in server.info("commandstats").items():
+            command = name.removeprefix("cmdstat_")
+            calls[command] = calls.get(command, 0) + stats["calls"]
+    return calls
 
 
 def spread(args, log_dir: Path) -> None:
@@ -137,6 +153,10 @@ def spread(args, log_dir: Path) -> None:
                           f"enqueue {sum(outcome['enqueue_us']):5.1f} drain {sum(outcome['drain_us']):5.1f}"
                           + (f"  primaries' shares {' '.join(f'{s:.0%}' for s in shares)}" if len(shares) > 1
                              else ""), flush=True)
+                    if args.calls:
+                        print("  calls per task: " + ", ".join(
+                            f"{c} {k:.3f}" for c, k in sorted(outcome["calls_per_task"].items(), key=lambda i: -i[1])
+                            if k >= 0.001), flush=True)
         finally:
             own.stop()
             local_cluster.stop(procs)
@@ -232,6 +252,7 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, default=30000)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--failover", action="store_true")
+    parser.add_argument("--calls", action="store_true", help="print the commands per task of each drain")
     parser.add_argument("--seconds", type=float, default=30)
     args = parser.parse_args()
     log_dir = own_redis_log_dir()

@@ -30,6 +30,7 @@ from typing import Any
 
 from django.conf import settings
 
+from vokaflow.announce import announce, needs_announcing, new_token
 from vokaflow.core import keys
 from vokaflow.core.queues import parse_queue, queue_tag
 from vokaflow.core.slots import group_tag
@@ -49,18 +50,25 @@ BATCH = 500  # due messages read per set per call
 # and, unless it is revoked, pushes it to its queue, only when its own ZREM succeeded (another
 # worker may have moved it meanwhile), so no message is moved twice and none is lost; then the
 # worker rings the bells of the queues it filled and frees the quota places of the revoked ones.
-# KEYS: the scheduled set, then the queues and body keys the messages name. ARGV: per message:
+# KEYS: the scheduled set, the group's announcing hash (vokaflow.announce), then the queues and
+# body keys the messages name. ARGV: the announcement token ('' on one Redis), then per message:
 # the message, the index in KEYS of its queue (0: dropped: revoked or unreadable), of its body key
 # (0: none). Returns, per message, 1 when it was pushed, 2 when it was dropped, 0 when another
-# worker took it.
+# worker took it; then, with a token, per queue pushed to: its index in KEYS and what ANNOUNCE
+# would answer for it (2: it was empty, announced with this token; 1: announce too; 0: done).
 MOVE_DUE = """
-local out = {}
-for i = 1, #ARGV, 3 do
+local token = ARGV[1]
+local out, first, order = {}, {}, {}
+for i = 2, #ARGV, 3 do
   local state = 0
   if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then
     local queue, body = tonumber(ARGV[i + 1]), tonumber(ARGV[i + 2])
     if queue > 0 then
-      redis.call('LPUSH', KEYS[queue], ARGV[i])
+      local length = redis.call('LPUSH', KEYS[queue], ARGV[i])
+      if not first[queue] then
+        first[queue] = length
+        order[#order + 1] = queue
+      end
       state = 1
     else
       if body > 0 then redis.call('DEL', KEYS[body]) end
@@ -68,6 +76,19 @@ for i = 1, #ARGV, 3 do
     end
   end
   out[#out + 1] = state
+end
+if token ~= '' then
+  for _, queue in ipairs(order) do
+    local announce = 0
+    if first[queue] == 1 then
+      redis.call('HSET', KEYS[2], KEYS[queue], token)
+      announce = 2
+    elseif redis.call('HGET', KEYS[2], KEYS[queue]) ~= 'done' then
+      announce = 1
+    end
+    out[#out + 1] = queue
+    out[#out + 1] = announce
+  end
 end
 return out
 """
@@ -136,7 +157,8 @@ def _move(r, script, scheduled: str, messages: list[bytes], now: float) -> int:
     ids = [entry[1] for entry in entries if entry]
     revoked = {task_id for task_id, until in zip(ids, r.zmscore(keys.REVOKED, ids) if ids else [], strict=True)
                if until is not None and until > now}
-    names = [scheduled]
+    group = queue_tag(scheduled)
+    names = [scheduled, keys.in_group(keys.ANNOUNCING, group)]
     index: dict[str, int] = {}
 
     def at(name: str) -> int:
@@ -145,8 +167,8 @@ def _move(r, script, scheduled: str, messages: list[bytes], now: float) -> int:
             index[name] = len(names)
         return index[name]
 
-    group = queue_tag(scheduled)
-    args: list = []
+    token = new_token() if keys.cluster_layout() else ""
+    args: list = [token]
     for raw, entry in zip(messages, entries, strict=True):
         if entry is None:
             logger.error("dropped a scheduled entry that is not a task message: %r", raw[:200])
@@ -154,7 +176,10 @@ def _move(r, script, scheduled: str, messages: list[bytes], now: float) -> int:
         else:
             queue, task_id, _owner, body_tag = entry
             args += [raw, 0 if task_id in revoked else at(queue), at(body_key(body_tag, group)) if body_tag else 0]
-    states = script(keys=names, args=args)
+    reply = script(keys=names, args=args)
+    states, announced = reply[:len(messages)], reply[len(messages):]
+    announce(r, {names[q - 1]: state for q, state in zip(announced[::2], announced[1::2], strict=True)
+                 if needs_announcing(names[q - 1])}, token)
     filled = {entry[0] for entry, state in zip(entries, states, strict=True) if entry and state == 1}
     dropped = [entry for entry, state in zip(entries, states, strict=True) if entry and state == 2]
     if filled or dropped:

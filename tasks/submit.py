@@ -11,7 +11,7 @@ import logging
 import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 from celery import Task
@@ -24,6 +24,7 @@ from tasks.quota import release_pending, reserve_pending
 from tasks.records import Submission, store_records
 from tasks.scheduled import is_delayed, schedule, scheduled_key
 from tasks.validation import SubmissionError, TaskRequest, prepare, prepare_payload
+from vokaflow.announce import announce, announce_in, needs_announcing, new_token
 from vokaflow.celery import app
 from vokaflow.core import keys
 from vokaflow.core.errors import Unavailable
@@ -98,14 +99,15 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
     filled: set[str] = set()
     for tag, group in groups.items():
         try:
-            done, woken_queues = _enqueue_atomically(r, group, owner, bells=False)
+            done, pushed = _enqueue_atomically(r, group, owner, bells=False)
+            announce(r, pushed.states, pushed.token)
             done = _replicated(r, tag, done)
         except BrokerUnavailable as exc:
             if not answers:
                 raise
             raise PartlyEnqueued(requests, answers, exc) from exc
         answers.update((req.task_id, answer) for req, answer in zip(group, done, strict=True))
-        filled |= woken_queues
+        filled |= pushed.woken
     ring_woken(r, filled)
     return [answers[req.task_id] for req in requests]
 
@@ -147,10 +149,22 @@ class PartlyEnqueued(BrokerUnavailable):
                          enqueued=enqueued, not_enqueued=missing)
 
 
+class Pushed(NamedTuple):
+    """What a push on a cluster leaves its caller to do: ring the bells of the queues it found
+    empty, finish its announcements (vokaflow.announce: ANNOUNCE's reply per queue, its token)."""
+
+    woken: set[str]
+    states: dict[str, int]
+    token: str
+
+
+NOTHING_PUSHED = Pushed(set(), {}, "")
+
+
 def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
-                        bells: bool) -> tuple[list[Submission], set[str]]:
+                        bells: bool) -> tuple[list[Submission], Pushed]:
     """enqueue() of requests whose keys share one slot (all of them, on one Redis): their answers
-    and, without `bells`, the queues that were empty (their bells are the caller's to ring)."""
+    and, without `bells` (a cluster), what the caller has to do after the push (Pushed)."""
     now = datetime.now(UTC).isoformat()
     tried: tuple[KeyLook, dict[str, Submission]] | None = None  # the last push that ended in a WatchError
     for _ in range(ATTEMPTS):
@@ -159,7 +173,7 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
             with r.pipeline(transaction=True) as pipe:
                 look = watch_idempotency_keys(pipe, requests, owner)
                 if tried and any(look.repeats.get(task_id) == task_id for task_id in tried[1]):
-                    return _answers(requests, *tried), set()  # its EXEC was applied, only the reply was lost
+                    return _answers(requests, *tried), NOTHING_PUSHED  # its EXEC was applied, only the reply was lost
                 fresh = [req for req in requests if req.task_id not in look.repeats]
                 # A request that names its owner (a dead letter's retry) is that user's task.
                 submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
@@ -167,7 +181,7 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
                 reserved = reserve_pending(r, owner, fresh)
                 attempt = (look, submissions)
                 try:
-                    filled = _push(pipe, fresh, submissions, look.claims, bells=bells)
+                    pushed = _push(pipe, fresh, submissions, look.claims, bells=bells)
                 except BaseException:
                     if reserved:
                         release_pending(r, owner, list(submissions))
@@ -181,7 +195,7 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
         except (redis.RedisError, OSError) as exc:
             raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable or refused "
                                     f"the tasks: {exc}. Nothing was enqueued; retry when Redis is back.") from exc
-        return _answers(requests, look, submissions), filled
+        return _answers(requests, look, submissions), pushed
     raise BrokerUnavailable(f"the idempotency keys of this submission were taken by concurrent submissions "
                             f"{ATTEMPTS} times while it was being enqueued. Nothing was enqueued; retry.")
 
@@ -194,13 +208,14 @@ def _answers(requests: list[TaskRequest], look: KeyLook, submissions: dict[str, 
 
 
 def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission], claims: dict[str, str], *,
-          bells: bool = True) -> set[str]:
+          bells: bool = True) -> Pushed:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), SET each task's record and each new idempotency key, in one MULTI on
-    `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key. Returns,
-    without `bells`, the queues that were empty (transport.publish)."""
+    `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key. Without
+    `bells` (a cluster) the MULTI also runs ANNOUNCE on each queue (vokaflow.announce), and
+    returns what the caller does next (Pushed)."""
     if not requests:
-        return set()
+        return NOTHING_PUSHED
     now = time.time()
     origin = anon_nodename()
     parent = app.current_worker_task
@@ -223,12 +238,16 @@ def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission],
     keyed_ttl = max(result_ttl, settings.VOKAFLOW_IDEMPOTENCY_TTL)
     pipe.multi()
     pushes = publish(pipe, by_queue, bells=bells) if by_queue else []
+    token = new_token()
+    checks = {} if bells else {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
     schedule(pipe, delayed)
     for ttl, group in _by_ttl(submissions, claims, result_ttl, keyed_ttl).items():
         store_records(pipe, group, ttl)
     write_claims(pipe, claims)
     replies = pipe.execute()
-    return set() if bells else woken(pushes, replies)
+    if bells:
+        return NOTHING_PUSHED
+    return Pushed(woken(pushes, replies), {q: replies[at] for q, at in checks.items()}, token)
 
 
 def _by_ttl(submissions: dict[str, Submission], claims: dict[str, str], result_ttl: int,

@@ -4,6 +4,7 @@ processes (tests/conftest.py's redis_cluster)."""
 from __future__ import annotations
 
 import subprocess
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import redis
@@ -115,3 +116,78 @@ def test_an_idempotency_key_answers_the_first_task_on_the_cluster(on_cluster):
     first = enqueue([prepare("vokaflow.echo", args=[1], idempotency_key="order-7")], owner=None)[0]
     again = enqueue([prepare("vokaflow.echo", args=[2], idempotency_key="order-7")], owner=None)[0]
     assert again.duplicate and again.task_id == first.task_id and again.queue == first.queue
+
+
+def marks(client, worker_type: str, rank: int) -> list[tuple[int, int]]:
+    """(announcements, found stale) of `rank` in every partition group's marks of `worker_type`."""
+    from vokaflow.announce import groups, marks_key
+
+    return [(int(client.hget(marks_key(worker_type, g), str(rank)) or 0),
+             int(client.hget(marks_key(worker_type, g), f"{rank}s") or 0)) for g in groups()]
+
+
+def announcing(client, queue: str):
+    from vokaflow.core import keys
+    from vokaflow.core.queues import queue_tag
+
+    return client.hget(keys.in_group(keys.ANNOUNCING, queue_tag(queue)), queue)
+
+
+def test_a_push_into_an_empty_queue_announces_its_level_to_every_group_once(on_cluster):
+    """vokaflow.announce: the push that finds a queue empty adds one to its rank's count in every
+    group and marks its announcement done; pushes into the non-empty queue then add nothing; the
+    lowest level is never announced."""
+    from tasks.submit import enqueue, prepare
+
+    client = on_cluster.client()
+    first = enqueue([prepare("vokaflow.echo", args=[1], priority="HIGH", partition_key="a")])[0]
+    assert marks(client, "general", 2) == [(1, 0)] * 8
+    assert announcing(client, first.queue) == b"done"
+    for i in range(3):  # single and batched pushes into the same, non-empty queue
+        enqueue([prepare("vokaflow.echo", args=[i], priority="HIGH", partition_key="a")] * (i + 1))
+    assert marks(client, "general", 2) == [(1, 0)] * 8
+    enqueue([prepare("vokaflow.echo", args=[1], priority="MAINTENANCE", partition_key="a")])
+    assert marks(client, "general", 7) == [(0, 0)] * 8
+    client.delete(first.queue)  # emptied (a purge): the next push announces again
+    enqueue([prepare("vokaflow.echo", args=[1], priority="HIGH", partition_key="a")])
+    assert marks(client, "general", 2) == [(2, 0)] * 8
+
+
+def test_a_push_while_an_announcement_is_under_way_announces_too(on_cluster):
+    """The race the token closes: a push that finds the queue empty has written its token but not
+    yet its marks; a second push into the now non-empty queue must announce as well, or it could
+    be answered before any group knew of its level."""
+    from tasks.submit import enqueue, prepare
+    from vokaflow.announce import ANNOUNCE
+    from vokaflow.core import keys
+    from vokaflow.core.queues import queue_tag
+
+    client = on_cluster.client()
+    probe = enqueue([prepare("vokaflow.echo", args=[0], priority="CRITICAL", partition_key="b")])[0]
+    queue, hash_key = probe.queue, keys.in_group(keys.ANNOUNCING, queue_tag(probe.queue))
+    client.delete(queue)
+    client.lpush(queue, "m1")  # the first pusher, stopped between its push and its marks:
+    assert client.eval(ANNOUNCE, 2, queue, hash_key, 1, "first") == 2
+    enqueue([prepare("vokaflow.echo", args=[1], priority="CRITICAL", partition_key="b")])
+    assert marks(client, "general", 1) == [(2, 0)] * 8  # the probe's and the second push's
+    assert announcing(client, queue) == b"first"  # only the first pusher marks its own token done
+    client.lpush(queue, "m2")
+    assert client.eval(ANNOUNCE, 2, queue, hash_key, 1, "third") == 1  # still under way: announce too
+
+
+def test_delayed_tasks_moved_when_due_announce_their_level(on_cluster):
+    from tasks.scheduled import move_due
+    from tasks.submit import enqueue, prepare
+    from vokaflow.core.queues import parse_queue
+
+    client = on_cluster.client()
+    eta = datetime.now(UTC) + timedelta(seconds=5)
+    answers = enqueue([prepare("vokaflow.echo", args=[i], priority="EMERGENCY", eta=eta, partition_key=f"k{i}")
+                       for i in range(20)])
+    assert marks(client, "general", 0) == [(0, 0)] * 8  # waiting in the scheduled sets: no queue yet
+    assert move_due(now=eta.timestamp()) == 20
+    queues = {a.queue for a in answers}
+    assert all(parse_queue(q).priority == 0 for q in queues) and len(queues) == 8
+    # Eight queues found empty, each announced once to all eight groups.
+    assert marks(client, "general", 0) == [(8, 0)] * 8
+    assert {announcing(client, q) for q in queues} == {b"done"}

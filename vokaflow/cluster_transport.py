@@ -54,6 +54,7 @@ from redis import exceptions as redis_errors
 from redis.cluster import RedisCluster
 from typing_extensions import override
 
+from vokaflow.announce import announce, announce_in, marks_key, needs_announcing, new_token
 from vokaflow.core import keys
 from vokaflow.core.queues import priority_rank, queue_tag
 from vokaflow.core.slots import LAYOUT, partition_tag, tag_in, tagged
@@ -83,11 +84,52 @@ end
 return 0
 """
 PROBE_SHA = hashlib.sha1(PROBE.encode()).hexdigest()
-# The fetch script without publishing the results it stores (result_store.quiet: a PUBLISH on a
-# cluster goes to every node).
-FETCH = quiet(_FETCH)
+# The fetch script of one partition group, with its type's marks (vokaflow.announce) and without
+# publishing the results it stores (result_store.quiet: a PUBLISH on a cluster goes to every
+# node). KEYS[1] (taken off before transport's script reads KEYS) the group's marks hash; ARGV,
+# taken off the same way: how many (rank, count) pairs found stale follow, the pairs, how many
+# ranks to check follow, the ranks. After writing what it carries and before taking anything,
+# it records the stale counts (never lowering one) and answers {'marked', rank, count, ...}
+# without taking anything when a checked rank was announced more often than found stale.
+MARKS_ARGS = """
+local MARKS = table.remove(KEYS, 1)
+local stale, above = {}, {}
+for i = 1, tonumber(table.remove(ARGV, 1)) do stale[i] = {table.remove(ARGV, 1), table.remove(ARGV, 1)} end
+for i = 1, tonumber(table.remove(ARGV, 1)) do above[i] = table.remove(ARGV, 1) end
+"""
+MARKS_CHECK = """
+for _, pair in ipairs(stale) do
+  local seen = pair[1] .. 's'
+  if tonumber(pair[2]) > tonumber(redis.call('HGET', MARKS, seen) or '0') then
+    redis.call('HSET', MARKS, seen, pair[2])
+  end
+end
+if #above > 0 then
+  local fields = {}
+  for i, rank in ipairs(above) do
+    fields[2 * i - 1] = rank
+    fields[2 * i] = rank .. 's'
+  end
+  local counts = redis.call('HMGET', MARKS, unpack(fields))
+  local marked = {'marked'}
+  for i, rank in ipairs(above) do
+    local count = counts[2 * i - 1]
+    if count and tonumber(count) > tonumber(counts[2 * i] or '0') then
+      marked[#marked + 1] = rank
+      marked[#marked + 1] = count
+    end
+  end
+  if #marked > 1 then return marked end
+end
+"""
+assert "\n--MARKS--\n" in _FETCH
+FETCH = MARKS_ARGS + quiet(_FETCH).replace("\n--MARKS--\n", "\n" + MARKS_CHECK, 1)
 FETCH_SHA = hashlib.sha1(FETCH.encode()).hexdigest()
 CARRY_SECONDS = 0.25  # longest an acknowledgement of another group waits for that group's fetch
+# Longest a consumer serves one level on its marks alone (vokaflow.announce) before it probes every
+# group again: bounds how long a push whose announcement failed (a shard failing) or a pusher
+# that died before announcing waits behind a lower level.
+FULL_PROBE_SECONDS = 1.0
 RACES = 3  # rounds whose choice another worker emptied first, before the consumer yields to the loop
 
 REDIRECTIONS = (redis_errors.MovedError, redis_errors.AskError, redis_errors.TryAgainError)
@@ -142,8 +184,10 @@ class ClusterQoS(QoS):
         if group is None:
             return
         unacked, index, _ = unacked_keys(group)
+        token, check = new_token(), {}
 
         def restore_transaction(pipe):
+            check.clear()
             raw = pipe.hget(unacked, tag)
             pipe.multi()
             pipe.zrem(index, tag)
@@ -155,8 +199,13 @@ class ClusterQoS(QoS):
                     logger.critical("could not hand back unreadable message %s: %r", tag, raw[:200])
                     return
                 self.channel._do_restore_message(*record, pipe, leftmost)
+                queue = bytes_to_str(record[2] or "")  # the routing key: one of our queues is its own
+                if needs_announcing(queue) and queue_tag(queue) == group:
+                    check[queue] = announce_in(pipe, queue, 1, token)
 
-        self.channel._cluster.transaction(restore_transaction, unacked)
+        replies = self.channel._cluster.transaction(restore_transaction, unacked)
+        if check and replies:
+            announce(self.channel._cluster, {q: replies[at] for q, at in check.items()}, token)
         self.channel._tag_group.pop(bytes_to_str(tag), None)
 
     @override
@@ -194,9 +243,13 @@ class ClusterFetch(ReliableFetch):
     _turn = itertools.count()
     _carried_at = 0.0
 
+    _probed_at = 0.0
+    _marked: tuple[str, list[tuple[str, str]]] | None = None  # (group, marks) a fetch met, for the next probe
+
     def __init__(self, *args, **kwargs):
         self._tag_group: dict[str, str] = {}
         self._ready = []
+        self._stale: dict[str, list[tuple[str, str]]] = {}  # group → marks its next fetch records as stale
         self._ignored: set[str] = set()  # foreign queues beside the platform's, logged once
         super().__init__(*args, **kwargs)
 
@@ -308,8 +361,9 @@ class ClusterFetch(ReliableFetch):
             return False
         consume_here()
         self._release_quota()
-        for _ in range(RACES):
-            best = self._same_level(groups) or self._probe(groups)
+        marks = self._marks_type(groups)
+        for _ in range(RACES + len(groups)):
+            best = self._same_level(groups, marks) or self._probe(groups)
             if best is None:
                 self._bell_seen = self._last_bell()
                 best = self._probe(groups)  # a push before that read is seen here, one after it rings
@@ -317,8 +371,14 @@ class ClusterFetch(ReliableFetch):
                     fetched_wait.found_none()
                     self.flush()  # idle: nothing waits for a fetch to carry it
                     return False
-            reply = self._fetch(*best)
-            if bytes_to_str(reply[0]) != "empty":
+            reply = self._fetch(*best, marks)
+            kind = bytes_to_str(reply[0])
+            if kind == "marked":  # a higher level was announced: the next probe, after this read, decides
+                self._marked = (best[0], [(bytes_to_str(reply[i]), bytes_to_str(reply[i + 1]))
+                                          for i in range(1, len(reply), 2)])
+                self._level = None
+                continue
+            if kind != "empty":
                 if priority_rank(bytes_to_str(reply[1])) != self._level:
                     self._level = None  # it found a higher level than chosen: probe afresh next time
                 self._deliver_batch(reply)
@@ -327,18 +387,29 @@ class ClusterFetch(ReliableFetch):
                 self._ready.remove(best[0])
         return False
 
-    def _same_level(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
-        """The cheap probe while a backlog lasts: the groups the last full probe found waiting at
-        the level served since take turns, and one plain EXISTS per group (none at the top level)
-        asks whether anything above that level arrived meanwhile; if so, or when those groups
-        have drained, None: the full probe chooses again."""
-        level = self._level
-        if level is None or not self._ready:
+    def _marks_type(self, groups: dict[str, list[str]]) -> str | None:
+        """The worker type whose marks this consumer's fetches check (vokaflow.announce): only a
+        consumer of every group of one type can judge a mark stale; any other probes every group
+        it consumes before each fetch (_same_level)."""
+        types = {q.split(".", 1)[0] for queues in groups.values() for q in queues}
+        if len(types) != 1 or set(groups) != set(self.all_groups()):
             return None
-        calls = [(queues[0], ("EXISTS", *higher)) for queues in groups.values()
-                 if (higher := [q for q in queues if priority_rank(q) < level])]
-        if calls and any(self._on_primaries(calls)):
-            return None  # a higher level arrived
+        return types.pop()
+
+    def _same_level(self, groups: dict[str, list[str]], marks: str | None) -> tuple[str, list[str]] | None:
+        """The cheap choice while a backlog lasts: the groups the last full probe found waiting at
+        the level served since take turns. Whether anything above that level arrived meanwhile is
+        checked by the fetch itself against the group's marks (none at the top level); without
+        marks, one plain EXISTS per group asks it first. None (the full probe chooses again) when
+        something did, when those groups have drained, or FULL_PROBE_SECONDS after the last."""
+        level = self._level
+        if level is None or not self._ready or monotonic() - self._probed_at > FULL_PROBE_SECONDS:
+            return None
+        if marks is None:
+            calls = [(queues[0], ("EXISTS", *higher)) for queues in groups.values()
+                     if (higher := [q for q in queues if priority_rank(q) < level])]
+            if calls and any(self._on_primaries(calls)):
+                return None  # a higher level arrived
         group = self._ready.pop(0)
         if group not in groups:
             return None
@@ -352,17 +423,29 @@ class ClusterFetch(ReliableFetch):
 
     def _probe(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
         """(group, its queues down to its first waiting one) of the highest waiting level; the
-        groups waiting at that level take turns from here on (_same_level)."""
+        groups waiting at that level take turns from here on (_same_level). After a fetch that
+        met marks, the marks of ranks found waiting nowhere above the chosen level are stale: the
+        next fetch on that group records them, and that group goes first."""
         order = self._in_turn(groups)
         calls = [(groups[g][0], ("EVALSHA", PROBE_SHA, len(groups[g]), *groups[g])) for g in order]
         found = self._with_scripts(lambda: self._on_primaries(calls))
+        self._probed_at = monotonic()
         ranks = {group: priority_rank(groups[group][first - 1]) for group, first in zip(order, found, strict=True)
                  if first}
-        if not ranks:
-            self._level, self._ready = None, []
+        self._level = min(ranks.values()) if ranks else None
+        marked, self._marked = self._marked, None
+        if marked is not None:
+            group, pairs = marked
+            stale = [(rank, count) for rank, count in pairs if self._level is None or int(rank) < self._level]
+            if stale:
+                self._stale.setdefault(group, []).extend(stale)
+        if self._level is None:
+            self._ready = []
             return None
-        self._level = min(ranks.values())
         self._ready = [group for group in order if ranks.get(group) == self._level]
+        if marked is not None and marked[0] in self._ready:
+            self._ready.remove(marked[0])
+            self._ready.insert(0, marked[0])
         group = self._ready.pop(0)
         self._ready.append(group)
         return group, [q for q in groups[group] if priority_rank(q) <= self._level]
@@ -385,17 +468,23 @@ class ClusterFetch(ReliableFetch):
         self._cluster.script_load(FETCH)
         self._scripts_loaded = True
 
-    def _fetch(self, group: str, queues: list[str]):
+    def _fetch(self, group: str, queues: list[str], marks: str | None):
         unacked, index, _ = unacked_keys(group)
         carried = self._carry(group)
         names, values = self._pending_parts(*carried)
         self._sent = carried
-        keys_ = [unacked, index, *queues, *names]
-        args = [len(queues), 0, ceil(time()), len(queues), *([1] * len(queues)), *self._cost_values(), *values]
+        level = max(priority_rank(q) for q in queues)
+        above = sorted({str(priority_rank(q)) for q in queues if priority_rank(q) < level}) if marks else []
+        stale = self._stale.pop(group, []) if marks else []
+        keys_ = [marks_key(marks, group) if marks else unacked, unacked, index, *queues, *names]
+        args = [len(stale), *itertools.chain.from_iterable(stale), len(above), *above,
+                len(queues), 0, ceil(time()), len(queues), *([1] * len(queues)), *self._cost_values(), *values]
         try:
             reply = self._with_scripts(lambda: self._cluster.evalsha(FETCH_SHA, len(keys_), *keys_, *args))
         except BaseException:
             self._put_back(self._sent)
+            if stale:
+                self._stale.setdefault(group, []).extend(stale)
             raise
         finally:
             self._sent = None
@@ -471,8 +560,8 @@ class ClusterFetch(ReliableFetch):
                 continue
             unacked, index, _ = unacked_keys(group)
             names, values = self._pending_parts(results, [], acks, bodies)
-            calls.append((unacked, ("EVALSHA", FETCH_SHA, 2 + len(names), unacked, index, *names,
-                                    0, 0, 0, 0, 1, 0, 0, *values)))
+            calls.append((unacked, ("EVALSHA", FETCH_SHA, 3 + len(names), unacked, unacked, index, *names,
+                                    0, 0, 0, 0, 0, 0, 1, 0, 0, *values)))
         if calls:
             self._on_primaries(calls)
 

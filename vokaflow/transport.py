@@ -41,6 +41,7 @@ from kombu.utils.json import dumps, loads
 from redis.exceptions import NoScriptError, RedisError
 from typing_extensions import override
 
+from vokaflow.announce import announce, announce_in, needs_announcing, new_token
 from vokaflow.core import keys
 from vokaflow.core.queues import queue_tag
 from vokaflow.hotpath import BUDGET, consume_here, durations, fetched_wait, pending_releases, pending_results
@@ -122,6 +123,8 @@ if p <= #ARGV then
   redis.call('ZREM', KEYS[2], unpack(ARGV, p))
   redis.call('HDEL', KEYS[1], unpack(ARGV, p))
 end
+-- (on a Redis Cluster the check of the group's marks goes here: vokaflow.cluster_transport.FETCH)
+--MARKS--
 -- list indexes as strings: a Lua number passed to a command is formatted with printf each time
 local from_right = {'-1', '-2', '-3', '-4', '-5', '-6', '-7', '-8', '-9'}
 local first = 3
@@ -260,14 +263,27 @@ def publish(pipe, by_queue: dict[str, list[str]], *, bells: bool = True,
 def push(client, by_queue: dict[str, list[str]], *, front: bool = False) -> None:
     """Publish outside a transaction (kombu's own publishes, a retry's requeue; with `front`, a
     task let out of a limit's waiting room, next to be taken, the first message first). On one
-    Redis the bells ring in the same pipeline; on a cluster they lie in other slots, and only the
-    bells of queues the push found empty ring, after it (ring_woken)."""
-    cluster = keys.cluster_layout()
-    with client.pipeline(transaction=False) as pipe:
-        pushes = publish(pipe, by_queue, bells=not cluster, front=front)
-        replies = pipe.execute()
-    if cluster:
-        ring_woken(client, woken(pushes, replies))
+    Redis the bells ring in the same pipeline. On a cluster each partition group's queues are
+    pushed in a MULTI of their own that also runs ANNOUNCE (vokaflow.announce); the bells, in
+    other slots, ring after it, only for queues the push found empty (ring_woken)."""
+    if not keys.cluster_layout():
+        with client.pipeline(transaction=False) as pipe:
+            publish(pipe, by_queue, front=front)
+            pipe.execute()
+        return
+    by_group: dict[str | None, dict[str, list[str]]] = {}
+    for queue, messages in by_queue.items():
+        by_group.setdefault(queue_tag(queue), {})[queue] = messages
+    filled: set[str] = set()
+    for group_queues in by_group.values():
+        token = new_token()
+        with client.pipeline(transaction=True) as pipe:
+            pushes = publish(pipe, group_queues, bells=False, front=front)
+            checks = {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
+            replies = pipe.execute()
+        announce(client, {q: replies[at] for q, at in checks.items()}, token)
+        filled |= woken(pushes, replies)
+    ring_woken(client, filled)
 
 
 def ring_woken(client, queues: set[str]) -> None:

@@ -5,6 +5,7 @@ import json
 import time
 
 import pytest
+from redis.cluster import RedisCluster
 
 from tasks.submit import enqueue, prepare
 from tests.conftest import wait_for, worker_env
@@ -55,6 +56,44 @@ def test_a_reversed_eight_level_backlog_over_every_partition_drains_in_level_ord
     level = dict((t, p) for p, t in submitted)
     by_start = sorted(level, key=lambda t: results[t]["result"]["started_at"])
     assert [level[t] for t in by_start] == sorted(level.values())
+    wait_for(lambda: held(client) == 0, 10, 0.1, "every acknowledgement to be written")
+
+
+@pytest.mark.slow
+def test_a_higher_level_submitted_mid_drain_goes_first_with_no_probe_per_fetch(on_cluster, start_worker):
+    """A worker serving a NORMAL backlog over every group sends no probe before its fetches: each
+    fetch checks its group's marks (vokaflow.announce). A HIGH task submitted into one group
+    mid-drain starts before every NORMAL task fetched after its submission returned (only the
+    batch already taken may start between), and the backlog then drains to the end: the marks
+    it left behind are found stale, group by group."""
+    from tests.test_cluster import marks
+
+    client = on_cluster.client()
+    backlog = [a.task_id for a in enqueue([prepare("vokaflow.sleep", args=[0.004], worker_type="cpu",
+                                                   partition_key=f"k{i}") for i in range(800)])]
+    start_worker("cpu", concurrency=1, pool="solo")
+    wait_for(lambda: sum(1 for t in backlog[:200] if meta(client, t)) >= 50, 60, 0.05, "the drain to begin")
+    client.execute_command("CONFIG RESETSTAT", target_nodes=RedisCluster.PRIMARIES)
+    accepted = time.time()
+    high = enqueue([prepare("vokaflow.sleep", args=[0], priority="HIGH", worker_type="cpu", partition_key="x")])[0]
+    results = wait_all(client, [high.task_id, *backlog])
+    high_started = results[high.task_id]["result"]["started_at"]
+    overtaken = [t for t in backlog if accepted < results[t]["result"]["started_at"] < high_started]
+    assert len(overtaken) <= 16, f"{len(overtaken)} NORMAL tasks started after the HIGH one was accepted"
+    later = [t for t in backlog if results[t]["result"]["started_at"] > high_started]
+    assert len(later) > 300  # it did go ahead of the backlog
+    calls = {}
+    for stats in client.info("commandstats", target_nodes=RedisCluster.PRIMARIES).values():
+        for name, figures in stats.items():
+            calls[name] = calls.get(name, 0) + figures["calls"]
+    # Each fetch checks its marks once (HMGET) and asks EXISTS of its levels down to NORMAL (4);
+    # a full probe asks the same of every group (8 × 4). A probe before each fetch would make the
+    # EXISTS calls about 36 times the fetches; here the probes are the one after the HIGH task's
+    # marks, one per group whose marks it found stale, and one a second (FULL_PROBE_SECONDS).
+    fetches, exists = calls.get("cmdstat_hmget", 0), calls.get("cmdstat_exists", 0)
+    assert fetches > 50 and exists < 12 * fetches, " ".join(f"{k}={v}" for k, v in sorted(calls.items()))
+    announced = marks(client, "cpu", int(Priority.HIGH))
+    assert announced == [(1, 1)] * 8 or all(count == 1 and stale in (0, 1) for count, stale in announced)
     wait_for(lambda: held(client) == 0, 10, 0.1, "every acknowledgement to be written")
 
 

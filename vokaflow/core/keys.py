@@ -29,6 +29,9 @@ BODY = PREFIX + "body:{}"  # delivery tag → the body of a large message, kept 
 REPLICATED = PREFIX + "replicated"  # marker written before WAIT (tasks.submit; per group on a cluster)
 PURGING = PREFIX + "purging:{}"  # a purged queue's messages while their bodies are deleted (workers.queues)
 SCHEDULED = PREFIX + "scheduled:{}"  # worker type short name → sorted set: message → due (epoch s)
+# A Redis Cluster only (vokaflow.announce), both per partition group:
+LEVELS = PREFIX + "levels:{}"  # worker type short name → hash: rank → announcements, <rank>s → found stale
+ANNOUNCING = PREFIX + "announcing"  # hash: queue → the token of its announcement under way, or "done"
 
 # Dead letters waiting for the database
 DLQ_PENDING = PREFIX + "dlq:pending"
