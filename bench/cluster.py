@@ -111,45 +111,55 @@ def drain(env: dict, servers: list[redis.Redis], waiting, n: int, log_dir: Path,
 
 
 def commands(servers: list[redis.Redis]) -> dict[str, int]:
-    """Commands the servers ran since their stats were reset, by name, all servers together."""
-    calls: dict[str, int] = {}
+    """Commands the servers ran since their stats were reset, by name, all servers together, and
+    under "usec" the time they took (Redis's own command time, without reading and replying)."""
+    calls: dict[str, int] = {"usec": 0}
     for server in servers:
         for name, stats in server.info("commandstats").items():
             command = name.removeprefix("cmdstat_")
             calls[command] = calls.get(command, 0) + stats["calls"]
+            if "|" not in command:
+                calls["usec"] += stats["usec"]
     return calls
 
 
 def spread(args, log_dir: Path) -> None:
-    rows: dict[str, list[dict]] = {"cluster": [], "single": []}
+    """Three systems, their order rotating each round: the cluster, one Redis, and one Redis with a
+    replica (each primary of the cluster has one, which is what lets it survive a primary's death;
+    a primary spends CPU sending its writes to its replica)."""
+    systems = ["cluster", "single", "single+replica"]
+    rows: dict[str, list[dict]] = {name: [] for name in systems}
     with tempfile.TemporaryDirectory() as folder:
         procs = local_cluster.start(PORTS, Path(folder) / "cluster", appendonly=False)
-        own = OwnRedis(folder)
-        single = own.start()
+        own, paired = OwnRedis(tempfile.mkdtemp(dir=folder)), OwnRedis(tempfile.mkdtemp(dir=folder))
+        singles = {"single": own.start(), "single+replica": paired.start()}
+        replica = OwnRedis(tempfile.mkdtemp(dir=folder), "--replicaof", "127.0.0.1", str(paired.port))
+        replica.start()
         try:
-            cluster_env = own_env(PORTS[0], ROOT, folder) | {
-                "REDIS_URL": local_cluster.url_for(PORTS), "VOKAFLOW_PARTITIONS": str(PARTITIONS)}
-            single_env = own_env(own.port, ROOT, folder) | {"VOKAFLOW_PARTITIONS": str(PARTITIONS)}
-            subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=single_env, check=True)
+            envs = {"cluster": own_env(PORTS[0], ROOT, folder) | {"REDIS_URL": local_cluster.url_for(PORTS)},
+                    "single": own_env(own.port, ROOT, folder), "single+replica": own_env(paired.port, ROOT, folder)}
+            for env in envs.values():
+                env["VOKAFLOW_PARTITIONS"] = str(PARTITIONS)
+            subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=ROOT, env=envs["single"], check=True)
             from vokaflow.redis_connect import cluster_client
 
             client = cluster_client(local_cluster.url_for(PORTS))
             os.environ["VOKAFLOW_PARTITIONS"] = str(PARTITIONS)
             for round_no in range(args.rounds):
-                order = ["cluster", "single"] if round_no % 2 == 0 else ["single", "cluster"]
-                for system in order:
+                for system in systems[round_no % 3:] + systems[:round_no % 3]:
                     if system == "cluster":
                         for node in primaries():
                             node.flushall()
-                        outcome = drain(cluster_env, primaries(), lambda: waiting_cluster(client), args.tasks,
+                        outcome = drain(envs[system], primaries(), lambda: waiting_cluster(client), args.tasks,
                                         log_dir, "cluster")
                     else:
-                        single.flushall()
-                        outcome = drain(single_env, [single], lambda: waiting_single(single), args.tasks,
-                                        log_dir, "single")
+                        server = singles[system]
+                        server.flushall()
+                        outcome = drain(envs[system], [server], lambda s=server: waiting_single(s), args.tasks,
+                                        log_dir, system.replace("+", "-"))
                     rows[system].append(outcome)
                     shares = [d / sum(outcome["drain_us"]) for d in outcome["drain_us"]]
-                    print(f"round {round_no + 1} {system:<7} drain {outcome['drain_per_s']:6.0f}/s  Redis µs/task "
+                    print(f"round {round_no + 1} {system:<14} drain {outcome['drain_per_s']:6.0f}/s  Redis µs/task "
                           f"enqueue {sum(outcome['enqueue_us']):5.1f} drain {sum(outcome['drain_us']):5.1f}"
                           + (f"  primaries' shares {' '.join(f'{s:.0%}' for s in shares)}" if len(shares) > 1
                              else ""), flush=True)
@@ -158,6 +168,8 @@ def spread(args, log_dir: Path) -> None:
                             f"{c} {k:.3f}" for c, k in sorted(outcome["calls_per_task"].items(), key=lambda i: -i[1])
                             if k >= 0.001), flush=True)
         finally:
+            replica.stop()
+            paired.stop()
             own.stop()
             local_cluster.stop(procs)
     total = {s: median([sum(r["enqueue_us"]) + sum(r["drain_us"]) for r in rs]) for s, rs in rows.items()}
@@ -165,10 +177,13 @@ def spread(args, log_dir: Path) -> None:
     shares = [median([r["drain_us"][i] / sum(r["drain_us"]) for r in rows["cluster"]]) for i in range(3)]
     print(f"\nmedians over {args.rounds} rounds, {args.tasks} no-ops, {PARTITIONS} partitions:")
     print(f"  Redis CPU per task (enqueue + drain): cluster {total['cluster']:.1f} µs (all primaries), "
-          f"single {total['single']:.1f} µs, ratio {total['cluster'] / total['single']:.2f}")
+          f"one Redis with a replica {total['single+replica']:.1f} µs (ratio "
+          f"{total['cluster'] / total['single+replica']:.2f}), one Redis alone {total['single']:.1f} µs (ratio "
+          f"{total['cluster'] / total['single']:.2f})")
     print(f"  each primary's share of the drain: {', '.join(f'{s:.1%}' for s in shares)}")
-    print(f"  drain rate: cluster {rate['cluster']:.0f}/s, single {rate['single']:.0f}/s, "
-          f"ratio {rate['cluster'] / rate['single']:.2f}")
+    print(f"  drain rate: cluster {rate['cluster']:.0f}/s, one Redis with a replica {rate['single+replica']:.0f}/s "
+          f"(ratio {rate['cluster'] / rate['single+replica']:.2f}), alone {rate['single']:.0f}/s (ratio "
+          f"{rate['cluster'] / rate['single']:.2f})")
 
 
 def failover(args, log_dir: Path) -> None:

@@ -128,13 +128,17 @@ def move_due(r=None, now: float | None = None) -> int:
         script = _scripts[id(r)] = r.register_script(MOVE_DUE)
     now = time.time() if now is None else now
     moved = 0
-    for key in scheduled_keys():
-        while True:  # BATCH at a time, until what is due is gone (moved here or by another worker)
-            due = r.zrangebyscore(key, "-inf", now + LOOKAHEAD, start=0, num=BATCH)
+    sets = scheduled_keys()
+    # The first look at every set at once (on a cluster, one round trip per primary, not per set).
+    with r.pipeline(transaction=False) as pipe:
+        for key in sets:
+            pipe.zrangebyscore(key, "-inf", now + LOOKAHEAD, start=0, num=BATCH)
+        looks = pipe.execute()
+    for key, due in zip(sets, looks, strict=True):
+        while due:  # BATCH at a time, until what is due is gone (moved here or by another worker)
             for chunk in _chunks(due):
                 moved += _move(r, script, key, chunk, now)
-            if len(due) < BATCH:
-                break
+            due = r.zrangebyscore(key, "-inf", now + LOOKAHEAD, start=0, num=BATCH) if len(due) == BATCH else []
     return moved
 
 

@@ -215,8 +215,13 @@ class ClusterQoS(QoS):
             return
         client = self.channel._cluster
         ceiling = time() - self.visibility_timeout
+        groups = self.channel.all_groups()
+        # One look at every group's index at once (one round trip per primary); the mutex and the
+        # restores only where something is past the visibility timeout, which is seldom.
+        looks = self.channel._on_primaries([(unacked_keys(g)[1], ("ZCOUNT", unacked_keys(g)[1], "-inf", ceiling))
+                                            for g in groups])
         try:
-            for group in self.channel.all_groups():
+            for group in [g for g, count in zip(groups, looks, strict=True) if count]:
                 unacked, index, mutex = unacked_keys(group)
                 try:
                     with kombu_redis.Mutex(client, mutex, self.unacked_mutex_expire):
@@ -241,7 +246,6 @@ class ClusterFetch(ReliableFetch):
     _ready: list[str]  # groups the last full probe found waiting at that rank, in turn order
     _bell_seen: bytes | str = b"$"
     _turn = itertools.count()
-    _carried_at = 0.0
 
     _probed_at = 0.0
     _marked: tuple[str, list[tuple[str, str]]] | None = None  # (group, marks) a fetch met, for the next probe
@@ -250,6 +254,7 @@ class ClusterFetch(ReliableFetch):
         self._tag_group: dict[str, str] = {}
         self._ready = []
         self._stale: dict[str, list[tuple[str, str]]] = {}  # group → marks its next fetch records as stale
+        self._waiting_since: dict[str | None, float] = {}  # group → since when something waits for its fetch
         self._ignored: set[str] = set()  # foreign queues beside the platform's, logged once
         super().__init__(*args, **kwargs)
 
@@ -495,12 +500,17 @@ class ClusterFetch(ReliableFetch):
         those of other groups are written now when they have waited CARRY_SECONDS."""
         by_group = self._by_group(self._take_pending())
         mine = by_group.pop(group, ([], [], [], []))
-        if by_group:
-            if monotonic() - self._carried_at >= CARRY_SECONDS:
-                self._write(by_group)
+        self._waiting_since.pop(group, None)
+        now = monotonic()
+        late = {}
+        for other, rest in by_group.items():
+            if now - self._waiting_since.setdefault(other, now) >= CARRY_SECONDS:
+                late[other] = rest
+                del self._waiting_since[other]
             else:
-                for rest in by_group.values():
-                    self._put_back(rest)
+                self._put_back(rest)
+        if late:
+            self._write(late)
         for tag in mine[2]:
             self._tag_group.pop(tag, None)
         return mine
@@ -535,7 +545,8 @@ class ClusterFetch(ReliableFetch):
     def _write(self, by_group: dict[str | None, Pending]) -> None:
         """Write pending results, acknowledgements and body deletions of any groups, one
         fetch-less script per group (results of tasks whose ids name no group on their own)."""
-        self._carried_at = monotonic()
+        for group in by_group:
+            self._waiting_since.pop(group, None)
         try:
             self._with_scripts(lambda: self._write_groups(by_group))
         except BaseException:
