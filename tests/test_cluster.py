@@ -191,3 +191,37 @@ def test_delayed_tasks_moved_when_due_announce_their_level(on_cluster):
     # Eight queues found empty, each announced once to all eight groups.
     assert marks(client, "general", 0) == [(8, 0)] * 8
     assert {announcing(client, q) for q in queues} == {b"done"}
+
+
+def test_a_fetch_takes_nothing_while_a_higher_level_is_announced_and_no_record_hides_a_later_one(on_cluster):
+    """The marks check of the cluster's fetch script (cluster_transport.MARKS_CHECK), on one group:
+    it answers `marked` instead of taking a task while a level above the one served was announced
+    more often than recorded as seen; a record lets the fetch go on; a record never lowers what
+    was seen, and one that arrives late never hides a later announcement."""
+    from math import ceil
+    from time import time
+
+    from tasks.submit import enqueue, prepare
+    from vokaflow.announce import marks_key
+    from vokaflow.cluster_transport import FETCH, unacked_keys
+    from vokaflow.core.queues import queue_tag
+
+    client = on_cluster.client()
+    queue = enqueue([prepare("vokaflow.echo", args=[1], partition_key="m")])[0].queue  # NORMAL, rank 3
+    group = queue_tag(queue)
+    marks, (unacked, index, _) = marks_key("general", group), unacked_keys(group)
+    client.hset(marks, "1", 5)  # five CRITICAL announcements, none seen
+
+    def fetch(*stale: tuple[str, str]):
+        keys_ = [marks, unacked, index, queue]
+        args = [len(stale), *[v for pair in stale for v in pair], 3, "0", "1", "2",
+                1, 0, ceil(time()), 1, 1, 8, 256 * 1024, 0, 0, 0, 0]
+        return [x.decode() if isinstance(x, bytes) else x for x in client.eval(FETCH, len(keys_), *keys_, *args)]
+
+    assert fetch() == ["marked", "1", "5"] and client.llen(queue) == 1
+    assert fetch(("1", "5"))[0] == "message" and client.llen(queue) == 0
+    client.hincrby(marks, "1", 1)  # a later announcement
+    enqueue([prepare("vokaflow.echo", args=[2], partition_key="m")])
+    assert fetch(("1", "5")) == ["marked", "1", "6"]  # a late record of 5 does not hide the sixth
+    assert fetch(("1", "3")) == ["marked", "1", "6"] and client.hget(marks, "1s") == b"5"  # never lowered
+    assert fetch(("1", "6"))[0] == "message"

@@ -11,15 +11,17 @@ primary. A fetch round of a consumer:
 2. **Choose**: the group whose first waiting message has the highest level; the groups waiting
    at that level take turns. The fetch script runs on the chosen group with only the queues of
    that level and above, so it can take a higher level that arrived meanwhile but never a lower
-   one: a worker never takes a task of a lower level while a higher one waited in any group it
-   consumes when it chose. While a backlog at one level lasts, the next rounds ask each group
-   with one plain EXISTS whether anything above that level arrived (none at the top level); the
-   scripts run again when one did, or when the groups waiting at that level have drained.
+   one. While a backlog at one level lasts, the next rounds send no probe: each fetch checks its
+   own group's marks of the levels above (vokaflow.announce; MARKS_CHECK) and takes nothing when
+   a higher level was announced since; the worker then probes again, and a mark no group bears
+   out is recorded as seen by that group's next fetch. A probe also runs again when the groups
+   waiting at the level have drained, and FULL_PROBE_SECONDS after the last. A consumer of only
+   some of a type's partitions asks each group with one plain EXISTS before each fetch instead.
 3. **Carry**: the chosen group's fetch script carries that group's acknowledgements, SUCCESS
    results (a task id made on a cluster carries its group's tag, so its result key lies in the
    group's slot) and body deletions, as on one Redis. What belongs to other groups waits for
-   their next fetch, at most CARRY_SECONDS, and is then written by a fetch-less call of the same
-   script; quota releases (their keys are per owner, in other slots) go first, in one pipelined
+   their own next fetch, each at most CARRY_SECONDS, and is then written by a fetch-less call of
+   the same script; quota releases (their keys are per owner, in other slots) go first, in one pipelined
    call. An idle consumer writes everything at once. Results are not published on a cluster
    (result_store.quiet).
 4. **Idle**: when every group is empty, the consumer reads the type's bell, probes once more
