@@ -65,10 +65,10 @@ def new_token() -> str:
 
 
 def needs_announcing(queue: str) -> bool:
-    """Whether a push to `queue` may have to announce it (a platform queue above the lowest
-    level, on a cluster)."""
+    """Whether a push to `queue` may have to announce it (a platform queue of a partition group
+    above the lowest level, on a cluster)."""
     route = parse_queue(queue)
-    return LAYOUT.cluster and route is not None and int(route.priority) < LOWEST
+    return LAYOUT.cluster and route is not None and int(route.priority) < LOWEST and queue_tag(queue) is not None
 
 
 def announce_in(pipe, queue: str, count: int, token: str) -> int:
