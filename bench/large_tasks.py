@@ -14,9 +14,10 @@ its slowest command. Baseline (--small): the same with a 10-character argument.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
+import os
 import subprocess
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -38,19 +39,28 @@ def waiting(client: redis.Redis) -> int:
         return sum(pipe.execute())
 
 
-def pinger(port: int, stop_at: threading.Event, rtts: list[float]) -> None:
+def pinger(port: int, stop_at, results) -> None:
+    """In a process of its own (no other thread of the benchmark holds its GIL): a PING every
+    millisecond until `stop_at` is set; the round trips (ms) go back through `results`."""
     client = redis.Redis(port=port)
+    rtts = []
     while not stop_at.is_set():
         began = time.perf_counter()
         client.ping()
         rtts.append((time.perf_counter() - began) * 1000)
         time.sleep(0.001)
+    results.send(rtts)
 
 
-def measure(root: Path, n: int, size: int, log_dir: Path) -> dict:
+def measure(root: Path, n: int, size: int, log_dir: Path, pin: bool = False) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         own = OwnRedis(folder, "--slowlog-log-slower-than", "1000", "--slowlog-max-len", "100000")
         client = own.start()
+        if pin:  # Redis alone on the last core; this process, the worker and the pinger on the others
+            cores = sorted(os.sched_getaffinity(0))
+            subprocess.run(["taskset", "-a", "-p", "-c", str(cores[-1]), str(own.proc.pid)], check=True,
+                           stdout=subprocess.DEVNULL)
+            os.sched_setaffinity(0, cores[:-1])
         env = own_env(own.port, root, folder)
         try:
             subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=root, env=env, check=True)
@@ -58,9 +68,8 @@ def measure(root: Path, n: int, size: int, log_dir: Path) -> dict:
             assert waiting(client) == n
             client.slowlog_reset()
             worker = start([python(), "manage.py", "worker", "general"], env, log_dir / "large-worker.log")
-            rtts: list[float] = []
-            done = threading.Event()
-            thread = threading.Thread(target=pinger, args=(own.port, done, rtts), daemon=True)
+            done, (received, sent) = multiprocessing.Event(), multiprocessing.Pipe(duplex=False)
+            thread = multiprocessing.Process(target=pinger, args=(own.port, done, sent), daemon=True)
             try:
                 deadline = time.monotonic() + 300
                 while waiting(client) >= n:
@@ -75,6 +84,7 @@ def measure(root: Path, n: int, size: int, log_dir: Path) -> dict:
                     time.sleep(0.01)
                 elapsed = time.perf_counter() - began
                 done.set()
+                rtts = received.recv()
                 thread.join()
                 slow = client.slowlog_get(100000)
             finally:
@@ -98,6 +108,8 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1_500_000, help="characters of each task's argument")
     parser.add_argument("--small", action="store_true", help="also run the baseline with 10-character arguments")
     parser.add_argument("--root", type=Path, action="append", help="a VokaFlow checkout (repeat to compare)")
+    parser.add_argument("--pin", action="store_true",
+                        help="Redis on a core of its own (the last), as in production; the rest on the others")
     args = parser.parse_args()
     log_dir = own_redis_log_dir()
     roots = [r.resolve() for r in args.root] if args.root else [Path(__file__).resolve().parent.parent]
@@ -105,7 +117,7 @@ def main() -> None:
     results: dict[tuple[Path, int], list[dict]] = {}
     for round_no in range(args.rounds):
         for root, size in (cases if round_no % 2 == 0 else cases[::-1]):
-            outcome = measure(root, args.tasks, size, log_dir)
+            outcome = measure(root, args.tasks, size, log_dir, args.pin)
             results.setdefault((root, size), []).append(outcome)
             print(f"round {round_no + 1} {str(root):<20} arg {size:>9,}  PING p50 {outcome['p50']:.2f} "
                   f"p99 {outcome['p99']:.2f} max {outcome['max']:.1f} ms  slow log >2 ms: {outcome['over_2ms']} "

@@ -182,8 +182,8 @@ def _move(r, script, scheduled: str, messages: list[bytes], now: float) -> int:
             args += [raw, 0 if task_id in revoked else at(queue), at(body_key(body_tag, group)) if body_tag else 0]
     reply = script(keys=names, args=args)
     states, announced = reply[:len(messages)], reply[len(messages):]
-    announce(r, {names[q - 1]: state for q, state in zip(announced[::2], announced[1::2], strict=True)
-                 if needs_announcing(names[q - 1])}, token)
+    announce(r, [({names[q - 1]: state for q, state in zip(announced[::2], announced[1::2], strict=True)
+                   if needs_announcing(names[q - 1])}, token)])
     filled = {entry[0] for entry, state in zip(entries, states, strict=True) if entry and state == 1}
     dropped = [entry for entry, state in zip(entries, states, strict=True) if entry and state == 2]
     if filled or dropped:

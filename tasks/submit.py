@@ -97,18 +97,21 @@ def enqueue(requests: list[TaskRequest], *, owner: int | None = None) -> list[Su
         groups.setdefault(group_tag(req.route.partition), []).append(req)
     answers: dict[str, Submission] = {}
     filled: set[str] = set()
-    for tag, group in groups.items():
-        try:
-            done, pushed = _enqueue_atomically(r, group, owner, bells=False)
-            announce(r, pushed.states, pushed.token)
-            done = _replicated(r, tag, done)
-        except BrokerUnavailable as exc:
-            if not answers:
-                raise
-            raise PartlyEnqueued(requests, answers, exc) from exc
-        answers.update((req.task_id, answer) for req, answer in zip(group, done, strict=True))
-        filled |= pushed.woken
-    ring_woken(r, filled)
+    announcing: list[tuple[dict[str, int], str]] = []
+    try:
+        for tag, group in groups.items():
+            try:
+                done, pushed = _enqueue_atomically(r, group, owner, bells=False)
+            except BrokerUnavailable as exc:
+                if not answers:
+                    raise
+                raise PartlyEnqueued(requests, answers, exc) from exc
+            announcing.append((pushed.states, pushed.token))
+            filled |= pushed.woken
+            answers.update((req.task_id, answer) for req, answer in zip(group, _replicated(r, tag, done), strict=True))
+    finally:  # before any answer, also for the part of a batch a failing shard cut short
+        announce(r, announcing)
+        ring_woken(r, filled)
     return [answers[req.task_id] for req in requests]
 
 

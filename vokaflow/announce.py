@@ -89,13 +89,14 @@ def marks_key(worker_type_short: str, group: str) -> str:
     return keys.in_group(keys.LEVELS.format(worker_type_short), group)
 
 
-def announce(client, states: dict[str, int], token: str) -> None:
-    """Finish the announcements of a push: `states` maps each queue it pushed to (that was due)
-    to ANNOUNCE's reply. The push is applied already: when the marks cannot be written (a shard
-    failing), that is logged and the tasks stay queued, answered as enqueued (a 503 would invite
-    a duplicate); workers find them at their next probe of every group, within
-    cluster_transport.FULL_PROBE_SECONDS."""
-    ranks = {(route.worker_type.short, int(route.priority)) for q, state in states.items()
+def announce(client, pushes: list[tuple[dict[str, int], str]]) -> None:
+    """Finish the announcements of one or more pushes, each (ANNOUNCE's reply per queue it pushed
+    to that needs announcing, its token): one pipeline of counts (a round trip per primary), each
+    (type, level) once, then one pipeline marking the announcements done. The pushes are applied
+    already: when the counts cannot be written (a shard failing), that is logged and the tasks stay
+    queued, answered as enqueued (a 503 would invite a duplicate); workers find them at their next
+    probe of every group, within cluster_transport.FULL_PROBE_SECONDS."""
+    ranks = {(route.worker_type.short, int(route.priority)) for states, _ in pushes for q, state in states.items()
              if state and (route := parse_queue(q)) is not None}
     if not ranks:
         return
@@ -106,14 +107,21 @@ def announce(client, states: dict[str, int], token: str) -> None:
                     pipe.hincrby(marks_key(short, group), str(rank), 1)
             pipe.execute()
     except (RedisError, OSError) as exc:
-        logger.warning("could not announce %s to every partition group: %s", ", ".join(sorted(states)), exc)
+        queues = sorted(q for states, _ in pushes for q, state in states.items() if state)
+        logger.warning("could not announce %s to every partition group: %s", ", ".join(queues), exc)
         return
-    mine: dict[str, list[str]] = {}
-    for queue, state in states.items():
-        if state == 2:
-            mine.setdefault(keys.in_group(keys.ANNOUNCING, queue_tag(queue)), []).append(queue)
-    for hash_key, queues in mine.items():
-        try:
-            client.eval(ANNOUNCED, 1, hash_key, token, *queues)
-        except (RedisError, OSError) as exc:  # later pushes into these queues announce too, until they empty
-            logger.warning("could not mark the announcement of %s done: %s", ", ".join(queues), exc)
+    mine: dict[tuple[str, str], list[str]] = {}
+    for states, token in pushes:
+        for queue, state in states.items():
+            if state == 2:
+                mine.setdefault((keys.in_group(keys.ANNOUNCING, queue_tag(queue)), token), []).append(queue)
+    if not mine:
+        return
+    try:
+        with client.pipeline(transaction=False) as pipe:
+            for (hash_key, token), queues in mine.items():
+                pipe.execute_command("EVAL", ANNOUNCED, 1, hash_key, token, *queues)
+            pipe.execute()
+    except (RedisError, OSError) as exc:  # later pushes into these queues announce too, until they empty
+        logger.warning("could not mark the announcements of %s done: %s",
+                       ", ".join(q for queues in mine.values() for q in queues), exc)

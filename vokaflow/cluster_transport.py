@@ -207,7 +207,7 @@ class ClusterQoS(QoS):
 
         replies = self.channel._cluster.transaction(restore_transaction, unacked)
         if check and replies:
-            announce(self.channel._cluster, {q: replies[at] for q, at in check.items()}, token)
+            announce(self.channel._cluster, [({q: replies[at] for q, at in check.items()}, token)])
         self.channel._tag_group.pop(bytes_to_str(tag), None)
 
     @override

@@ -275,15 +275,19 @@ def push(client, by_queue: dict[str, list[str]], *, front: bool = False) -> None
     for queue, messages in by_queue.items():
         by_group.setdefault(queue_tag(queue), {})[queue] = messages
     filled: set[str] = set()
-    for group_queues in by_group.values():
-        token = new_token()
-        with client.pipeline(transaction=True) as pipe:
-            pushes = publish(pipe, group_queues, bells=False, front=front)
-            checks = {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
-            replies = pipe.execute()
-        announce(client, {q: replies[at] for q, at in checks.items()}, token)
-        filled |= woken(pushes, replies)
-    ring_woken(client, filled)
+    announcing: list[tuple[dict[str, int], str]] = []
+    try:
+        for group_queues in by_group.values():
+            token = new_token()
+            with client.pipeline(transaction=True) as pipe:
+                pushes = publish(pipe, group_queues, bells=False, front=front)
+                checks = {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
+                replies = pipe.execute()
+            announcing.append(({q: replies[at] for q, at in checks.items()}, token))
+            filled |= woken(pushes, replies)
+    finally:  # what was pushed is announced and rung for, even when a later group failed
+        announce(client, announcing)
+        ring_woken(client, filled)
 
 
 def ring_woken(client, queues: set[str]) -> None:
