@@ -28,6 +28,7 @@ ENQUEUE = ("import django; django.setup()\nfrom tasks.submit import enqueue, pre
            "enqueue([prepare('vokaflow.echo', args=['x' * SIZE], priority='HIGH', worker_type='general')"
            " for _ in range(N)])\n")
 VERBOSE = False
+CORES = sorted(os.sched_getaffinity(0))  # the cores this benchmark may use, before it pins anything
 QUEUES = [f"general.high.p{p}" for p in range(8)]
 
 
@@ -39,9 +40,11 @@ def waiting(client: redis.Redis) -> int:
         return sum(pipe.execute())
 
 
-def pinger(port: int, stop_at, results) -> None:
+def pinger(port: int, stop_at, results, pin: set[int]) -> None:
     """In a process of its own (no other thread of the benchmark holds its GIL): a PING every
     millisecond until `stop_at` is set; the round trips (ms) go back through `results`."""
+    if pin:
+        os.sched_setaffinity(0, pin)
     client = redis.Redis(port=port)
     rtts = []
     while not stop_at.is_set():
@@ -56,8 +59,10 @@ def measure(root: Path, n: int, size: int, log_dir: Path, pin: bool = False) -> 
     with tempfile.TemporaryDirectory() as folder:
         own = OwnRedis(folder, "--slowlog-log-slower-than", "1000", "--slowlog-max-len", "100000")
         client = own.start()
-        if pin:  # Redis alone on the last core; this process, the worker and the pinger on the others
-            cores = sorted(os.sched_getaffinity(0))
+        redis_core: set[int] = set()
+        if pin:  # Redis and the pinger on the last core; this process and the worker on the others
+            cores = CORES
+            redis_core = {cores[-1]}
             subprocess.run(["taskset", "-a", "-p", "-c", str(cores[-1]), str(own.proc.pid)], check=True,
                            stdout=subprocess.DEVNULL)
             os.sched_setaffinity(0, cores[:-1])
@@ -69,7 +74,7 @@ def measure(root: Path, n: int, size: int, log_dir: Path, pin: bool = False) -> 
             client.slowlog_reset()
             worker = start([python(), "manage.py", "worker", "general"], env, log_dir / "large-worker.log")
             done, (received, sent) = multiprocessing.Event(), multiprocessing.Pipe(duplex=False)
-            thread = multiprocessing.Process(target=pinger, args=(own.port, done, sent), daemon=True)
+            thread = multiprocessing.Process(target=pinger, args=(own.port, done, sent, redis_core), daemon=True)
             try:
                 deadline = time.monotonic() + 300
                 while waiting(client) >= n:
@@ -109,7 +114,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="also run the baseline with 10-character arguments")
     parser.add_argument("--root", type=Path, action="append", help="a VokaFlow checkout (repeat to compare)")
     parser.add_argument("--pin", action="store_true",
-                        help="Redis on a core of its own (the last), as in production; the rest on the others")
+                        help="Redis and the pinger on the last core, the draining worker on the others: what "
+                             "a client on a core of its own sees of Redis, without the worker's CPU in its wake-ups")
     args = parser.parse_args()
     log_dir = own_redis_log_dir()
     roots = [r.resolve() for r in args.root] if args.root else [Path(__file__).resolve().parent.parent]
