@@ -169,6 +169,7 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
     """enqueue() of requests whose keys share one slot (all of them, on one Redis): their answers
     and, without `bells` (a cluster), what the caller has to do after the push (Pushed)."""
     now = datetime.now(UTC).isoformat()
+    token = "" if bells else new_token()  # of this submission's announcements (vokaflow.announce)
     tried: tuple[KeyLook, dict[str, Submission]] | None = None  # the last push that ended in a WatchError
     for _ in range(ATTEMPTS):
         attempt = None
@@ -176,7 +177,9 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
             with r.pipeline(transaction=True) as pipe:
                 look = watch_idempotency_keys(pipe, requests, owner)
                 if tried and any(look.repeats.get(task_id) == task_id for task_id in tried[1]):
-                    return _answers(requests, *tried), NOTHING_PUSHED  # its EXEC was applied, only the reply was lost
+                    # Its EXEC was applied, only the reply was lost: what it would have left to do
+                    # is not known, so every queue it pushed to is rung for and announced.
+                    return _answers(requests, *tried), _pushed_blind(tried[1], bells, token)
                 fresh = [req for req in requests if req.task_id not in look.repeats]
                 # A request that names its owner (a dead letter's retry) is that user's task.
                 submissions = {req.task_id: _submission(req, now, owner if req.owner is None else req.owner)
@@ -184,7 +187,7 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
                 reserved = reserve_pending(r, owner, fresh)
                 attempt = (look, submissions)
                 try:
-                    pushed = _push(pipe, fresh, submissions, look.claims, bells=bells)
+                    pushed = _push(pipe, fresh, submissions, look.claims, bells=bells, token=token)
                 except BaseException:
                     if reserved:
                         release_pending(r, owner, list(submissions))
@@ -210,8 +213,17 @@ def _answers(requests: list[TaskRequest], look: KeyLook, submissions: dict[str, 
             else submissions[req.task_id] for req in requests]
 
 
+def _pushed_blind(submissions: dict[str, Submission], bells: bool, token: str) -> Pushed:
+    """Pushed for a push whose replies were lost: each queue as found empty (an extra bell and
+    announcement cost nothing wrong; ANNOUNCED marks only this token's own announcements done)."""
+    if bells:
+        return NOTHING_PUSHED
+    queues = {s.queue for s in submissions.values()}
+    return Pushed(queues, {q: 2 for q in queues if needs_announcing(q)}, token)
+
+
 def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission], claims: dict[str, str], *,
-          bells: bool = True) -> Pushed:
+          bells: bool = True, token: str = "") -> Pushed:
     """LPUSH each queue's messages (FIFO for BRPOP), or ZADD a delayed one to its type's scheduled
     set (tasks.scheduled), SET each task's record and each new idempotency key, in one MULTI on
     `pipe` (which may WATCH the keys). A keyed task's record lives as long as its key. Without
@@ -241,7 +253,6 @@ def _push(pipe, requests: list[TaskRequest], submissions: dict[str, Submission],
     keyed_ttl = max(result_ttl, settings.VOKAFLOW_IDEMPOTENCY_TTL)
     pipe.multi()
     pushes = publish(pipe, by_queue, bells=bells) if by_queue else []
-    token = new_token()
     checks = {} if bells else {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
     schedule(pipe, delayed)
     for ttl, group in _by_ttl(submissions, claims, result_ttl, keyed_ttl).items():

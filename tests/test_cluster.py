@@ -225,3 +225,16 @@ def test_a_fetch_takes_nothing_while_a_higher_level_is_announced_and_no_record_h
     assert fetch(("1", "5")) == ["marked", "1", "6"]  # a late record of 5 does not hide the sixth
     assert fetch(("1", "3")) == ["marked", "1", "6"] and client.hget(marks, "1s") == b"5"  # never lowered
     assert fetch(("1", "6"))[0] == "message"
+
+
+def test_a_large_message_to_a_queue_of_no_partition_group_is_pushed_on_the_cluster(on_cluster):
+    """A remote-control reply (a queue of no partition group) keeps its own slot, apart from its
+    outlined body's: it is pushed outside a MULTI, as before the announcements."""
+    import json
+
+    from vokaflow.transport import push
+
+    client = on_cluster.client()
+    message = json.dumps({"body": "x" * 40_000, "headers": {}, "properties": {"delivery_tag": "reply-1"}})
+    push(client, {"c0.reply.celery.pidbox": [message]})
+    assert client.llen("c0.reply.celery.pidbox") == 1 and client.exists("vokaflow:body:reply-1")

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import os
 
-from redis import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from vokaflow.core import keys
 from vokaflow.core.priorities import Priority
@@ -106,7 +106,7 @@ def announce(client, pushes: list[tuple[dict[str, int], str]]) -> None:
                 for short, rank in sorted(ranks):
                     pipe.hincrby(marks_key(short, group), str(rank), 1)
             pipe.execute()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         queues = sorted(q for states, _ in pushes for q, state in states.items() if state)
         logger.warning("could not announce %s to every partition group: %s", ", ".join(queues), exc)
         return
@@ -122,6 +122,7 @@ def announce(client, pushes: list[tuple[dict[str, int], str]]) -> None:
             for (hash_key, token), queues in mine.items():
                 pipe.execute_command("EVAL", ANNOUNCED, 1, hash_key, token, *queues)
             pipe.execute()
-    except (RedisError, OSError) as exc:  # later pushes into these queues announce too, until they empty
+    except (RedisError, RedisClusterException, OSError) as exc:
+        # later pushes into these queues announce too, until they empty
         logger.warning("could not mark the announcements of %s done: %s",
                        ", ".join(q for queues in mine.values() for q in queues), exc)

@@ -96,7 +96,10 @@ PROBE_SHA = hashlib.sha1(PROBE.encode()).hexdigest()
 MARKS_ARGS = """
 local MARKS = table.remove(KEYS, 1)
 local stale, above = {}, {}
-for i = 1, tonumber(table.remove(ARGV, 1)) do stale[i] = {table.remove(ARGV, 1), table.remove(ARGV, 1)} end
+for i = 1, tonumber(table.remove(ARGV, 1)) do
+  local rank = table.remove(ARGV, 1)
+  stale[i] = {rank, table.remove(ARGV, 1)}
+end
 for i = 1, tonumber(table.remove(ARGV, 1)) do above[i] = table.remove(ARGV, 1) end
 """
 MARKS_CHECK = """
@@ -250,7 +253,8 @@ class ClusterFetch(ReliableFetch):
     _turn = itertools.count()
 
     _probed_at = 0.0
-    _marked: tuple[str, list[tuple[str, str]]] | None = None  # (group, marks) a fetch met, for the next probe
+    # (the group whose fetch met marks, every group's marks read after it), for the next probe
+    _marked: tuple[str, dict[str, list]] | None = None
 
     def __init__(self, *args, **kwargs):
         self._tag_group: dict[str, str] = {}
@@ -380,9 +384,9 @@ class ClusterFetch(ReliableFetch):
                     return False
             reply = self._fetch(*best, marks)
             kind = bytes_to_str(reply[0])
-            if kind == "marked":  # a higher level was announced: the next probe, after this read, decides
-                self._marked = (best[0], [(bytes_to_str(reply[i]), bytes_to_str(reply[i + 1]))
-                                          for i in range(1, len(reply), 2)])
+            if kind == "marked":  # a higher level was announced: the next probe, after a read of the marks, decides
+                ranks = [bytes_to_str(reply[i]) for i in range(1, len(reply), 2)]
+                self._marked = (best[0], self._read_marks(groups, marks, ranks) if marks else {})
                 self._level = None
                 continue
             if kind != "empty":
@@ -392,7 +396,23 @@ class ClusterFetch(ReliableFetch):
                 return True
             if best[0] in self._ready:  # drained at that level (by another worker, or just now)
                 self._ready.remove(best[0])
+        self._bell_seen = b"0-0"  # tasks may be waiting: the bell's last entry wakes the next round at once
         return False
+
+    def _read_marks(self, groups: dict[str, list[str]], marks: str, ranks: list[str]) -> dict[str, list]:
+        """Every group's marks of `ranks` that were announced more often than seen, read at once
+        (a round trip per primary) before the probe that judges them all: one announcement is
+        found stale in every group after one probe, not one probe per group."""
+        fields = [field for rank in ranks for field in (rank, rank + "s")]
+        order = list(groups)
+        replies = self._on_primaries([(marks_key(marks, g), ("HMGET", marks_key(marks, g), *fields)) for g in order])
+        found: dict[str, list] = {}
+        for group, counts in zip(order, replies, strict=True):
+            pairs = [(rank, bytes_to_str(counts[2 * i])) for i, rank in enumerate(ranks)
+                     if counts[2 * i] and int(counts[2 * i]) > int(counts[2 * i + 1] or 0)]
+            if pairs:
+                found[group] = pairs
+        return found
 
     def _marks_type(self, groups: dict[str, list[str]]) -> str | None:
         """The worker type whose marks this consumer's fetches check (vokaflow.announce): only a
@@ -442,10 +462,10 @@ class ClusterFetch(ReliableFetch):
         self._level = min(ranks.values()) if ranks else None
         marked, self._marked = self._marked, None
         if marked is not None:
-            group, pairs = marked
-            stale = [(rank, count) for rank, count in pairs if self._level is None or int(rank) < self._level]
-            if stale:
-                self._stale.setdefault(group, []).extend(stale)
+            for group, pairs in marked[1].items():
+                stale = [(rank, count) for rank, count in pairs if self._level is None or int(rank) < self._level]
+                if stale:
+                    self._stale.setdefault(group, []).extend(stale)
         if self._level is None:
             self._ready = []
             return None

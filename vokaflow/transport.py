@@ -38,7 +38,7 @@ from kombu.transport import redis as kombu_redis
 from kombu.transport import virtual
 from kombu.utils.encoding import bytes_to_str
 from kombu.utils.json import dumps, loads
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisClusterException, RedisError
 from typing_extensions import override
 
 from vokaflow.announce import announce, announce_in, needs_announcing, new_token
@@ -274,6 +274,11 @@ def push(client, by_queue: dict[str, list[str]], *, front: bool = False) -> None
     by_group: dict[str | None, dict[str, list[str]]] = {}
     for queue, messages in by_queue.items():
         by_group.setdefault(queue_tag(queue), {})[queue] = messages
+    foreign = by_group.pop(None, None)
+    if foreign:  # queues that are not a partition group's (a remote-control reply): each its own slot
+        with client.pipeline(transaction=False) as pipe:
+            publish(pipe, foreign, bells=False, front=front)
+            pipe.execute()
     filled: set[str] = set()
     announcing: list[tuple[dict[str, int], str]] = []
     try:
@@ -299,7 +304,7 @@ def ring_woken(client, queues: set[str]) -> None:
         with client.pipeline(transaction=False) as pipe:
             ring(pipe, queues)
             pipe.execute()
-    except (RedisError, OSError) as exc:
+    except (RedisError, RedisClusterException, OSError) as exc:
         logger.warning("could not ring the bells of %s: %s", ", ".join(sorted(queues)), exc)
 
 
