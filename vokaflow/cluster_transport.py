@@ -451,8 +451,9 @@ class ClusterFetch(ReliableFetch):
     def _probe(self, groups: dict[str, list[str]]) -> tuple[str, list[str]] | None:
         """(group, its queues down to its first waiting one) of the highest waiting level; the
         groups waiting at that level take turns from here on (_same_level). After a fetch that
-        met marks, the marks of ranks found waiting nowhere above the chosen level are stale: the
-        next fetch on that group records them, and that group goes first."""
+        met marks, the marks read since (_read_marks) of ranks found waiting nowhere are stale:
+        the next fetch on each group records its own, and the group whose fetch met them goes
+        first."""
         order = self._in_turn(groups)
         calls = [(groups[g][0], ("EVALSHA", PROBE_SHA, len(groups[g]), *groups[g])) for g in order]
         found = self._with_scripts(lambda: self._on_primaries(calls))
