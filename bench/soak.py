@@ -1,6 +1,7 @@
 """The combined soak: every fault at once, and every task accounted for.
 
     .venv/bin/python bench/soak.py --tasks 10000
+    .venv/bin/python bench/soak.py --tasks 10000 --cluster     # on a Redis Cluster of its own
 
 N tasks of mixed types (echo, no-op and a failing task on the general type, 5 ms sleeps and
 failures on the IO type, sums on the prefork CPU type), one in ten failing for good, are
@@ -15,6 +16,11 @@ safely), while:
   `vokaflow_soak_bench`) when one answers, reached through a proxy that refuses and drops
   connections (the server itself is never stopped), else a SQLite file whose folder is moved away.
   The API keeps its own direct connection (it reads users, not dead letters).
+
+With --cluster the Redis is a cluster of the benchmark's own (3 primaries, 3 replicas, AOF on,
+ports 7300-7305), and the restart is of the primary that holds partition 0's group: SIGTERM,
+started again a second later on the same port and data directory (within the node timeout, so
+it comes back as that primary, from its AOF).
 
 Workers: 2 general (threads, 2 slots), 1 IO (threads, 4), 1 CPU (prefork, 1), with a visibility
 timeout of 5 s and a restore scan every second, and Celery beat flushing waiting dead letters
@@ -44,8 +50,7 @@ import uuid
 from collections import Counter
 from pathlib import Path
 
-import redis
-from common import OwnRedis, free_port, own_env, own_redis_log_dir, postgres_database, python, start, stop
+from common import OwnRedis, free_port, load_script, own_env, own_redis_log_dir, postgres_database, python, start, stop
 
 BATCH = 250
 SLEEP = 0.005
@@ -213,21 +218,32 @@ class User(threading.Thread):
                 self.ids[i] = task["task_id"]
 
 
-def metas(client: redis.Redis, ids: list[str]) -> list[dict | None]:
+def metas(client, ids: list[str]) -> list[dict | None]:
+    from vokaflow.core.slots import task_part
+
     out: list[dict | None] = []
     for s in range(0, len(ids), 1000):
-        out += [json.loads(v) if v else None for v in client.mget([f"celery-task-meta-{t}" for t in ids[s:s + 1000]])]
+        names = [f"celery-task-meta-{task_part(t)}" for t in ids[s:s + 1000]]
+        out += [json.loads(v) if v else None for v in client.mget_nonatomic(names)]
     return out
 
 
-def leftovers(client: redis.Redis, owners: list[int]) -> dict:
+def leftovers(client, owners: list[int]) -> dict:
+    """What an idle fleet leaves behind, on one Redis or every partition group of a cluster."""
+    from vokaflow.core import keys
+    from vokaflow.core.slots import LAYOUT, partition_tag, tagged
+
+    tags = sorted({tagged(partition_tag(p, LAYOUT.partitions)) for p in range(LAYOUT.partitions)}) \
+        if LAYOUT.cluster else [""]
     queued = sum(client.llen(k) for t in TYPES for k in client.scan_iter(match=f"{t}.*", count=1000)
                  if client.type(k) == b"list")
-    found = {"unacked": client.hlen("unacked"), "unacked_index": client.zcard("unacked_index"), "queued": queued,
-             "scheduled": sum(client.zcard(f"vokaflow:scheduled:{t}") for t in TYPES),
+    found = {"unacked": sum(client.hlen("unacked" + t) for t in tags),
+             "unacked_index": sum(client.zcard("unacked_index" + t) for t in tags), "queued": queued,
+             "scheduled": sum(client.zcard(keys.SCHEDULED.format(k) + t) for k in TYPES for t in tags),
              "dead letters waiting in Redis": client.llen("vokaflow:dlq:pending"),
              "quota places": sum(client.zcard(PENDING.format(o)) for o in owners),
-             "locks": len(list(client.scan_iter(match="vokaflow:lock:*"))) + client.exists("unacked_mutex")}
+             "locks": len(list(client.scan_iter(match="vokaflow:lock:*")))
+             + sum(client.exists("unacked_mutex" + t) for t in tags)}
     return {k: n for k, n in found.items() if n}
 
 
@@ -255,6 +271,32 @@ class Fleet:
         self.add(worker_type)
 
 
+class Nodes:
+    """The --cluster Redis: 3 primaries and 3 replicas with AOF (scripts/cluster.py)."""
+
+    PORTS = list(range(7300, 7306))
+
+    def __init__(self, folder: Path):
+        self.local = load_script("cluster")
+        self.procs = self.local.start(self.PORTS, folder, appendonly=True)
+        self.url = self.local.url_for(self.PORTS)
+
+    def restart_primary_of_partition_0(self) -> None:
+        from vokaflow.core.slots import LAYOUT, partition_tag
+        from vokaflow.redis import get_redis
+
+        node = get_redis().get_node_from_key("x{" + partition_tag(0, LAYOUT.partitions) + "}")
+        at = next(i for i, p in enumerate(self.procs) if f"--port {node.port} " in " ".join(map(str, p.args)) + " ")
+        self.procs[at].terminate()
+        self.procs[at].wait(30)
+        time.sleep(1)
+        self.procs[at] = subprocess.Popen(self.procs[at].args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          start_new_session=True)
+
+    def stop(self) -> None:
+        self.local.stop(self.procs)
+
+
 def setup_database(env: dict) -> None:
     """Migrated, no dead letters, and the two users with the password soak-password."""
     subprocess.run([python(), "manage.py", "migrate", "-v", "0"], cwd=Path(__file__).resolve().parent.parent,
@@ -275,13 +317,17 @@ def main() -> None:
     parser.add_argument("--outage", type=float, default=20, help="seconds the database is unreachable")
     parser.add_argument("--visibility", type=int, default=5, help="VOKAFLOW_VISIBILITY_TIMEOUT of the workers")
     parser.add_argument("--timeout", type=float, default=300, help="seconds to wait for every final state")
+    parser.add_argument("--cluster", action="store_true", help="on a Redis Cluster of its own (ports 7300-7305)")
     args = parser.parse_args()
     log_dir = own_redis_log_dir()
     root = Path(__file__).resolve().parent.parent
     with tempfile.TemporaryDirectory() as folder:
         own = OwnRedis(folder, "--appendonly", "yes", "--appendfsync", "everysec")
+        nodes = Nodes(Path(folder) / "cluster") if args.cluster else None
         client = own.start()
         env = own_env(own.port, root, folder)
+        if nodes:
+            env["REDIS_URL"] = nodes.url
         postgres = postgres_database("vokaflow_soak_bench")
         if postgres:
             env["DATABASE_URL"] = postgres
@@ -302,6 +348,10 @@ def main() -> None:
         from tasks.models import DeadLetter
 
         owners = list(DjangoUser.objects.filter(username__startswith="soak-").values_list("pk", flat=True))
+        if nodes:
+            from vokaflow.redis import get_redis
+
+            client = get_redis()
         worker_env = {**env, "DATABASE_URL": workers_db, "VOKAFLOW_VISIBILITY_TIMEOUT": str(args.visibility),
                       "VOKAFLOW_RESTORE_INTERVAL": "1", "VOKAFLOW_DLQ_FLUSH_SECONDS": "2",
                       "VOKAFLOW_DLQ_PRUNE_SECONDS": "86400",
@@ -323,7 +373,8 @@ def main() -> None:
             faults = [(window * at, f"kill {t}") for at, t in zip((0.1, 0.32, 0.63, 0.78, 0.98), KILLS, strict=True)]
             faults += [(window * 0.22, "database down"), (window * 0.22 + args.outage, "database back"),
                        (window * 0.47, "restart redis")]
-            print(f"{args.tasks} tasks, database {'PostgreSQL' if postgres else 'SQLite'}, workers "
+            print(f"{args.tasks} tasks, {'a Redis Cluster' if nodes else 'one Redis'}, database "
+                  f"{'PostgreSQL' if postgres else 'SQLite'}, workers "
                   f"{', '.join(f'{n} {t}' for t, (n, _, _) in WORKERS.items())}", flush=True)
             t0 = time.monotonic()
             users = [User(port, token, range(n * half, args.tasks if n else half), t0, window)
@@ -335,6 +386,8 @@ def main() -> None:
                 print(f"{time.monotonic() - t0:5.1f} s  {fault}", flush=True)
                 if fault.startswith("kill "):
                     fleet.kill(fault.split()[1])
+                elif fault == "restart redis" and nodes:
+                    nodes.restart_primary_of_partition_0()
                 elif fault == "restart redis":
                     own.stop()
                     time.sleep(1)
@@ -366,8 +419,10 @@ def main() -> None:
             idle = time.monotonic() + 30  # the fleet writes its last acknowledgements and freed places
             while (left := leftovers(client, owners)) and time.monotonic() < idle:
                 time.sleep(0.5)
-            redeliveries = [int(v) for s in range(0, len(ids), 1000)
-                            for v in client.mget([f"vokaflow:redeliveries:{t}" for t in ids[s:s + 1000]]) if v]
+            from vokaflow.core.slots import task_part
+
+            redeliveries = [int(v) for s in range(0, len(ids), 1000) for v in client.mget_nonatomic(
+                [f"vokaflow:redeliveries:{task_part(t)}" for t in ids[s:s + 1000]]) if v]
             succeeded = sum(1 for m in states if m and m["status"] == "SUCCESS")
             wrong = [i for i, m in zip(order, states, strict=True) if m and m["status"] in ("SUCCESS", "FAILURE")
                      and not correct(i, m)]
@@ -389,6 +444,8 @@ def main() -> None:
         finally:
             stop(procs + fleet.procs)
             own.stop()
+            if nodes:
+                nodes.stop()
             cut.close()
 
 
