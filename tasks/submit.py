@@ -17,6 +17,7 @@ import redis
 from celery import Task
 from celery.utils.nodenames import anon_nodename
 from django.conf import settings
+from redis.exceptions import RedisClusterException
 
 from tasks.idempotency import KeyLook, watch_idempotency_keys, write_claims
 from tasks.messages import encode_json, task_message
@@ -31,7 +32,7 @@ from vokaflow.core.errors import Unavailable
 from vokaflow.core.queues import Route, partition_for
 from vokaflow.core.slots import group_tag
 from vokaflow.redis import get_redis
-from vokaflow.redis_connect import redacted_url
+from vokaflow.redis_connect import redacted_url, refresh_slots
 from vokaflow.transport import publish, push, ring_woken, woken
 
 logger = logging.getLogger(__name__)
@@ -198,7 +199,8 @@ def _enqueue_atomically(r, requests: list[TaskRequest], owner: int | None, *,
             # its own tasks). Either way, look again.
             tried = attempt or tried
             continue
-        except (redis.RedisError, OSError) as exc:
+        except (redis.RedisError, RedisClusterException, OSError) as exc:
+            refresh_slots(r)
             raise BrokerUnavailable(f"the broker at {redacted_url(settings.REDIS_URL)} is unreachable or refused "
                                     f"the tasks: {exc}. Nothing was enqueued; retry when Redis is back.") from exc
         return _answers(requests, look, submissions), pushed

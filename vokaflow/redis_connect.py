@@ -42,6 +42,19 @@ def is_cluster_client(client: object) -> bool:
     return isinstance(client, RedisCluster)
 
 
+def refresh_slots(client) -> None:
+    """After a failed MULTI or pipeline on a cluster, read the slot map again: redis-py does it
+    after such a failure only every fifth failure of the same pipeline object, and each push
+    makes a new one, so without this every push to a failed-over primary's slots would keep
+    going to the dead node. A failure here is left to the next push to retry."""
+    if not is_cluster_client(client):
+        return
+    try:
+        client.nodes_manager.initialize()
+    except (redis.RedisError, RedisClusterException, OSError):
+        pass
+
+
 def mget(client, names: list) -> list:
     """MGET of keys that may lie on several slots of a cluster (redis-py splits it by slot there)."""
     return client.mget_nonatomic(names) if is_cluster_client(client) else client.mget(names)

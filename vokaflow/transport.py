@@ -45,6 +45,7 @@ from vokaflow.announce import announce, announce_in, needs_announcing, new_token
 from vokaflow.core import keys
 from vokaflow.core.queues import queue_tag
 from vokaflow.hotpath import BUDGET, consume_here, durations, fetched_wait, pending_releases, pending_results
+from vokaflow.redis_connect import refresh_slots
 from vokaflow.result_store import STORE_LUA
 
 logger = logging.getLogger(__name__)
@@ -284,10 +285,14 @@ def push(client, by_queue: dict[str, list[str]], *, front: bool = False) -> None
     try:
         for group_queues in by_group.values():
             token = new_token()
-            with client.pipeline(transaction=True) as pipe:
-                pushes = publish(pipe, group_queues, bells=False, front=front)
-                checks = {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
-                replies = pipe.execute()
+            try:
+                with client.pipeline(transaction=True) as pipe:
+                    pushes = publish(pipe, group_queues, bells=False, front=front)
+                    checks = {q: announce_in(pipe, q, n, token) for _, q, n in pushes if needs_announcing(q)}
+                    replies = pipe.execute()
+            except (RedisError, RedisClusterException, OSError):
+                refresh_slots(client)
+                raise
             announcing.append(({q: replies[at] for q, at in checks.items()}, token))
             filled |= woken(pushes, replies)
     finally:  # what was pushed is announced and rung for, even when a later group failed
