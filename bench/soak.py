@@ -438,6 +438,11 @@ def main() -> None:
             print(f"lost             {len(ids) - final} (no final state)")
             print(f"wrong            {len(wrong)} (a wrong result or state)")
             print(f"left behind      {left or 'nothing'}")
+            if left.get("quota places"):  # whose places: where their tasks ran, and how they ended
+                held = [m.decode() for o in owners for m in client.zrange(PENDING.format(o), 0, -1)]
+                print("                 their tasks ran on "
+                      f"{dict(Counter((m or {}).get('worker') for m in metas(client, held)))}, ended "
+                      f"{dict(Counter((m or {}).get('status') for m in metas(client, held)))}")
             print(f"wall time        {wall:.1f} s from the first submission to the last final state and dead letter")
             sys.exit(1 if failed_submit or final < len(ids) or wrong or stray or left
                      or set(rows) != failing else 0)

@@ -238,3 +238,24 @@ def test_a_large_message_to_a_queue_of_no_partition_group_is_pushed_on_the_clust
     message = json.dumps({"body": "x" * 40_000, "headers": {}, "properties": {"delivery_tag": "reply-1"}})
     push(client, {"c0.reply.celery.pidbox": [message]})
     assert client.llen("c0.reply.celery.pidbox") == 1 and client.exists("vokaflow:body:reply-1")
+
+
+def test_a_quota_place_queued_before_acknowledgements_are_taken_is_freed_with_them(on_cluster):
+    """On a cluster the places travel apart from the fetch (each owner's set has a slot of its
+    own): taking the pending acknowledgements frees every place queued so far, and drops none
+    (the combined soak on a cluster left hundreds taken, drained with the acknowledgements and
+    never written)."""
+    from kombu import Connection
+
+    from vokaflow.cluster_transport import ClusterTransport
+    from vokaflow.hotpath import pending_releases
+    from vokaflow.redis_connect import kombu_url
+
+    client = on_cluster.client()
+    client.zadd("vokaflow:pending:7", {"t1": 1e12, "t2": 1e12})
+    with Connection(kombu_url(on_cluster.url), transport=ClusterTransport,
+                    transport_options={"cluster_url": on_cluster.url, "priority_steps": [0]}) as conn:
+        channel = conn.default_channel
+        pending_releases.extend([("vokaflow:pending:7", "t1"), ("vokaflow:pending:7", "t2")])
+        channel._take_pending()
+        assert not pending_releases and client.zcard("vokaflow:pending:7") == 0

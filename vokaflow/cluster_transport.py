@@ -60,7 +60,7 @@ from vokaflow.announce import announce, announce_in, marks_key, needs_announcing
 from vokaflow.core import keys
 from vokaflow.core.queues import priority_rank, queue_tag
 from vokaflow.core.slots import LAYOUT, partition_tag, tag_in, tagged
-from vokaflow.hotpath import consume_here, fetched_wait, pending_releases
+from vokaflow.hotpath import consume_here, fetched_wait, pending_releases, pending_results
 from vokaflow.redis_connect import cluster_client
 from vokaflow.result_store import quiet, store_unless_final
 from vokaflow.transport import (
@@ -518,6 +518,20 @@ class ClusterFetch(ReliableFetch):
             self._sent = None
         return reply
 
+    @override
+    def _take_pending(self) -> Pending:
+        """Results, acknowledgements and bodies, with the quota places of the tasks among them
+        freed first (_release_quota): a task's place is queued before its acknowledgement, so
+        after the acknowledgements are taken every place they need is queued too. Places do not
+        travel in a fetch on a cluster (each owner's set has a slot of its own)."""
+        pending: Pending = (_drain(pending_results), [], _drain(self._acks), _drain(self._body_keys))
+        try:
+            self._release_quota()
+        except BaseException:
+            self._put_back(pending)
+            raise
+        return pending
+
     def _carry(self, group: str) -> Pending:
         """The pending results, acknowledgements and body deletions of `group` (for its fetch);
         those of other groups are written now when they have waited CARRY_SECONDS."""
@@ -652,7 +666,6 @@ class ClusterFetch(ReliableFetch):
 
     @override
     def flush(self, client=None) -> None:
-        self._release_quota()
         pending = self._take_pending()
         if not any(pending):
             return
