@@ -26,6 +26,7 @@ this runs: one fetch script sees every level of every partition at once.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 
@@ -82,7 +83,12 @@ def announce_in(pipe, queue: str, count: int, token: str) -> int:
 
 def groups() -> list[str]:
     """Every partition group's tag."""
-    return sorted({partition_tag(p, LAYOUT.partitions) for p in range(LAYOUT.partitions)})
+    return _groups(LAYOUT.partitions)
+
+
+@functools.cache
+def _groups(partitions: int) -> list[str]:
+    return sorted({partition_tag(p, partitions) for p in range(partitions)})
 
 
 def marks_key(worker_type_short: str, group: str) -> str:

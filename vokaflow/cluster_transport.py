@@ -57,9 +57,10 @@ from redis.cluster import RedisCluster
 from typing_extensions import override
 
 from vokaflow.announce import announce, announce_in, marks_key, needs_announcing, new_token
+from vokaflow.announce import groups as partition_groups
 from vokaflow.core import keys
 from vokaflow.core.queues import priority_rank, queue_tag
-from vokaflow.core.slots import LAYOUT, partition_tag, tag_in, tagged
+from vokaflow.core.slots import tag_in, tagged
 from vokaflow.hotpath import consume_here, fetched_wait, pending_releases, pending_results
 from vokaflow.redis_connect import cluster_client
 from vokaflow.result_store import quiet, store_unless_final
@@ -327,7 +328,7 @@ class ClusterFetch(ReliableFetch):
 
     def all_groups(self) -> list[str]:
         """Every partition group's tag (the visibility timeout's restore scans them all)."""
-        return sorted({partition_tag(p, LAYOUT.partitions) for p in range(LAYOUT.partitions)})
+        return partition_groups()
 
     def _groups(self) -> dict[str, list[str]]:
         """The active queues by partition group, each in level order (the cycle's order)."""
